@@ -1,0 +1,89 @@
+"""Command line: ``labkit lab`` (the offline lab), ``labkit layout``, ``labkit parse``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from labkit.errors import LabkitError
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from labkit.lab import LabParams, run_lab
+
+    params = LabParams(
+        out=Path(args.out) if args.out else None,
+        boots=args.boots,
+        warmup=args.warmup,
+        systems=tuple(args.systems),
+        world=args.world,
+        memory_mib=args.memory,
+        boot_timeout_s=args.boot_timeout,
+        accel_candidates=tuple(args.accel.split(",")),
+        report=not args.no_report,
+        keep_image=args.keep_image,
+        **({"cache_dir": Path(args.cache_dir)} if args.cache_dir else {}),
+    )
+    run = run_lab(params, runs_root=Path(args.runs_root))
+    print(f"run {run.run_id}: {len(run.boots) - len(run.failed)}/{len(run.boots)} boots ok, accelerator {run.accel}")
+    for b in run.failed:
+        print(f"  failed: {b.os} #{b.boot}: {b.reason} (serial log: {run.run_dir / b.serial_log})")
+    if run.report:
+        print(f"report: {run.report}")
+    return 0 if not run.failed else 3
+
+
+def _cmd_layout(args: argparse.Namespace) -> int:
+    from labkit.layout import LAYOUTS
+
+    layout = LAYOUTS[args.name]
+    rows = layout.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"layout {layout.name}: disk {layout.disk_size} bytes")
+    for r in rows:
+        print(f"  {r['number']}  {r['name']:<11} {r['type']}  {r['fs']:<5} {r['label']:<8} "
+              f"{r['size_h']:>10}  {r['mount']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labkit", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    lab = sub.add_parser("lab", help="offline QEMU lab: build the image, boot each system, measure, report")
+    lab.add_argument("--boots", type=int, default=3, help="measured boots per system (default 3)")
+    lab.add_argument("--warmup", type=int, default=0, help="warm-up boots per system, reported but not measured")
+    lab.add_argument("--out", help="run directory (must be new or empty); default: runs/<run-id>")
+    lab.add_argument("--runs-root", default="runs", help="where new run directories go (default runs/)")
+    lab.add_argument("--systems", nargs="+", default=["alpine", "nixos"], choices=["alpine", "nixos"])
+    lab.add_argument("--world", default="default", help="package set for the guests (base, small, medium, large)")
+    lab.add_argument("--memory", type=int, default=512, help="guest RAM in MiB (default 512)")
+    lab.add_argument("--boot-timeout", type=float, default=120.0, help="hard limit per boot in seconds")
+    lab.add_argument("--accel", default="kvm,tcg", help="accelerators to try in order (default kvm,tcg)")
+    lab.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    lab.add_argument("--keep-image", action="store_true", help="keep work/disk.img after the run")
+    lab.add_argument("--cache-dir", help="cache for the guest kernel (default ~/.cache/labkit)")
+    lab.set_defaults(func=_cmd_lab)
+
+    lay = sub.add_parser("layout", help="show a disk layout")
+    lay.add_argument("name", nargs="?", default="seed", choices=["seed", "lab"])
+    lay.add_argument("--json", action="store_true")
+    lay.set_defaults(func=_cmd_layout)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except LabkitError as exc:
+        print(f"labkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("labkit: interrupted", file=sys.stderr)
+        return 130

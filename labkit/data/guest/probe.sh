@@ -1,0 +1,48 @@
+#!/bin/sh
+# labkit probe: print one bundle (docs/contracts.md) to the console, then return.
+# Cheap on purpose: /proc/uptime is read first, everything is collected into one file in RAM and
+# printed at once. Overrides for tests: LABKIT_PROBE_ROOT (prefix for /proc and /etc files),
+# LABKIT_PROBE_OUT (instead of /dev/console), LABKIT_PROBE_DMESG (a file instead of `dmesg`).
+R=${LABKIT_PROBE_ROOT:-}
+OUT=${LABKIT_PROBE_OUT:-/dev/console}
+UPTIME=$(cat "$R/proc/uptime")
+OS=$(cat "$R/etc/labkit-os" 2>/dev/null) || OS=unknown
+case "$OS" in
+	*-rehearsal) GUEST=rehearsal ;;
+	*) GUEST=real ;;
+esac
+TMP=${TMPDIR:-/tmp}/labkit-probe.$$
+BODY=$TMP.body
+
+section() {
+	echo "@@SECTION $1@@"
+}
+
+{
+	section uptime
+	echo "$UPTIME"
+	section meminfo
+	awk 1 "$R/proc/meminfo"
+	section dmesg
+	if [ -n "${LABKIT_PROBE_DMESG:-}" ]; then awk 1 "$LABKIT_PROBE_DMESG"; else dmesg | awk 1; fi
+	section df
+	set -- /
+	for m in "$R"/media/* /nix /data; do
+		[ -d "$m" ] && set -- "$@" "$m"
+	done
+	df -k "$@" 2>/dev/null | awk 1
+	section cmdline
+	awk 1 "$R/proc/cmdline"
+	section kernel
+	uname -a
+} > "$BODY"
+
+SUM=$(md5sum "$BODY")
+SUM=${SUM%% *}
+{
+	echo "@@LABKIT-BUNDLE-BEGIN v=1 os=$OS guest=$GUEST@@"
+	cat "$BODY"
+	echo "@@LABKIT-BUNDLE-END sections=6 md5=$SUM@@"
+} > "$TMP.all"
+cat "$TMP.all" > "$OUT"
+rm -f "$BODY" "$TMP.all"

@@ -1,0 +1,372 @@
+"""The offline QEMU lab: build the dual-boot image, boot each system N times, measure, report.
+
+One call, :func:`run_lab`, does the whole main job. Its output directory holds::
+
+    transcript.jsonl      every command (argv, cwd, rc, duration, output tail)
+    environment.json      host, tool versions, accelerator, guest kernel, image hash, parameters
+    boots.csv             one row per boot: os, index, ok, reason, wall time, serial log, bundle
+    serial/<os>-<n>.log   serial console, one "<host seconds since QEMU start>\\t<line>" per line
+    bundles/<os>-<n>.txt  the raw probe bundle of each boot
+    results.csv           one row per run/os/boot/metric (value, unit, source)
+    report.ipynb / .html  the executed report notebook and its HTML export
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from labkit import bootchain, qemu
+from labkit.bundle import Bundle, extract_bundles
+from labkit.environment import capture_environment, write_environment
+from labkit.errors import InputError, LabkitError
+from labkit.guests import GuestBuild, build_alpine_tree, build_nixos_trees, obtain_kernel
+from labkit.guests.payloads import PACKAGE_SETS
+from labkit.image import ImageInfo, build_image
+from labkit.layout import LAB_LAYOUT, Layout, Role
+from labkit.results import ResultRow, rows_from_bundle, write_results_csv
+from labkit.runner import Mode, Runner, atomic_write_text
+
+SYSTEMS = ("alpine", "nixos")
+RUN_MARKERS = ("transcript.jsonl", "environment.json", "results.csv", "boots.csv", "run.json")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("LABKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "labkit"
+    )
+    return Path(base)
+
+
+@dataclass(frozen=True)
+class LabParams:
+    """Everything that defines a lab run (recorded in environment.json)."""
+
+    out: Path | None = None  # None: a new runs/<run-id>
+    boots: int = 3
+    warmup: int = 0
+    systems: tuple[str, ...] = SYSTEMS
+    world: str = "default"
+    memory_mib: int = 512
+    boot_timeout_s: float = 120.0
+    accel_candidates: tuple[str, ...] = ("kvm", "tcg")
+    report: bool = True
+    keep_image: bool = False
+    cache_dir: Path = field(default_factory=default_cache_dir)
+
+    def validate(self) -> None:
+        if self.boots < 1:
+            raise InputError(f"--boots {self.boots}: at least one boot per system is needed", "use --boots 1 or more")
+        if self.warmup < 0:
+            raise InputError(f"--warmup {self.warmup} is negative", "use 0 or more")
+        bad = [s for s in self.systems if s not in SYSTEMS]
+        if bad or not self.systems:
+            raise InputError(f"unknown system(s) {bad or '(none)'}", f"choose among {', '.join(SYSTEMS)}")
+        if self.world not in PACKAGE_SETS:
+            raise InputError(f"unknown package set {self.world!r}", f"choose among {', '.join(PACKAGE_SETS)}")
+        if self.memory_mib < 256:
+            raise InputError(f"guest memory {self.memory_mib} MiB is too small", "use at least 256 MiB")
+        if self.boot_timeout_s <= 0:
+            raise InputError("the boot timeout must be positive", "use e.g. --boot-timeout 120")
+
+    def as_record(self) -> dict[str, object]:
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class BootRecord:
+    os: str
+    boot: int
+    warmup: bool
+    ok: bool
+    reason: str
+    wall_s: float
+    accel: str
+    timed_out: bool
+    serial_log: str
+    bundle: str | None
+
+
+@dataclass(frozen=True)
+class LabRun:
+    run_id: str
+    run_dir: Path
+    boots: tuple[BootRecord, ...]
+    rows: tuple[ResultRow, ...]
+    accel: str
+    report: Path | None
+    image: ImageInfo | None
+
+    @property
+    def failed(self) -> list[BootRecord]:
+        return [b for b in self.boots if not b.ok]
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_run_dir(out: Path | None, runs_root: Path = Path("runs")) -> tuple[str, Path]:
+    """Pick the run directory; never reuse one that holds a run.
+
+    ``out`` given: it must be missing or empty (a directory holding a run is refused, naming
+    the fix). ``out`` None: a new ``runs/<run-id>`` is made (and ``runs/latest`` points at it).
+    """
+    if out is None:
+        run_id = new_run_id()
+        run_dir = runs_root / run_id
+        n = 1
+        while run_dir.exists():
+            n += 1
+            run_dir = runs_root / f"{run_id}-{n}"
+        run_id = run_dir.name
+        run_dir.mkdir(parents=True)
+        latest = runs_root / "latest"
+        try:
+            if latest.is_symlink() or not latest.exists():
+                tmp = runs_root / f".latest-{os.getpid()}"
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(run_id)
+                os.replace(tmp, latest)
+        except OSError:
+            pass
+        return run_id, run_dir
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory", "choose a new directory for the run")
+    if out.is_dir():
+        held = [m for m in RUN_MARKERS if (out / m).exists()]
+        if held:
+            raise InputError(
+                f"--out {out} already holds a lab run ({', '.join(held)}); labkit never overwrites a run",
+                f"choose a new directory (e.g. --out {out}-2), or leave --out away to get a new runs/<run-id>",
+            )
+        if any(out.iterdir()):
+            raise InputError(f"--out {out} is not empty", "choose a new or empty directory for the run")
+    out.mkdir(parents=True, exist_ok=True)
+    return out.resolve().name, out
+
+
+# -- building -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabImage:
+    image: ImageInfo
+    guests: dict[str, GuestBuild]
+    titles: dict[str, str]  # os -> rEFInd entry title
+    esp_offset: int
+
+
+def build_lab_image(
+    runner: Runner,
+    work: Path,
+    *,
+    systems: Sequence[str] = SYSTEMS,
+    world: str = "default",
+    cache_dir: Path,
+    layout: Layout = LAB_LAYOUT,
+) -> LabImage:
+    """Guests → partition trees → boot chain → verified image at ``work/disk.img``."""
+    trees = {role: work / "trees" / role.value for role in (Role.NIXOS_BOOT, Role.NIX_STORE, Role.ALPINE, Role.DATA)}
+    for t in trees.values():
+        if t.exists():
+            shutil.rmtree(t)
+        t.mkdir(parents=True)
+    with runner.step("guest kernel"):
+        kernel = obtain_kernel(runner, cache_dir / "kernel")
+        runner.note(f"Debian kernel {kernel.version}")
+    guests: dict[str, GuestBuild] = {}
+    if "alpine" in systems:
+        guests["alpine"] = build_alpine_tree(runner, kernel, trees[Role.ALPINE], world=world)
+    if "nixos" in systems:
+        guests["nixos"] = build_nixos_trees(
+            runner, kernel, trees[Role.NIXOS_BOOT], trees[Role.NIX_STORE], trees[Role.DATA], packages=world
+        )
+    entries = [g.entry for g in guests.values()]
+    titles = {os_name: g.entry.title for os_name, g in guests.items()}
+    with runner.step("boot chain"):
+        grub_efi = None
+        if "alpine" in guests:
+            atomic_write_text(trees[Role.ALPINE] / "boot" / "refind_linux.conf",
+                              bootchain.refind_linux_conf(guests["alpine"].entry))
+        if "nixos" in guests:
+            atomic_write_text(trees[Role.NIXOS_BOOT] / "grub" / "grub.cfg", bootchain.grub_cfg(guests["nixos"].entry))
+            grub_efi = bootchain.build_grub_efi(runner, work / "grubx64.efi")
+        files = bootchain.esp_files(entries, entries[0].title, grub_efi=grub_efi, layout=layout)
+    image = build_image(runner, layout, work / "disk.img", trees, files)
+    shutil.rmtree(work / "trees", ignore_errors=True)
+    return LabImage(image, guests, titles, image.offset(Role.ESP))
+
+
+# -- booting --------------------------------------------------------------------------------------
+def boot_order(systems: Sequence[str], boots: int, warmup: int) -> list[tuple[str, int, bool]]:
+    """Interleaved order (a b, b a, a b, ...) so drift on the host hits both systems alike."""
+    order: list[tuple[str, int, bool]] = []
+    for i in range(warmup + boots):
+        seq = list(systems) if i % 2 == 0 else list(reversed(systems))
+        order += [(s, i, i < warmup) for s in seq]
+    return order
+
+
+def _bundle_text(b: Bundle) -> str:
+    from labkit.bundle import format_bundle
+
+    return format_bundle(b.os, b.guest, b.sections)
+
+
+def run_boot(
+    runner: Runner,
+    lab: LabImage,
+    os_name: str,
+    index: int,
+    warmup: bool,
+    *,
+    run_id: str,
+    run_dir: Path,
+    accel: str,
+    memory_mib: int,
+    timeout_s: float,
+) -> tuple[BootRecord, list[ResultRow]]:
+    """One boot: select the entry in rEFInd, boot, keep the serial log and the bundle, measure."""
+    serial_rel = f"serial/{os_name}-{index}.log"
+    (run_dir / "serial").mkdir(exist_ok=True)
+    with runner.step(f"boot {os_name} #{index}{' (warm-up)' if warmup else ''}"):
+        bootchain.set_default_selection(runner, lab.image.path, lab.esp_offset, lab.titles[os_name])
+        res = qemu.boot(
+            runner,
+            lab.image.path,
+            workdir=run_dir / "work" / "qemu",
+            accel=accel,
+            memory_mib=memory_mib,
+            timeout_s=timeout_s,
+            serial_log=run_dir / serial_rel,
+        )
+        bundles = extract_bundles(res.lines, strict=False)
+        ok, reason = res.ok, res.reason
+        bundle_rel: str | None = None
+        rows: list[ResultRow] = []
+        good = [b for b in bundles if b.ok]
+        if not bundles:
+            ok, reason = False, f"no probe bundle on serial ({res.reason})"
+        elif not good:
+            ok, reason = False, f"bundle incomplete: {'; '.join(bundles[0].problems)} ({res.reason})"
+        else:
+            b = good[-1]
+            expected = lab.guests[os_name].os_id
+            if b.os != expected:
+                ok, reason = False, f"bundle comes from {b.os!r}, expected {expected!r} (wrong entry booted?)"
+            else:
+                bundle_rel = f"bundles/{os_name}-{index}.txt"
+                atomic_write_text(run_dir / bundle_rel, _bundle_text(b))
+                rows = rows_from_bundle(b, run_id=run_id, boot=index, warmup=warmup, accel=accel)
+                ok = True if res.ok or res.stopped else ok
+        runner.note(
+            f"{os_name} #{index}: {'ok' if ok else 'FAILED'} in {res.wall_s:.1f} s"
+            + ("" if ok else f" — {reason}")
+        )
+    rec = BootRecord(os_name, index, warmup, ok, reason, round(res.wall_s, 3), accel, res.timed_out,
+                     serial_rel, bundle_rel)
+    return rec, rows
+
+
+def write_boots_csv(boots: Sequence[BootRecord], path: Path) -> None:
+    buf = io.StringIO()
+    fields = list(BootRecord.__dataclass_fields__)
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for b in boots:
+        w.writerow(asdict(b))
+    atomic_write_text(path, buf.getvalue())
+
+
+# -- the whole run --------------------------------------------------------------------------------
+def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_root: Path = Path("runs")) -> LabRun:
+    params.validate()
+    run_id, run_dir = prepare_run_dir(params.out, runs_root)
+    runner = Runner(Mode.APPLY, run_dir / "transcript.jsonl", progress=progress)
+    started = time.monotonic()
+    runner.note(f"labkit lab run {run_id} → {run_dir}")
+    work = run_dir / "work"
+    work.mkdir(exist_ok=True)
+    boots: list[BootRecord] = []
+    rows: list[ResultRow] = []
+    lab: LabImage | None = None
+    accel_choice: qemu.AccelChoice | None = None
+    try:
+        with runner.step("build the lab image (rehearsal guests)"):
+            lab = build_lab_image(runner, work, systems=params.systems, world=params.world, cache_dir=params.cache_dir)
+        accel_choice = qemu.choose_accelerator(runner, params.accel_candidates, workdir=work / "accel")
+        if accel_choice.warning:
+            runner.note(f"warning: {accel_choice.warning}")
+        order = boot_order(params.systems, params.boots, params.warmup)
+        for n, (os_name, index, warm) in enumerate(order, start=1):
+            runner.note(f"[{n}/{len(order)}]")
+            rec, brows = run_boot(
+                runner, lab, os_name, index, warm, run_id=run_id, run_dir=run_dir, accel=accel_choice.accel,
+                memory_mib=params.memory_mib, timeout_s=params.boot_timeout_s,
+            )
+            boots.append(rec)
+            rows.extend(brows)
+            write_boots_csv(boots, run_dir / "boots.csv")  # progress survives an interrupted run
+        write_results_csv(rows, run_dir / "results.csv")
+    finally:
+        extra: dict[str, object] = {
+            "run_id": run_id,
+            "target": "lab",
+            "guest_kind": "rehearsal",
+            "accel": accel_choice.accel if accel_choice else None,
+            "accel_tried": [list(t) for t in accel_choice.tried] if accel_choice else None,
+            "guest_kernel": next(iter(lab.guests.values())).kernel_version if lab and lab.guests else None,
+            "image": (
+                {"sha256": lab.image.content_sha256, "size": lab.image.size, "disk_guid": lab.image.disk_guid,
+                 "build_s": round(lab.image.build_s, 3),
+                 "partitions": [{"number": p.number, "role": p.role.value, "label": p.label,
+                                 "fs_uuid": p.fs_uuid, "size": p.size} for p in lab.image.partitions]}
+                if lab else None
+            ),
+            "guests": (
+                {os_name: {"os_id": g.os_id, "title": g.entry.title, "cmdline": g.entry.cmdline,
+                           "packages": len(g.packages), "installed_bytes": g.installed_size,
+                           "compressed_bytes": g.compressed_size}
+                 for os_name, g in lab.guests.items()}
+                if lab else None
+            ),
+            "qemu_argv_example": None,
+            "boots_ok": sum(b.ok for b in boots),
+            "boots_failed": sum(not b.ok for b in boots),
+            "wall_s": round(time.monotonic() - started, 1),
+        }
+        if lab is not None:
+            extra["qemu_argv_example"] = qemu.qemu_argv(lab.image.path, vars_file=work / "qemu" / "OVMF_VARS.fd",
+                                                        accel=accel_choice.accel if accel_choice else "tcg",
+                                                        memory_mib=params.memory_mib)
+            extra["host_versions"] = qemu.host_versions(runner)
+        write_environment(capture_environment(params.as_record(), extra, runner=runner), run_dir)
+        if lab is not None and not params.keep_image:
+            lab.image.path.unlink(missing_ok=True)
+    report = None
+    if params.report:
+        if not rows:
+            raise LabkitError(
+                "no boot produced a usable bundle; there is nothing to report",
+                f"read {run_dir / 'boots.csv'} and the serial logs in {run_dir / 'serial'}",
+            )
+        from labkit.report import render_report
+
+        report = render_report(run_dir, runner=runner)
+        runner.note(f"report: {report}")
+    runner.note(f"done in {time.monotonic() - started:.0f} s: {sum(b.ok for b in boots)}/{len(boots)} boots ok")
+    atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "ok": not [b for b in boots if not b.ok]}))
+    return LabRun(run_id, run_dir, tuple(boots), tuple(rows), accel_choice.accel if accel_choice else "?",
+                  report, lab.image if lab else None)

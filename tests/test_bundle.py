@@ -1,0 +1,252 @@
+"""Bundle extraction and section parsers, against the contract and real tool output shapes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import synth
+
+from labkit.bundle import (
+    BundleError,
+    SectionError,
+    SerialLine,
+    SerialLogError,
+    extract_bundles,
+    format_bundle,
+    parse_bundle_text,
+    parse_cmdline,
+    parse_df,
+    parse_dmesg,
+    parse_meminfo,
+    parse_uptime,
+    read_serial_log,
+)
+
+BUSYBOX = synth.FIXTURES / "alpine-3.20.3" / "busybox-free-df-meminfo.txt"
+KMSG = synth.FIXTURES / "alpine-3.20.3" / "initramfs-kmsg-messages.txt"
+
+
+def _fixture_block(path: Path, command_prefix: str) -> str:
+    """The output under the ``$ <command>`` line of a fixture file, up to the blank line."""
+    blocks = path.read_text().split("\n\n")
+    for block in blocks:
+        head, _, body = block.partition("\n")
+        if head.startswith(f"$ {command_prefix}"):
+            return body
+    raise AssertionError(f"no '$ {command_prefix}' block in {path}")
+
+
+# -- real shapes ------------------------------------------------------------------------------------
+def test_busybox_df_k_fixture() -> None:
+    rows = parse_df(_fixture_block(BUSYBOX, "df -k"))
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r.filesystem, r.blocks_k, r.used_k, r.available_k, r.use_pct, r.mounted_on) == (
+        "tmpfs", 12342040, 0, 12342040, 0, "/mnt/t"
+    )
+
+
+def test_df_h_is_rejected_with_section_and_line() -> None:
+    with pytest.raises(SectionError) as exc:
+        parse_df(_fixture_block(BUSYBOX, "df -h"))
+    assert exc.value.section == "df" and exc.value.line_no == 1
+    assert "df -k" in str(exc.value)
+
+
+def test_busybox_meminfo_fixture() -> None:
+    mem = parse_meminfo(_fixture_block(BUSYBOX, 'grep -E "^(MemTotal'))
+    assert mem == {"MemTotal": 24684084, "MemFree": 23665812, "MemAvailable": 24275512, "Cached": 758704,
+                   "Shmem": 8872}
+
+
+def test_uptime_fixture() -> None:
+    up = parse_uptime(_fixture_block(BUSYBOX, "cat /proc/uptime"))
+    assert (up.uptime_s, up.idle_s) == (911.80, 1390.09)
+    assert parse_uptime("12.34 5.67\n").uptime_s == 12.34
+
+
+def test_alpine_kmsg_fixture() -> None:
+    msgs = parse_dmesg(KMSG.read_text())
+    assert msgs[0] == (608.70, "Alpine Init 3.13.0")
+    texts = [t for _, t in msgs]
+    assert "Installing packages to root filesystem..." in texts
+    assert "Installing packages to root filesystem: ok." in texts
+
+
+# -- section parsers: shapes and errors ---------------------------------------------------------------
+def test_meminfo_malformed_line_names_section_and_line() -> None:
+    text = "MemTotal:  492304 kB\nMemFree:   401232 kB\nMemAvailable 431120 kB\n"
+    with pytest.raises(SectionError) as exc:
+        parse_meminfo(text)
+    assert exc.value.section == "meminfo" and exc.value.line_no == 3
+    assert "section 'meminfo', line 3" in str(exc.value) and "MemAvailable 431120 kB" in str(exc.value)
+
+
+def test_meminfo_counts_without_unit() -> None:
+    mem = parse_meminfo(synth.MEMINFO.format(shmem=1))
+    assert mem["HugePages_Total"] == 0 and mem["Shmem"] == 1
+
+
+def test_uptime_malformed() -> None:
+    with pytest.raises(SectionError, match="section 'uptime', line 1"):
+        parse_uptime("12.34\n")
+    with pytest.raises(SectionError, match="uptime"):
+        parse_uptime("")
+
+
+def test_dmesg_continuation_and_padding() -> None:
+    msgs = parse_dmesg("[    1.234567] first\n  more of first\n[   12.000001] second\n<6>[   13.5] third\n")
+    assert msgs == [(1.234567, "first\n  more of first"), (12.000001, "second"), (13.5, "third")]
+
+
+def test_dmesg_without_timestamps_is_an_error() -> None:
+    with pytest.raises(SectionError, match="section 'dmesg', line 1") as exc:
+        parse_dmesg("Linux version 6.1.0\n[    1.0] x\n")
+    assert "printk" in str(exc.value)
+
+
+def test_df_wrapped_device_and_repeated_header() -> None:
+    text = synth.DF_NIXOS.format(used=10, avail=20, pct=1) + "\n" + synth.DF_ALPINE.format(used=5, avail=6, pct=7)
+    rows = parse_df(text)
+    assert [r.mounted_on for r in rows] == ["/", "/nix", "/", "/dev", "/media/vda4"]
+    assert rows[1].filesystem == "/dev/disk/by-label/nix-store-of-the-rehearsal-guest"
+    assert rows[1].used_k == 300120
+
+
+def test_df_coreutils_dash_and_bad_number() -> None:
+    header = "Filesystem     1K-blocks  Used Available Use% Mounted on\n"
+    rows = parse_df(header + "binfmt 0 0 0 - /proc/sys/fs/binfmt_misc\n")
+    assert rows[0].use_pct is None
+    with pytest.raises(SectionError, match="section 'df', line 2"):
+        parse_df("Filesystem 1K-blocks Used Available Use% Mounted on\ntmpfs 10 x 5 50% /\n")
+    with pytest.raises(SectionError, match="device name without its numbers"):
+        parse_df("Filesystem 1K-blocks Used Available Use% Mounted on\n/dev/very/long/name\n")
+
+
+def test_cmdline() -> None:
+    assert parse_cmdline('console=ttyS0,115200 quiet label="nix store" console=tty0\n') == [
+        ("console", "ttyS0,115200"), ("quiet", None), ("label", "nix store"), ("console", "tty0")
+    ]
+    with pytest.raises(SectionError, match="section 'cmdline', line 1"):
+        parse_cmdline('root="broken\n')
+
+
+# -- bundles in serial logs ---------------------------------------------------------------------------
+def _alpine_log(t_begin: float = 11.9) -> list[SerialLine]:
+    return synth.serial_log(synth.bundle_lines("alpine-rehearsal", "rehearsal", synth.alpine_sections()),
+                            t_begin=t_begin)
+
+
+def test_extract_from_noisy_serial_log() -> None:
+    lines = _alpine_log()
+    assert any(ln.text.startswith("[") and ln.t < 11.9 for ln in lines)  # a kernel message before BEGIN
+    (b,) = extract_bundles(lines)
+    assert (b.os, b.guest, b.t_begin, b.complete, b.md5_ok, b.ok) == (
+        "alpine-rehearsal", "rehearsal", 11.9, True, True, True
+    )
+    assert list(b.sections) == ["uptime", "meminfo", "dmesg", "df", "cmdline", "kernel"]
+    assert b.sections["meminfo"] == synth.MEMINFO.format(shmem=18234)
+    assert b.section("kernel").startswith("Linux (none) 6.1.0")
+    with pytest.raises(BundleError, match="no section 'apkdb'"):
+        b.section("apkdb")
+
+
+def test_objects_with_t_and_text_are_accepted() -> None:
+    class Line:
+        def __init__(self, t: float, text: str) -> None:
+            self.t, self.text = t, text
+
+    (b,) = extract_bundles([Line(ln.t, ln.text) for ln in _alpine_log()])
+    assert b.ok
+
+
+def test_two_bundles_and_noise_between() -> None:
+    a = _alpine_log(11.9)
+    n = synth.serial_log(synth.bundle_lines("nixos-rehearsal", "rehearsal", synth.nixos_sections()), t_begin=40.0)
+    bundles = extract_bundles(a + n)
+    assert [(b.os, b.t_begin) for b in bundles] == [("alpine-rehearsal", 11.9), ("nixos-rehearsal", 40.0)]
+
+
+def test_serial_log_file_round_trip(tmp_path: Path) -> None:
+    path = synth.write_serial_log(tmp_path / "serial-alpine-rehearsal-0.log", _alpine_log())
+    lines = read_serial_log(path)
+    assert [ln.text for ln in lines] == [ln.text for ln in _alpine_log()]
+    assert [ln.t for ln in lines] == pytest.approx([ln.t for ln in _alpine_log()], abs=1e-6)
+    (b,) = extract_bundles(lines)
+    assert b.ok and b.t_begin == 11.9
+
+
+def test_serial_log_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "serial-x-0.log"
+    path.write_text("0.100000\tok\nnot a timestamp line\n")
+    with pytest.raises(SerialLogError, match="line 2"):
+        read_serial_log(path)
+
+
+def test_truncated_bundle_is_named() -> None:
+    lines = _alpine_log()
+    end = next(i for i, ln in enumerate(lines) if "BUNDLE-END" in ln.text)
+    cut = lines[: end - 3]  # the guest died while printing the df section
+    with pytest.raises(BundleError) as exc:
+        extract_bundles(cut)
+    msg = str(exc.value)
+    assert "truncated" in msg and "alpine-rehearsal" in msg and "no END line" in msg
+    assert exc.value.fix
+    (b,) = extract_bundles(cut, strict=False)
+    assert not b.complete and not b.ok and b.problems
+
+
+def test_new_begin_before_end_truncates_previous() -> None:
+    lines = _alpine_log()
+    end = next(i for i, ln in enumerate(lines) if "BUNDLE-END" in ln.text)
+    bundles = extract_bundles(lines[:end] + _alpine_log(50.0), strict=False)
+    assert [b.complete for b in bundles] == [False, True]
+
+
+def test_md5_mismatch_is_corrupt() -> None:
+    lines = _alpine_log()
+    i = next(i for i, ln in enumerate(lines) if ln.text.startswith("MemFree:"))
+    lines[i] = SerialLine(lines[i].t, "MemFree:          401233 kB")  # one dropped/flipped byte
+    with pytest.raises(BundleError, match="corrupt: md5"):
+        extract_bundles(lines)
+    (b,) = extract_bundles(lines, strict=False)
+    assert b.complete and not b.md5_ok
+
+
+def test_unknown_os_id() -> None:
+    lines = [SerialLine(1.0 + i, t) for i, t in enumerate(synth.bundle_lines("arch", "real", {"uptime": "1.0 1.0"}))]
+    with pytest.raises(BundleError, match="unknown os id 'arch'"):
+        extract_bundles(lines)
+    with pytest.raises(BundleError, match="unknown os id"):
+        extract_bundles(lines, strict=False)  # not a transmission problem: always an error
+
+
+def test_guest_kind_must_match_os() -> None:
+    lines = [SerialLine(0.0, t) for t in synth.bundle_lines("alpine", "rehearsal", {"uptime": "1.0 1.0"})]
+    with pytest.raises(BundleError, match="real system"):
+        extract_bundles(lines)
+
+
+def test_sections_count_mismatch() -> None:
+    body = synth.bundle_lines("nixos", "real", {"uptime": "1.0 1.0"})
+    body[-1] = re.sub(r"sections=\d+", "sections=2", body[-1])
+    with pytest.raises(BundleError, match="sections=2 but the body has 1"):
+        extract_bundles([SerialLine(0.0, t) for t in body])
+
+
+def test_hand_written_bundle_equals_format_bundle() -> None:
+    sections = synth.nixos_sections()
+    by_hand = "\n".join(synth.bundle_lines("nixos-rehearsal", "rehearsal", sections)) + "\n"
+    assert format_bundle("nixos-rehearsal", "rehearsal", sections) == by_hand
+    b = parse_bundle_text("some noise\n" + by_hand + "more noise\n")
+    assert b.ok and b.t_begin is None and b.sections == sections
+
+
+def test_parse_bundle_text_errors() -> None:
+    with pytest.raises(BundleError, match="no @@LABKIT-BUNDLE-BEGIN"):
+        parse_bundle_text("nothing here\n")
+    one = format_bundle("nixos", "real", {"uptime": "1.0 1.0"})
+    with pytest.raises(BundleError, match="expected one bundle, found 2"):
+        parse_bundle_text(one + one)

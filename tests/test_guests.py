@@ -1,0 +1,300 @@
+"""Rehearsal guests: unit tests, and boot tests that really boot both guests under QEMU (TCG)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from labkit.errors import LabkitError
+from labkit.guests import (
+    PACKAGE_SETS,
+    GuestKernel,
+    build_alpine_tree,
+    build_initramfs,
+    build_nixos_trees,
+    host_package,
+    module_closure,
+    obtain_kernel,
+    read_modules_dep,
+)
+from labkit.guests.initramfs import BOOT_MODULES, DATA_DIR
+from labkit.guests.payloads import busybox_payload, nix_base32, write_alpine_repo
+from labkit.runner import Runner
+
+CACHE = Path(os.environ.get("LABKIT_GUEST_CACHE", "/var/tmp/labkit-guest-cache"))
+QEMU = shutil.which("qemu-system-x86_64")
+needs_qemu = pytest.mark.skipif(
+    QEMU is None, reason="qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+)
+BOOT_TIMEOUT = 90
+
+
+@pytest.fixture(scope="module")
+def runner() -> Runner:
+    return Runner(progress=None)
+
+
+@pytest.fixture(scope="module")
+def kernel(runner: Runner) -> GuestKernel:
+    return obtain_kernel(runner, CACHE / "kernels")
+
+
+# -- bundle helpers (independent of labkit.bundle, which another module owns) ---------------------
+BEGIN = re.compile(r"^@@LABKIT-BUNDLE-BEGIN v=1 os=(\S+) guest=(\S+)@@$")
+END = re.compile(r"^@@LABKIT-BUNDLE-END sections=(\d+) md5=([0-9a-f]{32})@@$")
+
+
+def parse_bundle(text: str) -> tuple[str, dict[str, str]]:
+    lines = text.replace("\r", "").split("\n")
+    start = next(i for i, ln in enumerate(lines) if BEGIN.match(ln))
+    end = next(i for i, ln in enumerate(lines) if i > start and END.match(ln))
+    body = lines[start + 1 : end]
+    m = END.match(lines[end])
+    assert m is not None
+    digest = hashlib.md5("".join(ln + "\n" for ln in body).encode("latin-1")).hexdigest()
+    assert digest == m.group(2), "bundle md5 does not match its body"
+    sections: dict[str, list[str]] = {}
+    cur = None
+    for ln in body:
+        s = re.match(r"^@@SECTION (\S+)@@$", ln)
+        if s:
+            cur = s.group(1)
+            sections[cur] = []
+        else:
+            assert cur is not None
+            sections[cur].append(ln)
+    assert int(m.group(1)) == len(sections)
+    b = BEGIN.match(lines[start])
+    assert b is not None
+    return b.group(1), {k: "\n".join(v) for k, v in sections.items()}
+
+
+# -- unit tests -----------------------------------------------------------------------------------
+def test_module_closure_orders_dependencies_first() -> None:
+    deps = {
+        "kernel/fs/ext4/ext4.ko": ["kernel/fs/jbd2/jbd2.ko", "kernel/fs/mbcache.ko", "kernel/lib/crc16.ko"],
+        "kernel/fs/jbd2/jbd2.ko": ["kernel/crypto/crc32c_generic.ko"],
+        "kernel/fs/mbcache.ko": [],
+        "kernel/lib/crc16.ko": [],
+        "kernel/crypto/crc32c_generic.ko": [],
+        "kernel/drivers/block/virtio_blk.ko.xz": ["kernel/drivers/virtio/virtio.ko.xz"],
+        "kernel/drivers/virtio/virtio.ko.xz": [],
+        "kernel/unrelated.ko": [],
+    }
+    order = module_closure(deps, ["virtio-blk", "ext4"])
+    assert "kernel/unrelated.ko" not in order
+    assert len(order) == len(set(order)) == 7
+    for mod, ds in deps.items():
+        if mod in order:
+            assert all(order.index(d) < order.index(mod) for d in ds)
+    with pytest.raises(LabkitError, match=r"not in modules\.dep"):
+        module_closure(deps, ["nope"])
+    with pytest.raises(LabkitError, match="cycle"):
+        module_closure({"a.ko": ["b.ko"], "b.ko": ["a.ko"]}, ["a"])
+
+
+def test_kernel_cache_and_real_closure(runner: Runner, kernel: GuestKernel) -> None:
+    assert kernel.vmlinuz.is_file() and (kernel.modules_dir / "modules.dep").is_file()
+    again = Runner(progress=None)
+    assert obtain_kernel(again, CACHE / "kernels") == kernel
+    assert not any(p.argv[:2] in (("apt-get", "download"), ("apt-get", "update")) for p in again.planned)
+    order = [Path(p).name.split(".ko")[0] for p in module_closure(read_modules_dep(kernel.modules_dir / "modules.dep"),
+                                                                BOOT_MODULES)]
+    for needed in ("virtio_pci", "virtio_blk", "ext4", "jbd2", "mbcache", "crc16", "crc32c_generic"):
+        assert needed in order
+    assert order.index("jbd2") < order.index("ext4") and order.index("crc32c_generic") < order.index("ext4")
+
+
+def test_initramfs_is_reproducible(runner: Runner, kernel: GuestKernel, tmp_path: Path) -> None:
+    a = build_initramfs(runner, kernel, "alpine", tmp_path / "a" / "initrd")
+    b = build_initramfs(runner, kernel, "alpine", tmp_path / "b" / "initrd")
+    assert a.read_bytes() == b.read_bytes()
+    listing = subprocess.run(["sh", "-c", f"gzip -dc {a} | cpio -t --quiet"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert "init" in listing and "bin/busybox" in listing and "sbin/switch_root" in listing
+    assert any(n.endswith("ext4.ko") for n in listing)
+    assert f"lib/modules/{kernel.version}/labkit-load-order" in listing
+    n = build_initramfs(runner, kernel, "nixos", tmp_path / "n" / "initrd")
+    assert n.read_bytes() != a.read_bytes()
+
+
+def test_payloads_are_real_and_reproducible(runner: Runner, tmp_path: Path) -> None:
+    gdisk = host_package(runner, "gdisk")
+    assert gdisk.installed_size > 100_000
+    assert any(e.path == "sbin/sgdisk" for e in gdisk.entries)
+    bb = busybox_payload(runner)
+    assert any(e.path == "sbin/init" and e.target == "/bin/busybox" for e in bb.entries)
+    infos = write_alpine_repo([bb, gdisk], tmp_path / "one")
+    again = write_alpine_repo([bb, gdisk], tmp_path / "two")
+    assert infos == again
+    for info in infos:
+        data = (tmp_path / "one" / info.file).read_bytes()
+        assert data == (tmp_path / "two" / info.file).read_bytes()
+        assert info.compressed_size == len(data) > 0 and info.installed_size > 0
+        with tarfile.open(tmp_path / "one" / info.file) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+        assert all(m.uid == 0 and m.gid == 0 and not m.name.startswith("/") for m in members.values())
+    assert (tmp_path / "one" / "apks" / ".boot_repository").is_file()
+    index = (tmp_path / "one" / "apks" / "x86_64" / "LABKIT-INDEX").read_text().splitlines()
+    assert index[1].split("\t")[0] == "busybox-static" and index[2].split("\t")[0] == "gdisk"
+    h = gdisk.content_hash()
+    assert len(h) == 32 and set(h) <= set("0123456789abcdfghijklmnpqrsvwxyz")
+    assert nix_base32(bytes(20)) == "0" * 32
+
+
+def test_package_sets_grow() -> None:
+    small, medium, large = (set(PACKAGE_SETS[n]) for n in ("small", "medium", "large"))
+    assert small < medium < large
+    assert PACKAGE_SETS["default"] == PACKAGE_SETS["medium"]
+
+
+def test_guest_scripts_are_shellcheck_clean(tmp_path: Path) -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    stage2 = tmp_path / "stage2.sh"
+    text = (DATA_DIR / "nixos-stage2.sh").read_text()
+    stage2.write_text(text.replace("@busybox@", "/nix/store/x-busybox").replace("@system@", "/nix/store/y-system"))
+    scripts = [*(DATA_DIR / n for n in ("probe.sh", "alpine-init.sh", "nixos-init.sh", "alpine-rc.sh")), stage2]
+    res = subprocess.run(["shellcheck", "-s", "sh", "-e", "SC2239", *map(str, scripts)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+
+
+def test_probe_under_busybox_writes_a_valid_bundle(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "proc" / "uptime").write_text("3.14 2.00\n")
+    (root / "proc" / "meminfo").write_text("MemTotal:         468400 kB\nMemFree:          386428 kB\n")
+    (root / "proc" / "cmdline").write_text("console=ttyS0,115200 quiet\n")
+    (root / "etc" / "labkit-os").write_text("alpine-rehearsal\n")
+    dmesg = tmp_path / "dmesg"
+    dmesg.write_text("[    1.000000] Run /init as init process\n[    2.000000] labkit-rehearsal: switch_root")
+    out = tmp_path / "out"
+    env = {**os.environ, "LABKIT_PROBE_ROOT": str(root), "LABKIT_PROBE_OUT": str(out),
+           "LABKIT_PROBE_DMESG": str(dmesg), "TMPDIR": str(tmp_path)}
+    subprocess.run(["busybox", "sh", str(DATA_DIR / "probe.sh")], env=env, check=True, timeout=30)
+    os_id, sections = parse_bundle(out.read_text())
+    assert os_id == "alpine-rehearsal"
+    assert list(sections) == ["uptime", "meminfo", "dmesg", "df", "cmdline", "kernel"]
+    assert sections["uptime"] == "3.14 2.00"
+    assert sections["dmesg"].endswith("labkit-rehearsal: switch_root")
+    assert "Filesystem" in sections["df"]
+    assert not list(tmp_path.glob("labkit-probe.*"))
+
+
+# -- boot tests -----------------------------------------------------------------------------------
+def mkext4(tree: Path, image: Path, label: str, size: str) -> Path:
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", label, "-d", str(tree), str(image), size],
+                   check=True, timeout=60)
+    return image
+
+
+def boot(kernel: Path, initrd: Path, cmdline: str, disks: list[Path]) -> tuple[str, float]:
+    assert QEMU is not None
+    argv = [QEMU, "-machine", "q35", "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot",
+            "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]
+    for d in disks:
+        argv += ["-drive", f"file={d},format=raw,if=virtio"]
+    start = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, timeout=BOOT_TIMEOUT, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - start
+    text = proc.stdout.decode("latin-1").replace("\r", "")
+    assert proc.returncode == 0, text[-3000:]
+    return text, took
+
+
+def kmsg_time(dmesg: str, text: str) -> float:
+    m = re.search(r"^\[\s*(\d+\.\d+)\] " + re.escape(text) + "$", dmesg, re.M)
+    assert m, f"{text!r} not in dmesg"
+    return float(m.group(1))
+
+
+CHECK = b"""#!/bin/sh
+for p in /sbin/sgdisk /sbin/mke2fs /usr/share/OVMF/OVMF_CODE_4M.fd /lib/apk/db/installed; do
+\t[ -f "$p" ] && echo "labkit-check: present $p" > /dev/console
+done
+"""
+
+
+def _alpine(runner: Runner, kernel: GuestKernel, tmp_path: Path, drop: str | None = None) -> tuple[str, float, int]:
+    tree = tmp_path / "alpine"
+    t0 = time.monotonic()
+    check = {"etc/local.d/00-check.start": (CHECK, 0o755)}
+    build = build_alpine_tree(runner, kernel, tree, "default", extra_overlay=check)
+    print(f"alpine build {time.monotonic() - t0:.1f} s, {build.installed_size / 2**20:.1f} MiB installed, "
+          f"{build.compressed_size / 2**20:.1f} MiB of .apk")
+    if drop is not None:  # a world package the repository lacks
+        index = tree / "apks" / "x86_64" / "LABKIT-INDEX"
+        index.write_text("".join(ln for ln in index.read_text().splitlines(True) if not ln.startswith(drop + "\t")))
+    e = build.entry
+    assert "console=ttyS0,115200" in e.cmdline.split() and "quiet" in e.cmdline.split()
+    disk = mkext4(tree, tmp_path / "alpine.img", "alpine", "768M")
+    text, took = boot(tree / e.kernel, tree / e.initrd, e.cmdline, [disk])
+    return text, took, build.installed_size
+
+
+@needs_qemu
+@pytest.mark.boot
+def test_alpine_rehearsal_boots_and_installs_world(runner: Runner, kernel: GuestKernel, tmp_path: Path) -> None:
+    text, took, installed = _alpine(runner, kernel, tmp_path)
+    os_id, s = parse_bundle(text)
+    assert os_id == "alpine-rehearsal"
+    dm = s["dmesg"]
+    t_begin = kmsg_time(dm, "Installing packages to root filesystem...")
+    t_ok = kmsg_time(dm, "Installing packages to root filesystem: ok.")
+    t_switch = kmsg_time(dm, "labkit-rehearsal: switch_root")
+    assert kmsg_time(dm, "Run /init as init process") < t_begin < t_ok <= t_switch
+    assert "Loading user settings from /media/vda/alpinelab.apkovl.tar.gz: ok." in dm
+    for p in ("/sbin/sgdisk", "/sbin/mke2fs", "/usr/share/OVMF/OVMF_CODE_4M.fd", "/lib/apk/db/installed"):
+        assert f"labkit-check: present {p}" in text
+    root_used = next(int(ln.split()[2]) for ln in s["df"].splitlines() if ln.endswith(" /"))
+    assert root_used * 1024 >= 0.9 * installed
+    print(f"alpine boot {took:.1f} s wall, uptime {s['uptime'].split()[0]} s, package load {t_ok - t_begin:.2f} s")
+
+
+@needs_qemu
+@pytest.mark.boot
+def test_alpine_rehearsal_reports_missing_world_package(runner: Runner, kernel: GuestKernel, tmp_path: Path) -> None:
+    text, _took, _ = _alpine(runner, kernel, tmp_path, drop="gdisk")
+    assert "labkit-rehearsal: ERROR: world package 'gdisk' not found in /media/vda/apks" in text
+    _os, s = parse_bundle(text)
+    assert "labkit-rehearsal: ERROR: world package 'gdisk' not found" in s["dmesg"]
+    kmsg_time(s["dmesg"], "Installing packages to root filesystem: failed.")
+    assert "labkit-check: present /sbin/sgdisk" not in text
+    assert "labkit-check: present /sbin/mke2fs" in text
+
+
+@needs_qemu
+@pytest.mark.boot
+def test_nixos_rehearsal_boots_from_the_store(runner: Runner, kernel: GuestKernel, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    build = build_nixos_trees(runner, kernel, tmp_path / "boot", tmp_path / "nix", tmp_path / "data", "default")
+    print(f"nixos build {time.monotonic() - t0:.1f} s, {build.installed_size / 2**20:.1f} MiB in the store")
+    e = build.entry
+    system = build.file("system")
+    assert f"init=/nix/{system}/init" in e.cmdline.split()
+    disks = [
+        mkext4(tmp_path / "boot", tmp_path / "boot.img", "nixboot", "128M"),
+        mkext4(tmp_path / "nix", tmp_path / "nix.img", "nix", "768M"),
+        mkext4(tmp_path / "data", tmp_path / "data.img", "data", "64M"),
+    ]
+    text, took = boot(tmp_path / "boot" / e.kernel, tmp_path / "boot" / e.initrd, e.cmdline, disks)
+    os_id, s = parse_bundle(text)
+    assert os_id == "nixos-rehearsal"
+    t_switch = kmsg_time(s["dmesg"], "labkit-rehearsal: switch_root")
+    assert kmsg_time(s["dmesg"], "Run /init as init process") < t_switch
+    assert f"labkit-rehearsal: stage 2 /nix/{system}" in s["dmesg"]
+    df = {ln.split()[-1]: ln.split() for ln in s["df"].splitlines()[1:]}
+    assert df["/"][0] == "tmpfs" and "/data" in df
+    assert int(df["/nix"][2]) * 1024 >= 0.9 * build.installed_size
+    m = re.search(r"activation done: (\d+) programs", text)
+    assert m and int(m.group(1)) > 300  # busybox applets + the packages' programs
+    print(f"nixos boot {took:.1f} s wall, uptime {s['uptime'].split()[0]} s")
