@@ -197,9 +197,14 @@ def set_default_selection(runner: Runner, image: Path, esp_offset: int, title: s
     if old and title not in titles:
         raise InputError(f"refind.conf in {image.name} has no entry titled {title!r} (entries: {titles})",
                          "use one of the entry titles")
-    lines = [ln for ln in old.splitlines() if not ln.strip().startswith("default_selection")]
-    at = next((i for i, ln in enumerate(lines) if ln.strip().startswith("menuentry")), len(lines))
-    lines.insert(at, f'default_selection "{title}"')
+    lines = old.splitlines()
+    sel = f'default_selection "{title}"'
+    found = [i for i, ln in enumerate(lines) if ln.strip().startswith("default_selection")]
+    if found:
+        lines[found[0]] = sel
+        lines = [ln for i, ln in enumerate(lines) if i not in found[1:]]
+    else:
+        lines.insert(next((i for i, ln in enumerate(lines) if ln.strip().startswith("menuentry")), len(lines)), sel)
     new = "\n".join(lines) + "\n"
     if runner.mode is Mode.PLAN:
         runner.run(["mcopy", "-o", "-i", target, "<new refind.conf>", conf_path], env=MTOOLS_ENV)

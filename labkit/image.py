@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from labkit.errors import CommandFailed, InputError, VerifyFailed
 from labkit.gpt import TYPE_GUIDS, read_gpt
-from labkit.layout import MiB, SECTOR, Extent, FsType, Layout, Role
+from labkit.layout import SECTOR, Extent, FsType, Layout, MiB, Role
 from labkit.runner import Mode, Runner
 
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}

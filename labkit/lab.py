@@ -168,7 +168,17 @@ class LabImage:
     esp_offset: int
 
 
-def build_lab_image(
+@dataclass(frozen=True)
+class LabTrees:
+    """Everything that goes onto the lab image, before the image is built."""
+
+    trees: dict[Role, Path]
+    esp_files: dict[str, bytes | Path]
+    guests: dict[str, GuestBuild]
+    titles: dict[str, str]  # os -> rEFInd entry title
+
+
+def build_lab_trees(
     runner: Runner,
     work: Path,
     *,
@@ -176,8 +186,8 @@ def build_lab_image(
     world: str = "default",
     cache_dir: Path,
     layout: Layout = LAB_LAYOUT,
-) -> LabImage:
-    """Guests → partition trees → boot chain → verified image at ``work/disk.img``."""
+) -> LabTrees:
+    """Guest kernel → rehearsal guests → partition trees and ESP files (rEFInd, GRUB, configs)."""
     trees = {role: work / "trees" / role.value for role in (Role.NIXOS_BOOT, Role.NIX_STORE, Role.ALPINE, Role.DATA)}
     for t in trees.values():
         if t.exists():
@@ -204,9 +214,23 @@ def build_lab_image(
             atomic_write_text(trees[Role.NIXOS_BOOT] / "grub" / "grub.cfg", bootchain.grub_cfg(guests["nixos"].entry))
             grub_efi = bootchain.build_grub_efi(runner, work / "grubx64.efi")
         files = bootchain.esp_files(entries, entries[0].title, grub_efi=grub_efi, layout=layout)
-    image = build_image(runner, layout, work / "disk.img", trees, files)
+    return LabTrees(trees, files, guests, titles)
+
+
+def build_lab_image(
+    runner: Runner,
+    work: Path,
+    *,
+    systems: Sequence[str] = SYSTEMS,
+    world: str = "default",
+    cache_dir: Path,
+    layout: Layout = LAB_LAYOUT,
+) -> LabImage:
+    """Guests → partition trees → boot chain → verified image at ``work/disk.img``."""
+    lt = build_lab_trees(runner, work, systems=systems, world=world, cache_dir=cache_dir, layout=layout)
+    image = build_image(runner, layout, work / "disk.img", lt.trees, lt.esp_files)
     shutil.rmtree(work / "trees", ignore_errors=True)
-    return LabImage(image, guests, titles, image.offset(Role.ESP))
+    return LabImage(image, lt.guests, lt.titles, image.offset(Role.ESP))
 
 
 # -- booting --------------------------------------------------------------------------------------

@@ -75,6 +75,12 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("shmem_mib", "MiB", "Shmem (tmpfs and shared memory) at probe start.", "/proc/meminfo"),
     MetricDef("root_tmpfs_used_mib", "MiB", "Used KiB of the filesystem mounted on / (a tmpfs) per df -k.", "df -k"),
     MetricDef("mem_total_mib", "MiB", "MemTotal: RAM the guest kernel sees.", "/proc/meminfo"),
+    MetricDef(
+        "probe_s", "s",
+        "the probe's own run time: guest uptime read last (section uptime_end) minus uptime read first "
+        "(0.01 s resolution). Not part of any phase: the probe runs after the boot it measures.",
+        "/proc/uptime",
+    ),
 )
 METRIC_BY_NAME: dict[str, MetricDef] = {m.name: m for m in METRICS}
 PHASES: tuple[str, ...] = tuple(m.name for m in METRICS if m.phase)
@@ -139,6 +145,9 @@ def metrics_from_bundle(
     pkg_start, pkg_end = find_marker(dmesg, ALPINE_PKG_START), find_marker(dmesg, ALPINE_PKG_END)
     if pkg_start is not None and pkg_end is not None:
         values["alpine_package_load_s"] = pkg_end - pkg_start
+
+    if uptime is not None and "uptime_end" in bundle.sections:
+        values["probe_s"] = parse_uptime(bundle.sections["uptime_end"]).uptime_s - uptime
 
     if "meminfo" in bundle.sections:
         mem = parse_meminfo(bundle.sections["meminfo"])

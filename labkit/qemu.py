@@ -109,7 +109,7 @@ def boot(
     require_tool(QEMU)
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(vars_template, vars_file)  # fresh NVRAM every boot
-    log = open(serial_log, "w", encoding="utf-8") if serial_log is not None else None  # noqa: SIM115
+    log = open(serial_log, "w", encoding="utf-8") if serial_log is not None else None
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)

@@ -146,4 +146,6 @@ def per_boot_table(df: pd.DataFrame) -> pd.DataFrame:
     wide = df.pivot_table(index=["os", "boot", "warmup"], columns="metric", values="value", aggfunc="first")
     known = [m.name for m in METRICS]
     extra = sorted(c for c in wide.columns if c not in known)
-    return wide.reindex(columns=known + extra)
+    wide = wide.reindex(columns=known + extra)
+    wide.columns.name = None
+    return wide

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,35 @@ def test_parse_bundle_text_errors() -> None:
     one = format_bundle("nixos", "real", {"uptime": "1.0 1.0"})
     with pytest.raises(BundleError, match="expected one bundle, found 2"):
         parse_bundle_text(one + one)
+
+
+PROBE = Path(__file__).resolve().parents[1] / "labkit" / "data" / "guest" / "probe.sh"
+
+
+@pytest.mark.skipif(not PROBE.is_file() or shutil.which("busybox") is None, reason="needs probe.sh and busybox")
+def test_real_probe_under_busybox_parses(tmp_path: Path) -> None:
+    """The guests' probe.sh, run by busybox ash with busybox applets only, writes what we parse."""
+    root, bindir = tmp_path / "root", tmp_path / "bin"
+    for d in (root / "proc", root / "etc", bindir):
+        d.mkdir(parents=True)
+    (root / "proc" / "uptime").write_text("7.12 6.40\n")
+    (root / "proc" / "meminfo").write_text(synth.MEMINFO.format(shmem=18234) + "\n")
+    (root / "proc" / "cmdline").write_text("console=ttyS0,115200 quiet\n")
+    (root / "etc" / "labkit-os").write_text("alpine-rehearsal\n")
+    dmesg = tmp_path / "dmesg.txt"
+    dmesg.write_text(synth.dmesg_alpine(2.356789, 3.5, 5.25, 5.3) + "\n")
+    busybox = shutil.which("busybox")
+    assert busybox
+    for applet in ("sh", "awk", "md5sum", "df", "uname", "cat", "rm"):
+        (bindir / applet).symlink_to(busybox)
+    out = tmp_path / "console.txt"
+    env = {"PATH": str(bindir), "LABKIT_PROBE_ROOT": str(root), "LABKIT_PROBE_OUT": str(out),
+           "LABKIT_PROBE_DMESG": str(dmesg), "TMPDIR": str(tmp_path)}
+    subprocess.run([str(bindir / "sh"), str(PROBE)], env=env, check=True, timeout=30)
+    serial = [SerialLine(10.0 + i * 0.001, t) for i, t in enumerate(out.read_text().split("\n")) if t]
+    (b,) = extract_bundles([SerialLine(1.0, "noise"), *serial])
+    assert b.ok and b.os == "alpine-rehearsal" and b.guest == "rehearsal" and b.t_begin == 10.0
+    assert parse_uptime(b.sections["uptime"]).uptime_s == 7.12
+    assert parse_meminfo(b.sections["meminfo"])["Shmem"] == 18234
+    assert any(r.mounted_on == "/" for r in parse_df(b.sections["df"]))
+    assert [t for t, _ in parse_dmesg(b.sections["dmesg"])][-1] == 5.3

@@ -9,7 +9,7 @@ import pytest
 from labkit.errors import CommandFailed, VerifyFailed
 from labkit.gpt import TYPE_GUIDS, read_gpt
 from labkit.image import ImageInfo, build_image, content_sha256, sparse_copy, verify_image
-from labkit.layout import LAB_LAYOUT, MiB, FsType, Role
+from labkit.layout import LAB_LAYOUT, FsType, MiB, Role
 from labkit.runner import Mode, Runner, read_transcript
 
 ESP_FILES: dict[str, bytes | Path] = {
@@ -120,7 +120,7 @@ def test_verify_rejects_corrupt_table(built: ImageInfo, tmp_path: Path, runner: 
 
 
 def test_verify_rejects_missing_esp_file(built: ImageInfo, runner: Runner) -> None:
-    with pytest.raises(VerifyFailed, match="ESP file EFI/BOOT/DRIVERS_X64/EXT4_X64.EFI is missing"):
+    with pytest.raises(VerifyFailed, match=r"ESP file EFI/BOOT/DRIVERS_X64/EXT4_X64\.EFI is missing"):
         verify_image(runner, LAB_LAYOUT, built.path, esp_files=["EFI/BOOT/drivers_x64/ext4_x64.efi"])
 
 

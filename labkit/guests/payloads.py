@@ -183,7 +183,9 @@ def reproducible_targz(members: Sequence[tuple[str, str, int, bytes | Path | str
     with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=level, mtime=0, filename="") as gz:
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
             explicit = {p: m for p, k, m, _ in members if k == "dir"}
-            items = [(d, "dir", explicit.get(d, 0o755), None) for d in dirs]
+            items: list[tuple[str, str, int, bytes | Path | str | None]] = [
+                (d, "dir", explicit.get(d, 0o755), None) for d in dirs
+            ]
             items += [m for m in members if m[1] != "dir"]
             for path, kind, mode, data in sorted(items, key=lambda m: (m[0].split("/"), m[1] != "dir")):
                 if kind == "dir":

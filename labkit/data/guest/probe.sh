@@ -1,7 +1,8 @@
 #!/bin/sh
 # labkit probe: print one bundle (docs/contracts.md) to the console, then return.
-# Cheap on purpose: /proc/uptime is read first, everything is collected into one file in RAM and
-# printed at once. Overrides for tests: LABKIT_PROBE_ROOT (prefix for /proc and /etc files),
+# Cheap on purpose: /proc/uptime is read first and the BEGIN line is printed at once (the host
+# stamps it: host time of BEGIN - uptime = when the kernel started); everything else is collected
+# into one file in RAM and printed in one go. uptime_end (read last) gives the probe's own cost. Overrides for tests: LABKIT_PROBE_ROOT (prefix for /proc and /etc files),
 # LABKIT_PROBE_OUT (instead of /dev/console), LABKIT_PROBE_DMESG (a file instead of `dmesg`).
 R=${LABKIT_PROBE_ROOT:-}
 OUT=${LABKIT_PROBE_OUT:-/dev/console}
@@ -13,6 +14,7 @@ case "$OS" in
 esac
 TMP=${TMPDIR:-/tmp}/labkit-probe.$$
 BODY=$TMP.body
+echo "@@LABKIT-BUNDLE-BEGIN v=1 os=$OS guest=$GUEST@@" > "$OUT"
 
 section() {
 	echo "@@SECTION $1@@"
@@ -35,14 +37,15 @@ section() {
 	awk 1 "$R/proc/cmdline"
 	section kernel
 	uname -a
+	section uptime_end
+	cat "$R/proc/uptime"
 } > "$BODY"
 
 SUM=$(md5sum "$BODY")
 SUM=${SUM%% *}
 {
-	echo "@@LABKIT-BUNDLE-BEGIN v=1 os=$OS guest=$GUEST@@"
 	cat "$BODY"
-	echo "@@LABKIT-BUNDLE-END sections=6 md5=$SUM@@"
+	echo "@@LABKIT-BUNDLE-END sections=7 md5=$SUM@@"
 } > "$TMP.all"
 cat "$TMP.all" > "$OUT"
 rm -f "$BODY" "$TMP.all"

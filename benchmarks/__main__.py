@@ -1,0 +1,194 @@
+"""labkit benchmarks: ``./run bench [--rounds N] [--only boot|image] [--out FILE]``.
+
+Each benchmark measures labkit against the plain tools doing the same work, side by side in
+one run, in alternating order (so load changes on the host hit both sides alike):
+
+- boot: labkit's per-boot wall time (``labkit.qemu.boot``: serial read line by line, host
+  timestamps, log file, transcript) against a bare ``qemu-system-x86_64`` invocation with the
+  identical argv and a fresh OVMF vars copy, both booting the same lab image to power-off.
+  Aim: ratio <= 1.10.
+- image: ``labkit.image.build_image`` (including its read-back verification) against a plain
+  bash script that calls the same tools (truncate, mkfs.vfat, mmd/mcopy, mke2fs -d, sgdisk, dd)
+  on the same trees. Aim: ratio <= 1.2.
+
+Results are printed and written as JSON (default ``benchmarks/results/latest.json``), with the
+host and accelerator they were measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from labkit import qemu
+from labkit.bootchain import set_default_selection
+from labkit.image import MTOOLS_ENV, build_image, sgdisk_args
+from labkit.lab import build_lab_trees, default_cache_dir
+from labkit.layout import LAB_LAYOUT, FsType, Role
+from labkit.runner import Runner
+
+AIMS = {"boot": 1.10, "image": 1.20}
+
+
+def plain_image_script(trees: dict[Role, Path], esp_files: dict[str, bytes | Path], work: Path, out: Path) -> str:
+    """The same image, built by a plain shell script from the raw tools (no labkit)."""
+    lines = ["set -euo pipefail", f"cd {shlex.quote(str(work))}"]
+    for ext in LAB_LAYOUT.extents():
+        p = ext.partition
+        pf = f"p{ext.number}.img"
+        if p.fs is FsType.VFAT:
+            lines.append(f"rm -f {pf}; mkfs.vfat -F 32 -s 1 -n {p.label} -C {pf} {ext.size // 1024} >/dev/null")
+            dirs = sorted({str(Path(k).parent) for k in esp_files if str(Path(k).parent) != "."})
+            made: set[str] = set()
+            for d in dirs:
+                parts = Path(d).parts
+                for i in range(1, len(parts) + 1):
+                    sub = "/".join(parts[:i])
+                    if sub not in made:
+                        made.add(sub)
+                        lines.append(f"MTOOLS_SKIP_CHECK=1 mmd -i {pf} ::/{sub}")
+            for k, v in sorted(esp_files.items()):
+                src = work / ("esp-" + k.replace("/", "_"))
+                if isinstance(v, bytes):
+                    src.write_bytes(v)
+                else:
+                    src = Path(v)
+                lines.append(f"MTOOLS_SKIP_CHECK=1 mcopy -i {pf} {shlex.quote(str(src))} ::/{k}")
+        else:
+            tree = trees.get(p.role)
+            d = f"-d {shlex.quote(str(tree))}" if tree else ""
+            lines.append(f"rm -f {pf}; mke2fs -q -t ext4 -b 4096 -L {p.label} {d} {pf} {ext.size // 1024}k")
+    lines.append(f"rm -f {out}; truncate -s {LAB_LAYOUT.disk_size} {out}")
+    lines.append("sgdisk " + " ".join(shlex.quote(a) for a in sgdisk_args(LAB_LAYOUT.extents())) + f" {out} >/dev/null")
+    for ext in LAB_LAYOUT.extents():
+        lines.append(f"dd if=p{ext.number}.img of={out} bs=1M seek={ext.start // (1024 * 1024)} "
+                     "conv=sparse,notrunc status=none")
+    return "\n".join(lines) + "\n"
+
+
+def bench_image(rounds: int, tmp: Path) -> dict[str, object]:
+    runner = Runner(progress=None)
+    lt = build_lab_trees(runner, tmp / "trees-work", cache_dir=default_cache_dir())
+    script_dir = tmp / "plain"
+    script_dir.mkdir()
+    script = plain_image_script(lt.trees, lt.esp_files, script_dir, script_dir / "disk.img")
+    (script_dir / "build.sh").write_text(script)
+    labkit_s: list[float] = []
+    plain_s: list[float] = []
+    for i in range(rounds):
+        for side in (("labkit", "plain") if i % 2 == 0 else ("plain", "labkit")):
+            if side == "labkit":
+                out = tmp / "labkit" / "disk.img"
+                out.unlink(missing_ok=True)
+                t = time.monotonic()
+                build_image(Runner(progress=None), LAB_LAYOUT, out, lt.trees, lt.esp_files)
+                labkit_s.append(time.monotonic() - t)
+            else:
+                t = time.monotonic()
+                subprocess.run(["bash", str(script_dir / "build.sh")], check=True, env={**MTOOLS_ENV, "PATH": _path()})
+                plain_s.append(time.monotonic() - t)
+    return _summary("image", labkit_s, plain_s)
+
+
+def bench_boot(rounds: int, tmp: Path, accel: str) -> dict[str, object]:
+    from labkit.lab import build_lab_image
+
+    runner = Runner(progress=None)
+    lab = build_lab_image(runner, tmp / "work", systems=("alpine",), cache_dir=default_cache_dir())
+    set_default_selection(runner, lab.image.path, lab.esp_offset, lab.titles["alpine"])
+    labkit_s: list[float] = []
+    bare_s: list[float] = []
+    for i in range(rounds):
+        for side in (("labkit", "bare") if i % 2 == 0 else ("bare", "labkit")):
+            work = tmp / f"{side}-{i}"
+            work.mkdir()
+            if side == "labkit":
+                t = time.monotonic()
+                res = qemu.boot(runner, lab.image.path, workdir=work, accel=accel, timeout_s=300,
+                                serial_log=work / "serial.log")
+                labkit_s.append(time.monotonic() - t)
+                if not res.ok:
+                    raise SystemExit(f"labkit boot failed: {res.reason}")
+            else:
+                vars_file = work / "OVMF_VARS.fd"
+                t = time.monotonic()
+                shutil.copyfile(qemu.OVMF_VARS, vars_file)
+                argv = qemu.qemu_argv(lab.image.path, vars_file=vars_file, accel=accel)
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, timeout=300)
+                bare_s.append(time.monotonic() - t)
+                if proc.returncode != 0:
+                    raise SystemExit(f"bare qemu exited {proc.returncode}")
+    return _summary("boot", labkit_s, bare_s)
+
+
+def _path() -> str:
+    import os
+
+    return os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin") + ":/usr/sbin:/sbin"
+
+
+def _summary(name: str, labkit_s: list[float], base_s: list[float]) -> dict[str, object]:
+    lm, bm = statistics.median(labkit_s), statistics.median(base_s)
+    ratio = lm / bm
+    return {
+        "benchmark": name,
+        "labkit_s": [round(x, 3) for x in labkit_s],
+        "baseline_s": [round(x, 3) for x in base_s],
+        "labkit_median_s": round(lm, 3),
+        "baseline_median_s": round(bm, 3),
+        "ratio": round(ratio, 3),
+        "aim": AIMS[name],
+        "meets_aim": ratio <= AIMS[name],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per side (default 3)")
+    ap.add_argument("--only", choices=["boot", "image"], action="append")
+    ap.add_argument("--out", default="benchmarks/results/latest.json")
+    args = ap.parse_args(argv)
+    which = args.only or ["image", "boot"]
+    results: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-") as td:
+        tmp = Path(td)
+        accel = "tcg"
+        if "boot" in which:
+            choice = qemu.choose_accelerator(Runner(progress=None), workdir=tmp / "accel")
+            accel = choice.accel
+        for name in which:
+            sub = tmp / name
+            sub.mkdir()
+            print(f"benchmark {name}: {args.rounds} rounds per side ...", file=sys.stderr)
+            res = bench_image(args.rounds, sub) if name == "image" else bench_boot(args.rounds, sub, accel)
+            results.append(res)
+            print(f"  {name}: labkit {res['labkit_median_s']} s vs baseline {res['baseline_median_s']} s "
+                  f"-> ratio {res['ratio']} (aim <= {res['aim']}: {'met' if res['meets_aim'] else 'NOT met'})")
+    doc = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {"machine": platform.machine(), "node": platform.node(), "release": platform.release(),
+                 "nproc": __import__("os").cpu_count()},
+        "where": "lab VM (rehearsal guest) on this host",
+        "accel": accel,
+        "results": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
