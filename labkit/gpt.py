@@ -11,6 +11,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from labkit.errors import VerifyFailed
 from labkit.layout import SECTOR
@@ -59,7 +60,7 @@ def _guid(raw: bytes) -> str:
     return str(uuid.UUID(bytes_le=raw)).upper()
 
 
-def _header(fh, lba: int, what: str) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+def _header(fh: BinaryIO, lba: int, what: str) -> tuple[Any, ...]:
     fh.seek(lba * SECTOR)
     raw = fh.read(SECTOR)
     if len(raw) < _HEADER.size:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from labkit.errors import LabkitError
 from labkit.runner import Mode, Runner, require_tool
@@ -144,7 +145,7 @@ def _pump(
     start: float,
     timeout_s: float,
     stop_on: Callable[[str], bool] | None,
-    log: object,
+    log: TextIO | None,
 ) -> tuple[list[SerialLine], str, str]:
     """Read stdout (serial) and stderr until exit, timeout, a fatal message or stop_on."""
     assert proc.stdout is not None and proc.stderr is not None
@@ -159,8 +160,8 @@ def _pump(
             line = SerialLine(now - start, text)
             lines.append(line)
             if log is not None:
-                log.write(format_line(line))  # type: ignore[attr-defined]
-                log.flush()  # type: ignore[attr-defined]
+                log.write(format_line(line))
+                log.flush()
             if stop_on is not None and stop_on(text):
                 return True
         return False

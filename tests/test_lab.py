@@ -1,0 +1,158 @@
+"""The lab spine: run directories, parameters, and end-to-end runs through OVMF → rEFInd (→ GRUB)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from labkit import cli
+from labkit.errors import InputError, LabkitError, ToolMissing
+from labkit.lab import LabParams, boot_order, prepare_run_dir, run_lab
+from labkit.runner import read_transcript
+
+
+def test_boot_order_is_interleaved() -> None:
+    order = boot_order(("alpine", "nixos"), boots=2, warmup=1)
+    assert order == [
+        ("alpine", 0, True), ("nixos", 0, True),
+        ("nixos", 1, False), ("alpine", 1, False),
+        ("alpine", 2, False), ("nixos", 2, False),
+    ]
+
+
+def test_run_dir_holding_a_run_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.csv").write_text("run_id\n")
+    with pytest.raises(InputError) as exc:
+        prepare_run_dir(out)
+    assert "already holds a lab run" in str(exc.value) and "--out" in str(exc.value)
+    assert (out / "results.csv").read_text() == "run_id\n"  # untouched
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        prepare_run_dir(tmp_path / "other")
+
+
+def test_new_run_ids_never_collide(tmp_path: Path) -> None:
+    a = prepare_run_dir(None, tmp_path)
+    b = prepare_run_dir(None, tmp_path)
+    assert a[1] != b[1] and a[1].is_dir() and b[1].is_dir()
+    assert (tmp_path / "latest").resolve() == b[1].resolve()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"boots": 0}, "at least one boot"),
+        ({"systems": ("windows",)}, "unknown system"),
+        ({"world": "everything"}, "unknown package set"),
+        ({"memory_mib": 64}, "too small"),
+        ({"warmup": -1}, "negative"),
+    ],
+)
+def test_bad_parameters_are_refused(tmp_path: Path, kwargs: dict[str, object], needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        run_lab(LabParams(out=tmp_path / "r", **kwargs), progress=None)  # type: ignore[arg-type]
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_reports_a_run_dir_conflict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "environment.json").write_text("{}")
+    rc = cli.main(["lab", "--out", str(out), "--boots", "1"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "already holds a lab run" in err and "fix:" in err
+
+
+def test_missing_tool_stops_the_lab_and_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import labkit.runner as runner_mod
+
+    real = runner_mod.which
+    monkeypatch.setattr(runner_mod, "which", lambda tool: None if tool == "sgdisk" else real(tool))
+    with pytest.raises(ToolMissing) as exc:
+        run_lab(LabParams(out=tmp_path / "run", boots=1, report=False), progress=None)
+    assert "apt-get install -y gdisk" in str(exc.value)
+    rows = read_transcript(tmp_path / "run" / "transcript.jsonl")
+    assert any(r.get("error") == "tool-missing" and r.get("package") == "gdisk" for r in rows)
+    # the failed run still says what it was
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert env["params"]["boots"] == 1
+
+
+def _boots(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "boots.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.boot
+def test_lab_end_to_end(tmp_path: Path) -> None:
+    """Both entries boot through OVMF → rEFInd (→ GRUB for NixOS); bundles parse; report renders."""
+    run = run_lab(LabParams(out=tmp_path / "run", boots=1), progress=None)
+    d = run.run_dir
+    assert not run.failed, [b.reason for b in run.failed]
+    boots = _boots(d)
+    assert [(b["os"], b["ok"]) for b in boots] == [("alpine", "True"), ("nixos", "True")]
+    # the real boot chain was walked: rEFInd for both, GRUB only for NixOS
+    alpine_log = (d / "serial" / "alpine-0.log").read_text(encoding="utf-8")
+    nixos_log = (d / "serial" / "nixos-0.log").read_text(encoding="utf-8")
+    assert "rEFInd" in alpine_log and "GRUB" not in alpine_log
+    assert "rEFInd" in nixos_log and "Welcome to GRUB" in nixos_log
+    # serial lines carry increasing host timestamps
+    stamps = [float(line.split("\t", 1)[0]) for line in alpine_log.splitlines()]
+    assert stamps == sorted(stamps) and stamps[-1] > 1.0
+    # results: every metric per system, labelled rehearsal + accelerator
+    with open(d / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by_os: dict[str, set[str]] = {}
+    for r in rows:
+        by_os.setdefault(r["os"], set()).add(r["metric"])
+        assert r["guest"] == "rehearsal" and r["accel"] == run.accel
+    common = {"firmware_loaders_s", "kernel_s", "initramfs_s", "userspace_to_probe_s", "total_to_probe_s",
+              "ram_used_mib", "root_tmpfs_used_mib"}
+    assert common <= by_os["alpine-rehearsal"] and common <= by_os["nixos-rehearsal"]
+    assert "alpine_package_load_s" in by_os["alpine-rehearsal"]
+    assert "alpine_package_load_s" not in by_os["nixos-rehearsal"]
+    # environment: accelerator and what was tried, image hash, guest kernel
+    env = json.loads((d / "environment.json").read_text())
+    assert env["extra"]["accel"] == run.accel
+    assert env["extra"]["accel_tried"][-1][0] == run.accel and env["extra"]["accel_tried"][-1][1] is True
+    assert len(env["extra"]["image"]["sha256"]) == 64 and env["guest_kernel"]
+    # transcript: commands with argv/rc/duration, including the QEMU boots
+    tr = read_transcript(d / "transcript.jsonl")
+    qemu_rows = [r for r in tr if r.get("event") == "command" and "qemu-system-x86_64" in str(r["argv"][0])]
+    assert len(qemu_rows) >= 2 and all("duration_s" in r for r in qemu_rows)
+    # the report
+    html = (d / "report.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64" in html
+    assert "rehearsal" in html and run.accel in html
+    assert "alpine-rehearsal" in html and "nixos-rehearsal" in html
+    assert (d / "bundles" / "alpine-0.txt").read_text().startswith("@@LABKIT-BUNDLE-BEGIN v=1 os=alpine-rehearsal")
+    assert not (d / "work" / "disk.img").exists()  # removed unless --keep-image
+
+
+@pytest.mark.boot
+def test_hung_boots_are_killed_logged_and_the_run_goes_on(tmp_path: Path) -> None:
+    """A boot that never finishes: killed at the timeout, partial serial log kept, marked failed,
+    and the next boot still runs."""
+    params = LabParams(out=tmp_path / "run", boots=2, systems=("alpine",), boot_timeout_s=7.0,
+                       accel_candidates=("tcg",))
+    with pytest.raises(LabkitError, match="no boot produced a usable bundle"):
+        run_lab(params, progress=None)
+    d = tmp_path / "run"
+    boots = _boots(d)
+    assert len(boots) == 2
+    for b in boots:
+        assert b["ok"] == "False" and b["timed_out"] == "True"
+        log = (d / b["serial_log"]).read_text(encoding="utf-8")
+        assert log.strip(), "the partial serial log is kept"
+    assert not (d / "results.csv").read_text().strip().splitlines()[1:]
+    env = json.loads((d / "environment.json").read_text())
+    assert env["extra"]["boots_failed"] == 2
