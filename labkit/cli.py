@@ -74,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("name", nargs="?", default="seed", choices=["seed", "lab"])
     lay.add_argument("--json", action="store_true")
     lay.set_defaults(func=_cmd_layout)
+
+    from labkit.cli_nixos import register as register_nixos
+
+    register_nixos(sub)
+
+    from labkit.cli_alpine import register as register_alpine
+
+    register_alpine(sub)
+
+    from labkit.cli_disk import register as register_disk
+
+    register_disk(sub)
     return p
 
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.errors import InputError
+from labkit.errors import InputError, VerifyFailed
+from labkit.gpt import GptEntry, read_gpt
 from labkit.layout import SECTOR, human
 from labkit.runner import Runner
 
@@ -84,7 +86,8 @@ class DiskRecord:
     mountpoints: tuple[str, ...]  # of the whole disk
     swap: bool
     holders: tuple[str, ...]
-    partitions: tuple[PartitionRecord, ...]
+    partitions: tuple[PartitionRecord, ...]  # as the kernel sees them (sysfs + blkid)
+    table: tuple[GptEntry, ...] = ()  # as the GPT on the disk says (read directly; may be newer)
 
     @property
     def identity(self) -> str:
@@ -127,7 +130,12 @@ def udev_disks() -> list[UdevDevice]:
 def blkid(runner: Runner, node: str) -> dict[str, str]:
     """``blkid -p -o export NODE`` as a dict (empty when nothing is found)."""
     res = runner.run(["blkid", "-p", "-o", "export", node], query=True, check=False)
-    return dict(ln.split("=", 1) for ln in res.stdout.splitlines() if "=" in ln)
+    out = {}
+    for ln in res.stdout.splitlines():
+        if "=" in ln:
+            key, value = ln.split("=", 1)
+            out[key] = re.sub(r"\\(.)", r"\1", value)  # export format escapes spaces etc. with '\'
+    return out
 
 
 def _read(path: Path, default: str = "") -> str:
@@ -245,7 +253,15 @@ def _record(runner: Runner, udev: UdevDevice, ctx: _Context) -> DiskRecord:
         whole_disk_fs=info.get("TYPE", ""), backing_file=backing,
         mountpoints=ctx.mounts.get(dev, ()), swap=dev in ctx.swaps, holders=_holders(sysdir),
         partitions=_partitions(runner, udev.node, sysdir, ctx),
+        table=_table(udev.node) if info.get("PTTYPE") == "gpt" else (),
     )
+
+
+def _table(node: str) -> tuple[GptEntry, ...]:
+    try:
+        return read_gpt(Path(node)).entries
+    except (OSError, VerifyFailed):
+        return ()
 
 
 def discover(runner: Runner, *, include_empty: bool = False) -> tuple[DiskRecord, ...]:

@@ -31,6 +31,7 @@ from labkit.bundle import Bundle, extract_bundles
 from labkit.environment import capture_environment, write_environment
 from labkit.errors import InputError, LabkitError
 from labkit.guests import GuestBuild, build_alpine_tree, build_nixos_trees, obtain_kernel
+from labkit.guests.kernel import default_cache_dir
 from labkit.guests.payloads import PACKAGE_SETS
 from labkit.image import ImageInfo, build_image
 from labkit.layout import LAB_LAYOUT, Layout, Role
@@ -39,13 +40,6 @@ from labkit.runner import Mode, Runner, atomic_write_text
 
 SYSTEMS = ("alpine", "nixos")
 RUN_MARKERS = ("transcript.jsonl", "environment.json", "results.csv", "boots.csv", "run.json")
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("LABKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "labkit"
-    )
-    return Path(base)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A tiny test guest: the Debian kernel + a busybox-static initramfs that prints a marker.
 
 Test-only (the real rehearsal guests live in labkit/guests). The kernel is fetched with apt
-once and cached under ~/.cache/labkit/test-kernel.
+once (labkit.guests.obtain_kernel) and cached under ~/.cache/labkit/kernel.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.errors import LabkitError
+from labkit.guests.kernel import default_kernel_cache, obtain_kernel
 from labkit.layout import Role
 from labkit.runner import Runner
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "labkit" / "test-kernel"
 BUSYBOX = Path("/bin/busybox")
 CMDLINE = "console=ttyS0,115200 quiet panic=-1"
 
@@ -33,29 +33,13 @@ class Entry:
 
 
 def fetch_kernel(runner: Runner) -> Path | str:
-    """The cached bzImage, or a reason string when it cannot be had."""
+    """The Debian kernel (labkit's own cached download), or a reason string when it cannot be had."""
     if os.environ.get("LABKIT_TEST_KERNEL"):
         return Path(os.environ["LABKIT_TEST_KERNEL"])
-    cached = CACHE / "vmlinuz"
-    if cached.is_file():
-        return cached
     try:
-        deps = runner.run(["apt-cache", "depends", "linux-image-amd64"], query=True).stdout
-        pkg = next((ln.split()[1] for ln in deps.splitlines()
-                    if ln.strip().startswith("Depends: linux-image-") and ln.split()[1][12:13].isdigit()), None)
-        if pkg is None:
-            return "apt-cache names no versioned linux-image package"
-        with tempfile.TemporaryDirectory() as tmp:
-            runner.run(["apt-get", "download", pkg], cwd=tmp, timeout=600)
-            deb = next(Path(tmp).glob("*.deb"))
-            runner.run(["dpkg-deb", "-x", deb, Path(tmp) / "x"])
-            vmlinuz = next((Path(tmp) / "x" / "boot").glob("vmlinuz-*"))
-            CACHE.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(vmlinuz, cached.with_suffix(".tmp"))
-            os.replace(cached.with_suffix(".tmp"), cached)
-    except (LabkitError, StopIteration, OSError) as exc:
+        return obtain_kernel(runner, default_kernel_cache()).vmlinuz
+    except (LabkitError, OSError) as exc:
         return f"cannot fetch the Debian kernel with apt: {exc}"
-    return cached
 
 
 def make_initrd(runner: Runner, out: Path, marker: str, *, power_off: bool = True, tail: str = "") -> Path:

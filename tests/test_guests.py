@@ -26,10 +26,10 @@ from labkit.guests import (
     read_modules_dep,
 )
 from labkit.guests.initramfs import BOOT_MODULES, DATA_DIR
+from labkit.guests.kernel import default_kernel_cache
 from labkit.guests.payloads import busybox_payload, nix_base32, write_alpine_repo
 from labkit.runner import Runner
 
-CACHE = Path(os.environ.get("LABKIT_GUEST_CACHE", "/var/tmp/labkit-guest-cache"))
 QEMU = shutil.which("qemu-system-x86_64")
 needs_qemu = pytest.mark.skipif(
     QEMU is None, reason="qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
@@ -44,7 +44,7 @@ def runner() -> Runner:
 
 @pytest.fixture(scope="module")
 def kernel(runner: Runner) -> GuestKernel:
-    return obtain_kernel(runner, CACHE / "kernels")
+    return obtain_kernel(runner, default_kernel_cache())
 
 
 # -- bundle helpers (independent of labkit.bundle, which another module owns) ---------------------
@@ -104,7 +104,7 @@ def test_module_closure_orders_dependencies_first() -> None:
 def test_kernel_cache_and_real_closure(runner: Runner, kernel: GuestKernel) -> None:
     assert kernel.vmlinuz.is_file() and (kernel.modules_dir / "modules.dep").is_file()
     again = Runner(progress=None)
-    assert obtain_kernel(again, CACHE / "kernels") == kernel
+    assert obtain_kernel(again, default_kernel_cache()) == kernel
     assert not any(p.argv[:2] in (("apt-get", "download"), ("apt-get", "update")) for p in again.planned)
     order = [Path(p).name.split(".ko")[0] for p in module_closure(read_modules_dep(kernel.modules_dir / "modules.dep"),
                                                                 BOOT_MODULES)]
@@ -183,7 +183,7 @@ def test_probe_under_busybox_writes_a_valid_bundle(tmp_path: Path) -> None:
     subprocess.run(["busybox", "sh", str(DATA_DIR / "probe.sh")], env=env, check=True, timeout=30)
     os_id, sections = parse_bundle(out.read_text())
     assert os_id == "alpine-rehearsal"
-    assert list(sections) == ["uptime", "meminfo", "dmesg", "df", "cmdline", "kernel"]
+    assert list(sections) == ["uptime", "meminfo", "dmesg", "df", "cmdline", "kernel", "uptime_end"]
     assert sections["uptime"] == "3.14 2.00"
     assert sections["dmesg"].endswith("labkit-rehearsal: switch_root")
     assert "Filesystem" in sections["df"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_seed_layout_matches_the_post() -> None:
 def test_extents_are_aligned_and_contiguous(layout) -> None:  # type: ignore[no-untyped-def]
     ex = layout.extents()
     assert ex[0].start == ALIGN
-    for a, b in zip(ex, ex[1:], strict=False):
+    for a, b in itertools.pairwise(ex):
         assert a.end == b.start
     for e in ex:
         assert e.start % ALIGN == 0 and e.size % ALIGN == 0

@@ -33,6 +33,18 @@ class GuestKernel:
     modules_dir: Path  # .../lib/modules/<version>
 
 
+def default_cache_dir() -> Path:
+    """labkit's download cache: $LABKIT_CACHE, else $XDG_CACHE_HOME/labkit, else ~/.cache/labkit."""
+    base = os.environ.get("LABKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "labkit"
+    )
+    return Path(base)
+
+
+def default_kernel_cache() -> Path:
+    return default_cache_dir() / "kernel"
+
+
 def module_name(relpath: str) -> str:
     """``kernel/fs/ext4/ext4.ko.xz`` -> ``ext4`` (dashes folded to underscores, as the kernel does)."""
     base = relpath.rsplit("/", 1)[-1]

@@ -15,7 +15,9 @@ from labkit.errors import InputError
 
 _B64 = r"[./0-9A-Za-z]"
 #: SHA-512 crypt: $6$[rounds=N$]salt(1-16)$hash(86)
-SHA512_RE = re.compile(rf"^\$6\$(?:rounds=(?P<rounds>[0-9]{{1,9}})\$)?(?P<salt>{_B64}{{1,16}})\$(?P<hash>{_B64}{{86}})$")
+SHA512_RE = re.compile(
+    rf"^\$6\$(?:rounds=(?P<rounds>[0-9]{{1,9}})\$)?(?P<salt>{_B64}{{1,16}})\$(?P<hash>{_B64}{{86}})$"
+)
 #: yescrypt (libxcrypt): $y$params$salt$hash(43)
 YESCRYPT_RE = re.compile(rf"^\$y\$(?P<params>{_B64}{{3,}})\$(?P<salt>{_B64}{{1,86}})\$(?P<hash>{_B64}{{43}})$")
 

@@ -47,5 +47,5 @@ SUM=${SUM%% *}
 	cat "$BODY"
 	echo "@@LABKIT-BUNDLE-END sections=7 md5=$SUM@@"
 } > "$TMP.all"
-cat "$TMP.all" > "$OUT"
+cat "$TMP.all" >> "$OUT"
 rm -f "$BODY" "$TMP.all"

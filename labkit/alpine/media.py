@@ -1,0 +1,161 @@
+"""Alpine release catalog, checksummed download with resume, and ISO verification.
+
+The published sha256 of each ISO lives in the ``.sha256`` file next to it on the mirror. Where
+labkit could not confirm a value from the official mirror it stores ``None`` and fetches the
+``.sha256`` sidecar at download time, or takes the value the user gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from labkit.errors import InputError
+from labkit.runner import TOOL_PACKAGES, Runner, which
+
+TOOL_PACKAGES.setdefault("gpg", "gpg")  # signature check (optional)
+MIRROR = "https://dl-cdn.alpinelinux.org/alpine"
+KERNEL_FLAVOR = {"standard": "lts", "extended": "lts", "virt": "virt"}
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str  # "3.20.3"
+    flavor: str  # standard | extended | virt
+    arch: str = "x86_64"
+    sha256: str | None = None  # None: not confirmed here; read the published .sha256 sidecar
+
+    @property
+    def filename(self) -> str:
+        return f"alpine-{self.flavor}-{self.version}-{self.arch}.iso"
+
+    @property
+    def url(self) -> str:
+        branch = "v" + ".".join(self.version.split(".")[:2])
+        return f"{MIRROR}/{branch}/releases/{self.arch}/{self.filename}"
+
+    @property
+    def sha256_url(self) -> str:
+        return self.url + ".sha256"
+
+    @property
+    def signature_url(self) -> str:
+        return self.url + ".asc"
+
+    @property
+    def kernel_flavor(self) -> str:
+        return KERNEL_FLAVOR[self.flavor]
+
+
+CATALOG: tuple[Release, ...] = tuple(
+    Release(v, f) for v in ("3.20.3", "3.21.3") for f in ("standard", "extended", "virt")
+)
+
+
+def find_release(version: str, flavor: str = "standard", arch: str = "x86_64") -> Release:
+    for r in CATALOG:
+        if (r.version, r.flavor, r.arch) == (version, flavor, arch):
+            return r
+    known = sorted({f"{r.version}/{r.flavor}" for r in CATALOG})
+    raise InputError(f"no Alpine release {version} {flavor} {arch} in the catalog", f"known: {', '.join(known)}")
+
+
+def parse_sha256_file(text: str, filename: str | None = None) -> str:
+    """The hash from a ``sha256sum``-style line (``<hex>  <name>``)."""
+    for line in text.splitlines():
+        m = re.match(r"^([0-9a-fA-F]{64})\s+\*?(\S+)?", line.strip())
+        if m and (filename is None or m.group(2) in (None, filename)):
+            return m.group(1).lower()
+    raise InputError(f"no sha256 for {filename or 'the file'} in the checksum text")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, sha256: str) -> None:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256 or ""):
+        raise InputError(f"{sha256!r} is not a sha256 (64 hex digits)")
+    actual = file_sha256(path)
+    if actual != sha256.lower():
+        raise InputError(
+            f"checksum mismatch for {path}: expected sha256 {sha256.lower()}, got {actual}",
+            "the file is corrupt or not the release you meant: delete it and download it again",
+        )
+
+
+def fetch(url: str, dest: Path, *, progress: Progress | None = None, chunk: int = 1 << 16) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming it with an HTTP Range request."""
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        status = getattr(resp, "status", 200)
+        if have and status != 206:
+            have = 0  # the server ignored the range: start again
+        length = resp.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        with open(part, "ab" if have else "wb") as fh:
+            done = have
+            while block := resp.read(chunk):
+                fh.write(block)
+                done += len(block)
+                if progress:
+                    progress(done, total)
+    os.replace(part, dest)
+    return dest
+
+
+def published_sha256(release: Release) -> str:
+    if release.sha256:
+        return release.sha256
+    with urllib.request.urlopen(release.sha256_url, timeout=60) as resp:
+        return parse_sha256_file(resp.read().decode(), release.filename)
+
+
+def verify_signature(runner: Runner, iso: Path, signature: Path, key: Path) -> bool:
+    """gpg check of the ``.asc`` with the given public key; False (and a note) when gpg is absent."""
+    if which("gpg") is None:
+        runner.note("gpg not installed: signature not checked (the sha256 was)")
+        return False
+    with tempfile.TemporaryDirectory() as home:
+        env = {"GNUPGHOME": home}
+        runner.run(["gpg", "--batch", "--import", str(key)], env=env, query=True)
+        runner.run(["gpg", "--batch", "--verify", str(signature), str(iso)], env=env, query=True)
+    return True
+
+
+def obtain(runner: Runner, release: Release, dest_dir: Path, *, sha256: str | None = None,
+           path: Path | None = None, key: Path | None = None, progress: Progress | None = None) -> Path:
+    """The verified ISO: ``path`` if given, else a cached or fresh download into ``dest_dir``."""
+    expected = sha256 or release.sha256
+    if path is not None:
+        if expected is None:
+            raise InputError(f"no sha256 known for {path.name}", "pass the published sha256 (from the .sha256 file)")
+        verify_file(path, expected)
+        return path
+    iso = dest_dir / release.filename
+    expected = expected or published_sha256(release)
+    with runner.step(f"alpine media {release.filename}"):
+        if not iso.is_file():
+            fetch(release.url, iso, progress=progress)
+        try:
+            verify_file(iso, expected)
+        except InputError:
+            iso.unlink(missing_ok=True)
+            raise
+        if key is not None:
+            asc = fetch(release.signature_url, dest_dir / (release.filename + ".asc"))
+            verify_signature(runner, iso, asc, key)
+    return iso

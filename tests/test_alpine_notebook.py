@@ -1,0 +1,37 @@
+"""notebooks/04_alpine.ipynb: committed clean, runs under papermill in plan mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from test_alpine_apkindex import make_apkindex
+from test_alpine_extract import make_iso
+
+from labkit.report import _kernel_name
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_alpine.ipynb"
+
+
+def test_committed_clean_with_one_parameters_cell() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert len([c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]) == 1
+
+
+def test_runs_in_plan_mode(tmp_path: Path) -> None:
+    import papermill
+
+    iso = make_iso(tmp_path)
+    idx = make_apkindex(tmp_path / "APKINDEX.tar.gz")
+    out = tmp_path / "out"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "run.ipynb"), kernel_name=_kernel_name(), progress_bar=False, cwd=str(tmp_path),
+        parameters={"target": "plan", "iso": str(iso), "out_dir": str(out), "apkindex": str(idx), "hostname": "nb"},
+    )
+    assert (out / "nb.apkovl.tar.gz").is_file()
+    assert not (out / "partition" / "apks").exists()  # plan: extraction shown, not run
+    text = (tmp_path / "run.ipynb").read_text()
+    assert "-extract /apks" in text and "'download_bytes'" in text and "DISKOPTS=none" in text
