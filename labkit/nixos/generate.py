@@ -35,10 +35,15 @@ def edit_generated(text: str, module: str = "./labkit.nix") -> Edit:
     lines = text.splitlines()
     out: list[str] = []
     removed: list[str] = []
+    just_removed = False
     for line in lines:
         if any(r.match(line) for r in REMOVED) or REMOVED_COMMENT.match(line):
             removed.append(line.strip())
+            just_removed = True
             continue
+        if just_removed and not line.strip() and out and not out[-1].strip():
+            continue  # do not leave a double blank line where the block was
+        just_removed = False
         out.append(line)
     for i, line in enumerate(out):
         code = line.split("#", 1)[0]

@@ -1,0 +1,49 @@
+"""Linters run as tests: ruff and mypy on the code, shellcheck on the guest scripts, clean notebooks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_ruff() -> None:
+    res = _run([str(BIN / "ruff"), "check", "labkit", "tests", "benchmarks"])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_mypy() -> None:
+    res = _run([str(BIN / "mypy"), "labkit", "benchmarks"])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck missing: apt-get install shellcheck")
+def test_guest_scripts_are_shellcheck_clean() -> None:
+    scripts = sorted(p for p in (ROOT / "labkit" / "data" / "guest").glob("*.sh"))
+    assert scripts
+    # SC2239: nixos-stage2.sh's shebang is a template (@busybox@/bin/sh) filled with a store path
+    res = _run(["shellcheck", "-s", "sh", "-e", "SC2239", *map(str, scripts)])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_committed_notebooks_have_no_outputs_and_a_parameters_cell() -> None:
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert notebooks
+    for nb_path in notebooks:
+        nb = json.loads(nb_path.read_text())
+        cells = nb["cells"]
+        dirty = [i for i, c in enumerate(cells) if c.get("outputs") or c.get("execution_count")]
+        assert not dirty, f"{nb_path.name}: cells {dirty} carry outputs; clear them before committing"
+        tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{nb_path.name}: needs exactly one cell tagged 'parameters'"
