@@ -19,6 +19,7 @@ is the layout: re-running the same command on a finished install must not destro
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -174,8 +175,8 @@ class DiskPhase:
         ]
         for ext in self.extents():
             out.append(Step(f"format {ext.number} {ext.partition.fs.value} {ext.partition.label}",
-                            lambda e=ext: self._fs_done(e), lambda e=ext: self._format(e),
-                            lambda e=ext: self._verify_fs(e)))
+                            functools.partial(self._fs_done, ext), functools.partial(self._format, ext),
+                            functools.partial(self._verify_fs, ext)))
         return out
 
     def run(self) -> DiskResult:

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 
 import labkit
-from labkit.disks import SYS_BLOCK, DiskRecord, device_of_path
+from labkit.disks import SYS_BLOCK, DiskRecord, PartitionRecord, device_of_path
 from labkit.errors import LabkitError
 from labkit.gpt import TYPE_GUIDS
 from labkit.layout import Layout, human
@@ -136,11 +136,12 @@ def check_disk(
     if mounted:
         f.append(Finding(Code.MOUNTED, "mounted: " + ", ".join(f"{d} on {m}" for d, m in mounted),
                          "unmount them (umount " + " ".join(m for _, m in mounted) + ") or pick another disk"))
-    swaps = [d.path for d in (disk, *disk.partitions) if d.swap]
+    devices: list[DiskRecord | PartitionRecord] = [disk, *disk.partitions]
+    swaps = [d.path for d in devices if d.swap]
     if swaps:
         f.append(Finding(Code.SWAP, "active swap on " + ", ".join(swaps),
                          "swapoff " + " ".join(swaps) + " (and remove it from /etc/fstab) or pick another disk"))
-    holders = [f"{d.name} is held by {', '.join(d.holders)}" for d in (disk, *disk.partitions) if d.holders]
+    holders = [f"{d.name} is held by {', '.join(d.holders)}" for d in devices if d.holders]
     if holders:
         f.append(Finding(Code.HOLDER, "in use by LVM/RAID/dm-crypt: " + "; ".join(holders),
                          "deactivate them first (vgchange -an, mdadm --stop, cryptsetup close) or pick another disk"))
