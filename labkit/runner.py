@@ -74,6 +74,8 @@ TOOL_PACKAGES: dict[str, str] = {
     "sha256sum": "coreutils",
     "tar": "tar",
     "mount": "mount",
+    "mkdir": "coreutils",
+    "gpg": "gpg",
     "umount": "mount",
 }
 

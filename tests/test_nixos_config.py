@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from labkit.errors import InputError
-from labkit.layout import GiB, SEED_LAYOUT
+from labkit.layout import SEED_LAYOUT, GiB
 from labkit.nixos.config import Devices, NixosSettings, User, check_ssh_key, mem_total_bytes, render_module
 from labkit.nixos.hashes import check_hash, hash_kind, hash_password, read_hash_file, verify_password
 from labkit.nixos.nixexpr import nix_string
@@ -115,7 +115,7 @@ def test_good_hashes(good: str) -> None:
     ("$6$rounds=10$salt$" + "a" * 86, "rounds=10"),
 ])
 def test_bad_hashes_rejected_with_a_fix(bad: str, message: str) -> None:
-    with pytest.raises(InputError, match="fix: .*mkpasswd") as exc:
+    with pytest.raises(InputError, match=r"fix: .*mkpasswd") as exc:
         check_hash(bad)
     assert message in exc.value.problem
 

@@ -52,9 +52,10 @@ def test_imports_list_keeps_its_layout() -> None:
 
 
 def test_unknown_form_is_an_error_not_a_guess() -> None:
-    text = "{ ... }:\n{\n  imports = [ ./hardware-configuration.nix ];\n  boot.loader = { systemd-boot.enable = true; };\n}\n"
+    text = ("{ ... }:\n{\n  imports = [ ./hardware-configuration.nix ];\n"
+            "  boot.loader = { systemd-boot.enable = true; };\n}\n")
     with pytest.raises(InputError, match="line 4 sets systemd-boot") as exc:
         edit_generated(text)
     assert "by hand" in str(exc.value.fix)
-    with pytest.raises(InputError, match="no `./hardware-configuration.nix` import"):
+    with pytest.raises(InputError, match=r"no `\./hardware-configuration\.nix` import"):
         edit_generated("{ ... }:\n{\n  system.stateVersion = \"24.11\";\n}\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from labkit.errors import LabkitError
-from labkit.nixos.serial import SerialCommandFailed, SerialShell, SerialTimeout, spawn_serial
+from labkit.nixos.serial import FdTransport, SerialCommandFailed, SerialError, SerialShell, SerialTimeout, spawn_serial
 from labkit.runner import Runner, read_transcript
 
 INIT = """#!/bin/busybox sh
@@ -66,13 +66,13 @@ def shell(guest_files: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[Seri
             "-append", "console=ttyS0,115200 quiet panic=-1"]
     with spawn_serial(runner, argv, prompt=r"guest# $") as sh:
         sh.wait_for("GUEST-SHELL-READY", 60, "the guest's init")
-        sh.wait_for_prompt(30)
+        sh.start(30)
         yield sh, runner
 
 
 @pytest.mark.boot
 def test_scripted_session(shell: tuple[SerialShell, Runner], tmp_path: Path) -> None:
-    sh, runner = shell
+    sh, _runner = shell
     start = time.monotonic()
     results = sh.run_all(["uname -s", "echo hello > /tmp/f; cat /tmp/f", "grep -c ttyS0 /proc/cmdline",
                           "for i in 1 2 3; do echo line$i; done"])
@@ -98,3 +98,43 @@ def test_scripted_session(shell: tuple[SerialShell, Runner], tmp_path: Path) -> 
     assert "uname -s" in cmds and "sleep 30" in cmds
     timed = [e for e in events if e.get("timed_out")]
     assert timed and timed[0]["rc"] is None
+
+
+def test_driver_on_a_host_pty() -> None:
+    """The same framing on a local busybox shell behind a pty (no QEMU): fast, runs everywhere."""
+    import fcntl
+    import subprocess
+    import termios
+
+    if shutil.which("busybox") is None:
+        pytest.skip("busybox missing")
+    master, slave = os.openpty()
+    def controlling_tty() -> None:  # like a console: Ctrl-C becomes SIGINT
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(["busybox", "sh", "-i"], stdin=slave, stdout=slave, stderr=slave,
+                            preexec_fn=controlling_tty,
+                            env={"PS1": "pty$ ", "PATH": os.environ["PATH"], "HOME": "/tmp"})
+    os.close(slave)
+    try:
+        sh = SerialShell(FdTransport(master), prompt=r"pty\$ $")
+        sh.start(10)
+        assert sh.run("echo 'a  b' # a comment").output == "a  b\n"
+        assert sh.run("cd /tmp && pwd").output.strip() == "/tmp"
+        assert sh.run("pwd").output.strip() == "/tmp"  # the session keeps its state
+        assert sh.run("false", check=False).rc == 1
+        t0 = time.monotonic()
+        with pytest.raises(SerialTimeout, match="'sleep 5' to finish"):
+            sh.run("sleep 5", timeout=0.5)
+        assert sh.run("echo after").output == "after\n"
+        assert time.monotonic() - t0 < 3  # Ctrl-C ended the sleep
+        with pytest.raises(ValueError):
+            sh.run("echo a\necho b")
+        sh.send("exit\n")
+        with pytest.raises((SerialError, SerialTimeout)):
+            sh.run("echo gone", timeout=3)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)

@@ -30,7 +30,8 @@ def mount_table(mountinfo: Path = Path("/proc/self/mountinfo")) -> dict[str, tup
 
 def mounted_fstype(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
     """The filesystem type mounted exactly at ``path``, or None."""
-    return mount_table(mountinfo).get(os.path.normpath(str(path)))
+    entry = mount_table(mountinfo).get(os.path.normpath(str(path)))
+    return entry[0] if entry is not None else None
 
 
 def require_mounted(root: Path, mount_point: str, mountinfo: Path = Path("/proc/self/mountinfo"),

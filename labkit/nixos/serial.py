@@ -1,7 +1,7 @@
 """Drive a root shell over a serial console: prompt detection, exit status, timeouts, transcript.
 
 Modelled on the NixOS test driver's framing: each command is sent as one line that prints a
-begin marker, runs the command, and prints ``__RC_<nonce>_<status>__``. The markers are written
+begin marker, runs the command (through ``eval``), and prints ``__RC_<nonce>_<status>__``. The markers are written
 so that the terminal's echo of the typed line cannot match them (the begin marker is split by
 an empty quote, the status is ``$?`` in the echo), so only the shell's own output frames the
 command. Every wait has its own timeout; a timeout is reported as such (and the shell is
@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import select
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -89,6 +90,31 @@ class PipeTransport:
         return data
 
 
+@dataclass
+class FdTransport:
+    """Serial on a file descriptor (a pty, e.g. QEMU ``-serial pty``, or a host pty in tests)."""
+
+    fd: int
+
+    def write(self, data: bytes) -> None:
+        try:
+            os.write(self.fd, data)
+        except OSError:
+            raise EOFError("the serial line is closed") from None
+
+    def read(self, timeout: float) -> bytes:
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if not ready:
+            return b""
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EIO: the other side of the pty closed
+            data = b""
+        if not data:
+            raise EOFError("the serial line closed")
+        return data
+
+
 @dataclass(frozen=True)
 class ShellResult:
     command: str
@@ -154,6 +180,10 @@ class SerialShell:
                     raise SerialTimeout("a shell prompt", timeout, self._buf) from None
                 self.send("\n")
 
+    def start(self, timeout: float = 60.0) -> None:
+        """Wait for the first prompt (pressing Enter now and then)."""
+        self.wait_for_prompt(timeout)
+
     # -- commands --------------------------------------------------------------------------
     def run(self, command: str, *, timeout: float = 30.0, check: bool = True) -> ShellResult:
         """Run one shell command line; return its output and exit status.
@@ -168,8 +198,11 @@ class SerialShell:
         self._buf = ""
         start = time.monotonic()
         self.transcript.append((start - self._t0, "cmd", command))
-        # echo shows `__BEG''IN_…` and `$?`: only the shell's output matches the markers
-        self.send(f"echo __BEG''IN_{nonce}__; {command}\necho __RC_{nonce}_$?__\n")
+        # One line per command, sent once: a line editor (busybox ash) may drop a second line
+        # that arrives while it reads the first, and a line typed while a command runs is echoed
+        # into its output. `eval` keeps the command's own syntax (comments, `&&`, `cd`) intact.
+        # The echo of the line shows `__BEG''IN_…` and `$?`: only the shell's output matches.
+        self.send(f"echo __BEG''IN_{nonce}__; eval {shlex.quote(command)}; echo __RC_{nonce}_$?__\n")
         try:
             self.wait_for(rf"^{re.escape(begin)}$", timeout, f"the start of {command!r}")
             m = self.wait_for(rf"(?s)^(.*?){rc_re}$", max(0.1, timeout - (time.monotonic() - start)),
@@ -178,8 +211,7 @@ class SerialShell:
             self._record(command, None, time.monotonic() - start, timed_out=True)
             self.interrupt()
             raise SerialTimeout(f"{command!r} to finish", timeout, exc.tail) from None
-        echoed = f"__RC_{nonce}_$?__"  # the terminal's echo of the typed status line
-        output = "".join(ln for ln in m.group(1).splitlines(keepends=True) if echoed not in ln).lstrip("\n")
+        output = m.group(1).lstrip("\n")
         rc = int(m.group(2))
         res = ShellResult(command, rc, output, time.monotonic() - start)
         self._record(command, rc, res.duration_s)

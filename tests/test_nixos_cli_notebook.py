@@ -1,0 +1,96 @@
+"""`labkit nixos config|install --plan`, and notebooks/03_nixos.ipynb under papermill in plan mode."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from labkit.cli import main
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA lab@demo"
+SHA512 = "$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_nixos.ipynb"
+
+
+@pytest.fixture
+def meminfo(tmp_path: Path) -> Path:
+    f = tmp_path / "meminfo"
+    f.write_text("MemTotal:        4000000 kB\n")
+    return f
+
+
+def test_config_writes_a_parsable_module(tmp_path: Path, meminfo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    h = tmp_path / "hash"
+    h.write_text(SHA512 + "\n")
+    pub = tmp_path / "id.pub"
+    pub.write_text(KEY + "\n")
+    out = tmp_path / "cfg" / "labkit.nix"
+    rc = main(["nixos", "config", "--out", str(out), "--hashed-password-file", str(h), "--ssh-key", str(pub),
+               "--tmpfs-size", "1G", "--impermanence", "--home-manager", "lab", "--meminfo", str(meminfo)])
+    assert rc == 0
+    text = out.read_text()
+    assert SHA512 in text and KEY in text and "size=1G" in text and "environment.persistence" in text
+    assert (out.parent / "labkit-probe.sh").read_text().startswith("#!/bin/sh")
+    if shutil.which("nix-instantiate"):
+        subprocess.run(["nix-instantiate", "--parse", str(out)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], "neither a password hash nor an SSH key"),
+    (["--hashed-password-file", "PLAIN"], "looks like a plaintext password"),
+    (["--ssh-key", KEY, "--tmpfs-size", "8G"], "more than the machine's RAM"),
+    (["--ssh-key", "ssh-ed25519 garbage!"], "damaged"),
+])
+def test_config_bad_input_exits_non_zero(tmp_path: Path, meminfo: Path, capsys: pytest.CaptureFixture[str],
+                                         extra: list[str], message: str) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("hunter2\n")
+    extra = [str(plain) if e == "PLAIN" else e for e in extra]
+    out = tmp_path / "labkit.nix"
+    rc = main(["nixos", "config", "--out", str(out), "--meminfo", str(meminfo), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "fix:" in err
+    assert not out.exists()
+
+
+def test_install_plan_prints_the_steps(tmp_path: Path, meminfo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "mnt"
+    rc = main(["nixos", "install", "--root", str(root), "--plan", "--ssh-key", KEY, "--meminfo", str(meminfo)])
+    assert rc == 0
+    text = capsys.readouterr().out.replace(str(root), "/mnt")
+    golden = (Path(__file__).parent / "golden" / "nixos" / "plan-lab-sshkey.txt").read_text()
+
+    def stable(t: str) -> list[str]:  # the CLI also searches the host's /nix/store for GRUB
+        return [ln for ln in t.splitlines() if "looked in:" not in ln and "--directory=" not in ln]
+
+    assert stable(text) == stable(golden)
+    assert not root.exists()
+
+
+def test_notebook_is_committed_without_outputs() -> None:
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+def test_notebook_runs_in_plan_mode(tmp_path: Path, meminfo: Path) -> None:
+    import papermill
+
+    from labkit.report import _kernel_name
+
+    out = tmp_path / "03_nixos.out.ipynb"
+    log = tmp_path / "t.jsonl"
+    papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name=_kernel_name(), progress_bar=False,
+                               parameters={"root": str(tmp_path / "mnt"), "meminfo": str(meminfo),
+                                           "transcript": str(log), "impermanence": True},
+                               cwd=str(tmp_path), execution_timeout=120)
+    text = out.read_text()
+    assert "environment.persistence" in text and "nixos-install --root" in text
+    assert "nixos-rebuild switch -I nixos-config=/data/etc/nixos/configuration.nix" in text
+    assert log.is_file() and not (tmp_path / "mnt").exists()
