@@ -1,4 +1,4 @@
-"""labkit benchmarks: ``./run bench [--rounds N] [--only boot|image] [--out FILE]``.
+"""labkit benchmarks: ``./run bench [--rounds N] [--only boot|image|parse] [--out FILE]``.
 
 Each benchmark measures labkit against the plain tools doing the same work, side by side in
 one run, in alternating order (so load changes on the host hit both sides alike):
@@ -10,6 +10,9 @@ one run, in alternating order (so load changes on the host hit both sides alike)
 - image: ``labkit.image.build_image`` (including its read-back verification) against a plain
   bash script that calls the same tools (truncate, mkfs.vfat, mmd/mcopy, mke2fs -d, sgdisk, dd)
   on the same trees. Aim: ratio <= 1.2.
+- parse: extract, verify (md5) and compute every metric of 10,000 probe bundles (a realistic
+  rehearsal-Alpine bundle: ~430 dmesg lines, meminfo, free, df, apk db, cache listing), against a
+  budget of 10 s; the "ratio" is time / budget. Aim: ratio <= 1.0.
 
 Results are printed and written as JSON (default ``benchmarks/results/latest.json``), with the
 host and accelerator they were measured on.
@@ -36,7 +39,59 @@ from labkit.lab import build_lab_trees, default_cache_dir
 from labkit.layout import LAB_LAYOUT, FsType, Role
 from labkit.runner import Runner
 
-AIMS = {"boot": 1.10, "image": 1.20}
+AIMS = {"boot": 1.10, "image": 1.20, "parse": 1.0}
+PARSE_BUNDLES = 10_000
+PARSE_BUDGET_S = 10.0
+
+
+def sample_bundle_lines() -> list[str]:
+    """A bundle shaped like a rehearsal Alpine guest's (sizes as seen in the lab)."""
+    from labkit.bundle import format_bundle
+
+    dmesg = [f"[{0.001 * i:12.6f}] kernel message number {i} with some text" for i in range(420)]
+    dmesg += ["[    2.044485] Run /init as init process", "[    2.500000] Installing packages to root filesystem...",
+              "[    5.100000] Installing packages to root filesystem: ok.",
+              "[    5.570000] labkit-rehearsal: switch_root"]
+    meminfo = "\n".join(["MemTotal:         462240 kB", "MemAvailable:     395800 kB", "Shmem:             32980 kB",
+                         *(f"Key{i}:        {i * 7} kB" for i in range(50))])
+    apk = "\n".join(f"P:pkg{i}\nV:1.{i}-r0\nS:{1000 * i}\nI:{4000 * i}\n" for i in range(20))
+    cache = "\n".join(f"-rw-r--r--    1 0        0        {1000 * i:9d} Jan  1  1970 pkg{i}-1.{i}.apk"
+                      for i in range(20))
+    text = format_bundle("alpine-rehearsal", "rehearsal", {
+        "uptime": "5.70 4.10", "dmesg": "\n".join(dmesg), "meminfo": meminfo,
+        "free": "              total        used        free      shared  buff/cache   available\n"
+                "Mem:         462240       66440      340000       32980       55800      395800\n"
+                "Swap:             0           0           0",
+        "df": "Filesystem           1K-blocks      Used Available Use% Mounted on\n"
+              "tmpfs                   231120     32980    198140  14% /\n"
+              "/dev/vda4               754008    100000    600000  14% /media/vda4",
+        "cmdline": "console=ttyS0,115200 quiet", "kernel": "Linux alpinelab 6.1.0 x86_64 GNU/Linux",
+        "uptime_mid": "5.71 4.11", "apk_installed": apk, "apk_world": "cpio\nzstd", "apk_cache": cache,
+        "uptime_end": "5.78 4.15",
+    })
+    return text.rstrip("\n").split("\n")
+
+
+def bench_parse(rounds: int) -> dict[str, object]:
+    """Parse PARSE_BUNDLES bundles (extract + md5 + every metric), ``rounds`` times."""
+    from labkit.bundle import extract_bundles
+    from labkit.metrics import metrics_from_bundle
+    from labkit.serial import SerialLine
+
+    lines = [SerialLine(10.0 + i * 1e-4, t) for i, t in enumerate(sample_bundle_lines())]
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        n = 0
+        for _ in range(PARSE_BUNDLES):
+            for b in extract_bundles(lines):
+                n += len(metrics_from_bundle(b))
+        times.append(time.perf_counter() - start)
+    res = _summary("parse", times, [PARSE_BUDGET_S] * rounds)
+    res["bundles"] = PARSE_BUNDLES
+    res["metrics_per_bundle"] = n // PARSE_BUNDLES
+    res["bundles_per_s"] = round(PARSE_BUNDLES / statistics.median(times))
+    return res
 
 
 def plain_image_script(trees: dict[Role, Path], esp_files: dict[str, bytes | Path], work: Path, out: Path,
@@ -166,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="rounds per side (default 3)")
-    ap.add_argument("--only", choices=["boot", "image"], action="append")
+    ap.add_argument("--only", choices=["boot", "image", "parse"], action="append")
     ap.add_argument("--out", default="benchmarks/results/latest.json")
     args = ap.parse_args(argv)
-    which = args.only or ["image", "boot"]
+    which = args.only or ["image", "boot", "parse"]
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as td:
         tmp = Path(td)
@@ -181,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             sub = tmp / name
             sub.mkdir()
             print(f"benchmark {name}: {args.rounds} rounds per side ...", file=sys.stderr)
-            res = bench_image(args.rounds, sub) if name == "image" else bench_boot(args.rounds, sub, accel)
+            if name == "parse":
+                res = bench_parse(args.rounds)
+            else:
+                res = bench_image(args.rounds, sub) if name == "image" else bench_boot(args.rounds, sub, accel)
             results.append(res)
             print(f"  {name}: labkit {res['labkit_median_s']} s vs baseline {res['baseline_median_s']} s "
                   f"-> ratio {res['ratio']} (aim <= {res['aim']}: {'met' if res['meets_aim'] else 'NOT met'})")

@@ -25,6 +25,10 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         accel_candidates=tuple(args.accel.split(",")),
         report=not args.no_report,
         keep_image=args.keep_image,
+        max_boots=args.max_boots,
+        spread_threshold=args.spread_threshold,
+        load_cost=args.load_cost,
+        load_sets=tuple(x for x in args.load_sets.split(",") if x),
         **({"cache_dir": Path(args.cache_dir)} if args.cache_dir else {}),
     )
     run = run_lab(params, runs_root=Path(args.runs_root))
@@ -68,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--no-report", action="store_true", help="skip the HTML report")
     lab.add_argument("--keep-image", action="store_true", help="keep work/disk.img after the run")
     lab.add_argument("--cache-dir", help="cache for the guest kernel (default ~/.cache/labkit)")
+    lab.add_argument("--max-boots", type=int, default=None,
+                     help="adaptive cap: more boots while the spread of the total is high (default boots+2)")
+    lab.add_argument("--spread-threshold", type=float, default=0.05,
+                     help="MAD/median of the total boot time above which another round is booted (default 0.05)")
+    lab.add_argument("--load-cost", action=argparse.BooleanOptionalAction, default=True,
+                     help="boot the Alpine-style guest once per extra package set and fit the load cost (default on)")
+    lab.add_argument("--load-sets", default="small,medium,large",
+                     help="package sets of the load-cost experiment, comma separated (default small,medium,large)")
     lab.set_defaults(func=_cmd_lab)
 
     lay = sub.add_parser("layout", help="show a disk layout")
@@ -86,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     from labkit.cli_disk import register as register_disk
 
     register_disk(sub)
+
+    from labkit.cli_parse import register as register_parse
+
+    register_parse(sub)
     return p
 
 

@@ -8,6 +8,8 @@ One call, :func:`run_lab`, does the whole main job. Its output directory holds::
     serial/<os>-<n>.log   serial console, one "<host seconds since QEMU start>\\t<line>" per line
     bundles/<os>-<n>.txt  the raw probe bundle of each boot
     results.csv           one row per run/os/boot/metric (value, unit, source)
+    loadcost.csv          the load-cost boots (Alpine-style guest per package set): rows + package_set
+    decompression.json    the host's gzip/zstd decompression limit on the same .apk payloads
     report.ipynb / .html  the executed report notebook and its HTML export
 """
 
@@ -35,8 +37,10 @@ from labkit.guests.kernel import default_cache_dir
 from labkit.guests.payloads import PACKAGE_SETS
 from labkit.image import ImageInfo, build_image
 from labkit.layout import LAB_LAYOUT, Layout, Role
+from labkit.loadcost import LOADCOST_FILE, decompression_throughput, write_loadcost_csv
 from labkit.results import ResultRow, rows_from_bundle, write_results_csv
 from labkit.runner import Mode, Runner, atomic_write_text
+from labkit.stats import ADAPTIVE_METRIC, SPREAD_THRESHOLD, needs_more_boots
 
 SYSTEMS = ("alpine", "nixos")
 RUN_MARKERS = ("transcript.jsonl", "environment.json", "results.csv", "boots.csv", "run.json")
@@ -57,6 +61,14 @@ class LabParams:
     report: bool = True
     keep_image: bool = False
     cache_dir: Path = field(default_factory=default_cache_dir)
+    max_boots: int | None = None  # adaptive cap per system; None: boots + 2
+    spread_threshold: float = SPREAD_THRESHOLD  # MAD/median of total_to_probe_s that asks for more boots
+    load_cost: bool = True  # boot the Alpine-style guest once per extra package set and fit the load cost
+    load_sets: tuple[str, ...] = ("small", "medium", "large")
+
+    @property
+    def boot_cap(self) -> int:
+        return self.boots + 2 if self.max_boots is None else max(self.max_boots, self.boots)
 
     def validate(self) -> None:
         if self.boots < 1:
@@ -72,6 +84,15 @@ class LabParams:
             raise InputError(f"guest memory {self.memory_mib} MiB is too small", "use at least 256 MiB")
         if self.boot_timeout_s <= 0:
             raise InputError("the boot timeout must be positive", "use e.g. --boot-timeout 120")
+        bad_sets = [s for s in self.load_sets if s not in PACKAGE_SETS]
+        if bad_sets:
+            raise InputError(f"unknown load-cost package set(s) {bad_sets}", f"choose among {', '.join(PACKAGE_SETS)}")
+        sizes = {tuple(PACKAGE_SETS[s]) for s in (*self.load_sets, self.world)}
+        if self.load_cost and "alpine" in self.systems and len(sizes) < 3:
+            raise InputError(
+                f"the load-cost fit needs at least 3 different package sets (have {len(sizes)})",
+                "use e.g. --load-sets small,medium,large, or --no-load-cost",
+            )
 
     def as_record(self) -> dict[str, object]:
         d = asdict(self)
@@ -101,6 +122,7 @@ class LabRun:
     accel: str
     report: Path | None
     image: ImageInfo | None
+    loadcost_rows: tuple[dict[str, object], ...] = ()
 
     @property
     def failed(self) -> list[BootRecord]:
@@ -319,6 +341,7 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
     work.mkdir(exist_ok=True)
     boots: list[BootRecord] = []
     rows: list[ResultRow] = []
+    loadcost_rows: list[dict[str, object]] = []
     lab: LabImage | None = None
     accel_choice: qemu.AccelChoice | None = None
     try:
@@ -328,16 +351,34 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
         if accel_choice.warning:
             runner.note(f"warning: {accel_choice.warning}")
         order = boot_order(params.systems, params.boots, params.warmup)
-        for n, (os_name, index, warm) in enumerate(order, start=1):
-            runner.note(f"[{n}/{len(order)}]")
-            rec, brows = run_boot(
-                runner, lab, os_name, index, warm, run_id=run_id, run_dir=run_dir, accel=accel_choice.accel,
-                memory_mib=params.memory_mib, timeout_s=params.boot_timeout_s,
-            )
-            boots.append(rec)
-            rows.extend(brows)
-            write_boots_csv(boots, run_dir / "boots.csv")  # progress survives an interrupted run
+        done = params.boots
+        while order:
+            for n, (os_name, index, warm) in enumerate(order, start=1):
+                runner.note(f"[{n}/{len(order)}]")
+                rec, brows = run_boot(
+                    runner, lab, os_name, index, warm, run_id=run_id, run_dir=run_dir, accel=accel_choice.accel,
+                    memory_mib=params.memory_mib, timeout_s=params.boot_timeout_s,
+                )
+                boots.append(rec)
+                rows.extend(brows)
+                write_boots_csv(boots, run_dir / "boots.csv")  # progress survives an interrupted run
+            order = []
+            samples = {s: [r.value for r in rows if r.os.startswith(s) and r.metric == ADAPTIVE_METRIC and not r.warmup]
+                       for s in params.systems}
+            if needs_more_boots(samples, done=done, cap=params.boot_cap, threshold=params.spread_threshold,
+                                minimum=params.boots):
+                runner.note(f"adaptive: relative spread of {ADAPTIVE_METRIC} above {params.spread_threshold:.0%}: "
+                            f"one more round ({done + 1}/{params.boot_cap})")
+                first = params.warmup + done
+                seq = list(params.systems) if first % 2 == 0 else list(reversed(params.systems))
+                order = [(s, first, False) for s in seq]
+                done += 1
         write_results_csv(rows, run_dir / "results.csv")
+        if params.load_cost and "alpine" in params.systems:
+            with runner.step("load-cost experiment (Alpine-style guest per package set)"):
+                loadcost_rows = run_load_cost(runner, params, rows, run_id=run_id, run_dir=run_dir,
+                                              accel=accel_choice.accel, boots=boots)
+            write_boots_csv(boots, run_dir / "boots.csv")
     finally:
         extra: dict[str, object] = {
             "run_id": run_id,
@@ -361,6 +402,8 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
                 if lab else None
             ),
             "qemu_argv_example": None,
+            "load_cost": {"sets": sorted(set(params.load_sets) | {params.world}), "rows": len(loadcost_rows)}
+            if params.load_cost and "alpine" in params.systems else None,
             "boots_ok": sum(b.ok for b in boots),
             "boots_failed": sum(not b.ok for b in boots),
             "wall_s": round(time.monotonic() - started, 1),
@@ -387,4 +430,77 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
     runner.note(f"done in {time.monotonic() - started:.0f} s: {sum(b.ok for b in boots)}/{len(boots)} boots ok")
     atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "ok": not [b for b in boots if not b.ok]}))
     return LabRun(run_id, run_dir, tuple(boots), tuple(rows), accel_choice.accel if accel_choice else "?",
-                  report, lab.image if lab else None)
+                  report, lab.image if lab else None, tuple(loadcost_rows))
+
+
+# -- the load-cost experiment -----------------------------------------------------------------------
+def _loadcost_dicts(rows: Sequence[ResultRow], package_set: str) -> list[dict[str, object]]:
+    return [{**asdict(r), "package_set": package_set} for r in rows if r.os.startswith("alpine")]
+
+
+def run_load_cost(
+    runner: Runner,
+    params: LabParams,
+    main_rows: Sequence[ResultRow],
+    *,
+    run_id: str,
+    run_dir: Path,
+    accel: str,
+    boots: list[BootRecord],
+) -> list[dict[str, object]]:
+    """Boot the Alpine-style guest once per extra package set (only its partition's content changes;
+    an Alpine-only image is rebuilt per set), reuse the main run's boots for ``params.world``, measure
+    the host's decompression limit on the largest set's .apk files; write loadcost.csv and
+    decompression.json."""
+    # the main world under the name of the first load set with the same packages ("default" is "medium")
+    world = next((s for s in params.load_sets if PACKAGE_SETS[s] == PACKAGE_SETS[params.world]), params.world)
+    out = _loadcost_dicts([r for r in main_rows if not r.warmup], world)
+    sets = sorted((s for s in dict.fromkeys(params.load_sets) if PACKAGE_SETS[s] != PACKAGE_SETS[params.world]),
+                  key=lambda s: len(PACKAGE_SETS[s]))
+    largest = max(set(params.load_sets) | {params.world}, key=lambda s: len(PACKAGE_SETS[s]))
+    throughput: dict[str, object] | None = None
+    for k, name in enumerate(sets):
+        work = run_dir / "work" / f"loadcost-{name}"
+        work.mkdir(parents=True, exist_ok=True)
+        with runner.step(f"image with package set {name!r}"):
+            lt = build_lab_trees(runner, work, systems=("alpine",), world=name, cache_dir=params.cache_dir)
+            if name == largest:
+                apks = sorted((lt.trees[Role.ALPINE] / "apks").rglob("*.apk"))
+                throughput = decompression_throughput(runner, apks, work / "decomp").record()
+            image = build_image(runner, LAB_LAYOUT, work / "disk.img", lt.trees, lt.esp_files)
+            shutil.rmtree(work / "trees", ignore_errors=True)
+            lab = LabImage(image, lt.guests, lt.titles, image.offset(Role.ESP))
+        index = 100 + k  # boots of the load-cost images are numbered apart from the main run's
+        rec, brows = run_boot(runner, lab, "alpine", index, False, run_id=run_id, run_dir=run_dir, accel=accel,
+                              memory_mib=params.memory_mib, timeout_s=params.boot_timeout_s)
+        boots.append(rec)
+        out += _loadcost_dicts(brows, name)
+        image.path.unlink(missing_ok=True)
+    if throughput is None:  # the largest set is the main world: measure on the main image's payloads
+        work = run_dir / "work" / "loadcost-host"
+        lt = build_lab_trees(runner, work, systems=("alpine",), world=largest, cache_dir=params.cache_dir)
+        throughput = decompression_throughput(runner, sorted((lt.trees[Role.ALPINE] / "apks").rglob("*.apk")),
+                                              work / "decomp").record()
+        shutil.rmtree(work, ignore_errors=True)
+    throughput["package_set"] = largest
+    atomic_write_text(run_dir / "decompression.json", json.dumps(throughput, indent=2) + "\n")
+    write_loadcost_csv(out, run_dir / LOADCOST_FILE)
+    return out
+
+
+def lab_plan(params: LabParams) -> list[str]:
+    """What :func:`run_lab` would do with ``params``, without building or booting anything."""
+    params.validate()
+    lines = [f"build one image: rehearsal guests {', '.join(params.systems)} with package set {params.world!r} "
+             f"({len(PACKAGE_SETS[params.world])} Debian payloads)",
+             "boot order (interleaved; warm-up boots reported, not measured): "
+             + ", ".join(f"{s}#{i}{'(w)' if w else ''}" for s, i, w in boot_order(params.systems, params.boots,
+                                                                                  params.warmup)),
+             f"adaptive: up to {params.boot_cap} boots per system while MAD/median of {ADAPTIVE_METRIC} > "
+             f"{params.spread_threshold:.0%}"]
+    if params.load_cost and "alpine" in params.systems:
+        extra = [s for s in dict.fromkeys(params.load_sets) if PACKAGE_SETS[s] != PACKAGE_SETS[params.world]]
+        lines.append(f"load cost: reuse the {params.world!r} boots; one Alpine-only image and boot per set "
+                     f"{', '.join(extra) or '(none)'}; host gzip/zstd decompression limit on the largest set")
+    lines.append("report: results.csv, loadcost.csv, tables/*.csv, report.html" if params.report else "no report")
+    return lines

@@ -31,6 +31,7 @@ class MetricDef:
     definition: str
     source: str
     phase: bool = False  # one of the stacked boot phases (firmware → kernel → initramfs → userspace)
+    applies_to: str = "all"  # "all", "alpine" or "nixos": elsewhere the metric is "n/a", not "missing"
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,60 @@ METRICS: tuple[MetricDef, ...] = (
         "alpine_package_load_s", "s",
         f"gap between the kmsg lines '{ALPINE_PKG_START}' and '{ALPINE_PKG_END}' "
         "(the in-RAM package install of Alpine diskless). Alpine only.",
-        "dmesg",
+        "dmesg", applies_to="alpine",
     ),
-    MetricDef("ram_used_mib", "MiB", "MemTotal − MemAvailable at probe start.", "/proc/meminfo"),
+    MetricDef(
+        "ram_used_mib", "MiB",
+        "MemTotal − MemAvailable, read right after the timing sources at probe start (no settle delay: the "
+        "probe runs as the last boot step, so the 'settle' is the boot itself and waiting would only lengthen "
+        "the measured boot).",
+        "/proc/meminfo",
+    ),
     MetricDef("shmem_mib", "MiB", "Shmem (tmpfs and shared memory) at probe start.", "/proc/meminfo"),
     MetricDef("root_tmpfs_used_mib", "MiB", "Used KiB of the filesystem mounted on / (a tmpfs) per df -k.", "df -k"),
     MetricDef("mem_total_mib", "MiB", "MemTotal: RAM the guest kernel sees.", "/proc/meminfo"),
     MetricDef(
+        "package_count", "packages",
+        "Alpine: records in /lib/apk/db/installed. NixOS: store paths in the closure of /run/current-system "
+        "(nix path-info -rS; rehearsal: the store's top-level paths, du -sk).",
+        "apk db / nix path-info / du",
+    ),
+    MetricDef(
+        "installed_size_mib", "MiB",
+        "Alpine: sum of I: (installed bytes) over /lib/apk/db/installed. NixOS: closure size (the same "
+        "number as closure_size_mib: a store path is stored unpacked).",
+        "apk db / nix path-info / du",
+    ),
+    MetricDef(
+        "compressed_size_mib", "MiB", "Alpine: sum of S: (bytes of the .apk files) over /lib/apk/db/installed.",
+        "apk db", applies_to="alpine",
+    ),
+    MetricDef(
+        "closure_size_mib", "MiB",
+        "NixOS: closure size of /run/current-system (nix path-info -rS, the largest closure size; rehearsal: "
+        "sum of du -sk over /nix/store/*).",
+        "nix path-info / du", applies_to="nixos",
+    ),
+    MetricDef(
+        "alpine_load_cost_s_per_mib", "s/MiB",
+        "alpine_package_load_s / installed_size_mib for one boot (an average that includes the fixed cost; the "
+        "load-cost fit's slope is the marginal cost).", "derived", applies_to="alpine",
+    ),
+    MetricDef(
+        "alpine_load_cost_ram_mib_per_mib", "MiB/MiB",
+        "root_tmpfs_used_mib / installed_size_mib for one boot: RAM held by the tmpfs root per MiB of packages.",
+        "derived", applies_to="alpine",
+    ),
+    MetricDef(
         "probe_s", "s",
         "the probe's own run time: guest uptime read last (section uptime_end) minus uptime read first "
         "(0.01 s resolution). Not part of any phase: the probe runs after the boot it measures.",
+        "/proc/uptime",
+    ),
+    MetricDef(
+        "probe_timing_s", "s",
+        "the part of the probe that reads timings, RAM and disk use (section uptime_mid minus uptime); the "
+        "package inventory (apk db, store sizes) follows it. 0.01 s resolution.",
         "/proc/uptime",
     ),
 )
@@ -88,7 +133,46 @@ PHASES: tuple[str, ...] = tuple(m.name for m in METRICS if m.phase)
 
 def metric_definitions() -> list[dict[str, str]]:
     """The table as plain rows (for the report)."""
-    return [{"metric": m.name, "unit": m.unit, "definition": m.definition, "source": m.source} for m in METRICS]
+    return [{"metric": m.name, "unit": m.unit, "definition": m.definition, "source": m.source,
+             "applies to": m.applies_to} for m in METRICS]
+
+
+def os_family(os_id: str) -> str:
+    """``alpine-rehearsal`` → ``alpine``; ``nixos`` → ``nixos``."""
+    return os_id.split("-", 1)[0]
+
+
+def applies(metric: str, os_id: str) -> bool:
+    """Whether ``metric`` is defined for ``os_id`` (a metric that applies but is absent is *missing*)."""
+    d = METRIC_BY_NAME.get(metric)
+    return d is None or d.applies_to == "all" or d.applies_to == os_family(os_id)
+
+
+def package_values(sections: Mapping[str, str]) -> dict[str, float]:
+    """package_count / installed / compressed / closure sizes from the apk or nix sections present."""
+    from labkit.parsers.apk import parse_apk_installed
+    from labkit.parsers.nix import parse_du_k, parse_nix_path_info
+
+    values: dict[str, float] = {}
+    if "apk_installed" in sections:
+        pkgs = parse_apk_installed(sections["apk_installed"])
+        values["package_count"] = float(len(pkgs))
+        if pkgs and all(p.installed_size is not None for p in pkgs):
+            values["installed_size_mib"] = sum(p.installed_size or 0 for p in pkgs) / 1024**2
+        if pkgs and all(p.size is not None for p in pkgs):
+            values["compressed_size_mib"] = sum(p.size or 0 for p in pkgs) / 1024**2
+    elif "nix_path_info" in sections:
+        paths = parse_nix_path_info(sections["nix_path_info"], "nix_path_info")
+        closures = [p.closure_size for p in paths if p.closure_size is not None]
+        values["package_count"] = float(len(paths))
+        if closures:
+            values["closure_size_mib"] = values["installed_size_mib"] = max(closures) / 1024**2
+    elif "nix_store_du" in sections:
+        du = parse_du_k(sections["nix_store_du"])
+        values["package_count"] = float(len(du))
+        if du:
+            values["closure_size_mib"] = values["installed_size_mib"] = sum(k for _, k in du) / 1024
+    return values
 
 
 def find_marker(dmesg: list[tuple[float, str]], marker: str) -> float | None:
@@ -148,6 +232,8 @@ def metrics_from_bundle(
 
     if uptime is not None and "uptime_end" in bundle.sections:
         values["probe_s"] = parse_uptime(bundle.sections["uptime_end"]).uptime_s - uptime
+    if uptime is not None and "uptime_mid" in bundle.sections:
+        values["probe_timing_s"] = parse_uptime(bundle.sections["uptime_mid"]).uptime_s - uptime
 
     if "meminfo" in bundle.sections:
         mem = parse_meminfo(bundle.sections["meminfo"])
@@ -160,6 +246,13 @@ def metrics_from_bundle(
         root = [r for r in parse_df(bundle.sections["df"]) if r.mounted_on == "/"]
         if root:
             values["root_tmpfs_used_mib"] = _mib(root[0].used_k)
+    values.update(package_values(bundle.sections))
+    installed = values.get("installed_size_mib")
+    if installed:
+        if "alpine_package_load_s" in values:
+            values["alpine_load_cost_s_per_mib"] = values["alpine_package_load_s"] / installed
+        if "root_tmpfs_used_mib" in values and os_family(bundle.os) == "alpine":
+            values["alpine_load_cost_ram_mib_per_mib"] = values["root_tmpfs_used_mib"] / installed
 
     return [
         Metric(d.name, values[d.name], d.unit, d.source) for d in METRICS if d.name in values

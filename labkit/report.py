@@ -20,9 +20,11 @@ import pandas as pd
 
 from labkit.environment import ENVIRONMENT_FILE, flatten, labkit_version, load_environment
 from labkit.errors import LabkitError
-from labkit.metrics import PHASES, metric_definitions
+from labkit.loadcost import FIREFOX_MB, LOADCOST_FILE, LoadCost, LoadCostError, analyse, load_loadcost
+from labkit.metrics import PHASES, applies, metric_definitions
 from labkit.results import load_results, per_boot_table, summarize
 from labkit.runner import Runner, atomic_write_text
+from labkit.stats import compare_systems, outliers_table, relative_spread
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -31,6 +33,10 @@ REPORT_NOTEBOOK = "06_report.ipynb"
 RESULTS_FILE = "results.csv"
 MISSING = "missing"
 RAM_METRICS = ("ram_used_mib", "shmem_mib", "root_tmpfs_used_mib")
+SIZE_METRICS = ("installed_size_mib", "compressed_size_mib", "closure_size_mib")
+NOT_APPLICABLE = "n/a"
+TABLES_DIR = "tables"
+DECOMPRESSION_FILE = "decompression.json"
 _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
 
@@ -45,6 +51,8 @@ class ReportContext:
     results: pd.DataFrame
     summary: pd.DataFrame
     environment: dict[str, Any]
+    loadcost: pd.DataFrame | None = None
+    decompression: dict[str, Any] | None = None
 
     @property
     def systems(self) -> list[str]:
@@ -85,7 +93,13 @@ def load_report_context(run_dir: str | os.PathLike[str]) -> ReportContext:
     if results.empty:
         raise ReportError(f"{path / RESULTS_FILE} has no rows", "the benchmark recorded no metric; check its log")
     env = load_environment(path) if (path / ENVIRONMENT_FILE).is_file() else {}
-    return ReportContext(path, results, summarize(results), env)
+    lc = load_loadcost(path / LOADCOST_FILE) if (path / LOADCOST_FILE).is_file() else None
+    dec = None
+    if (path / DECOMPRESSION_FILE).is_file():
+        import json
+
+        dec = json.loads((path / DECOMPRESSION_FILE).read_text(encoding="utf-8"))
+    return ReportContext(path, results, summarize(results), env, lc, dec)
 
 
 def origin_label(results: pd.DataFrame, environment: dict[str, Any]) -> str:
@@ -120,7 +134,116 @@ def definitions_table() -> pd.DataFrame:
 
 
 def summary_table(ctx: ReportContext) -> pd.DataFrame:
-    return ctx.summary.copy()
+    """Per system × metric (median, 95 % CI, relative spread); metrics that do not apply to a system
+    are left out, metrics that apply but were not measured stay in as 'missing'."""
+    s = ctx.summary.copy()
+    s = s[[applies(m, o) for m, o in zip(s["metric"], s["os"], strict=True)]].reset_index(drop=True)
+    data = ctx.results[~ctx.results["warmup"]]
+    s["mad_rel"] = [relative_spread(data.loc[(data["os"] == o) & (data["metric"] == m), "value"].to_numpy())
+                    for o, m in zip(s["os"], s["metric"], strict=True)]
+    s["status"] = np.where(s["n"] > 0, "measured", MISSING)
+    return s
+
+
+def wide_summary_table(ctx: ReportContext) -> pd.DataFrame:
+    """One row per metric, one 'median [CI]' column per system; 'n/a' where a metric does not apply."""
+    s = ctx.summary
+    rows = []
+    for metric in dict.fromkeys(s["metric"]):
+        row: dict[str, str] = {"metric": metric}
+        for os_id in ctx.systems:
+            r = s[(s["os"] == os_id) & (s["metric"] == metric)]
+            if not applies(metric, os_id):
+                row[os_id] = NOT_APPLICABLE
+            elif r.empty or int(r.iloc[0]["n"]) == 0:
+                row[os_id] = MISSING
+            else:
+                x = r.iloc[0]
+                ci = "" if np.isnan(x["ci_low"]) else f" [{x['ci_low']:.3g}, {x['ci_high']:.3g}]"
+                row[os_id] = f"{x['median']:.4g}{ci}"
+        row["unit"] = str(s.loc[s["metric"] == metric, "unit"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["metric", *ctx.systems, "unit"])
+
+
+def comparison_table(ctx: ReportContext) -> pd.DataFrame:
+    """Mann–Whitney U and Cliff's delta between the first two systems (empty with one system)."""
+    systems = ctx.systems
+    if len(systems) < 2:
+        return pd.DataFrame()
+    return compare_systems(ctx.results, systems[0], systems[1])
+
+
+def warmup_table(ctx: ReportContext) -> pd.DataFrame:
+    """The warm-up boots (discarded from the statistics, reported here)."""
+    w = ctx.results[ctx.results["warmup"]]
+    if w.empty:
+        return pd.DataFrame(columns=["os", "boot", "metric", "value", "unit"])
+    return w[["os", "boot", "metric", "value", "unit"]].reset_index(drop=True)
+
+
+def loadcost_analysis(ctx: ReportContext) -> LoadCost | None:
+    if ctx.loadcost is None or ctx.loadcost.empty:
+        return None
+    try:
+        return analyse(ctx.loadcost)
+    except LoadCostError:
+        return None
+
+
+def decompression_table(ctx: ReportContext) -> pd.DataFrame:
+    """Guest load rate against the host's gzip/zstd decompression rate on the same payloads."""
+    lc = loadcost_analysis(ctx)
+    d = ctx.decompression or {}
+    rows = []
+    guest = lc.rate_mib_s if lc is not None else float("nan")
+    for tool in ("gzip", "zstd"):
+        host = d.get(f"{tool}_mib_s")
+        host_f = float(host) if host else float("nan")
+        rows.append({"host tool": f"{tool} -t ({d.get('files', '?')} files, {d.get('package_set', '?')} set)",
+                     "host MiB/s": host_f, "guest load MiB/s (1/slope)": guest,
+                     "ratio guest/host": guest / host_f if host_f == host_f and host_f else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def package_mapping_table() -> pd.DataFrame:
+    from labkit.pkgsets import mapping_table
+
+    return pd.DataFrame(mapping_table())
+
+
+def report_tables(ctx: ReportContext) -> dict[str, pd.DataFrame]:
+    """Every table of the report, by file stem."""
+    tables = {
+        "metric_definitions": definitions_table(),
+        "summary": summary_table(ctx),
+        "summary_wide": wide_summary_table(ctx),
+        "comparison_mann_whitney": comparison_table(ctx),
+        "outliers": outliers_table(ctx.results),
+        "warmup_boots": warmup_table(ctx),
+        "per_boot": per_boot_table(ctx.results).reset_index(),
+        "package_sets": package_mapping_table(),
+        "environment": environment_table(ctx),
+    }
+    lc = loadcost_analysis(ctx)
+    if lc is not None:
+        tables["loadcost_points"] = lc.points
+        tables["loadcost_fits"] = lc.fits_table()
+        tables["loadcost_firefox"] = lc.firefox()
+        tables["decompression"] = decompression_table(ctx)
+    return tables
+
+
+def write_tables(ctx: ReportContext, out_dir: Path | None = None) -> list[Path]:
+    """Write every report table as CSV (``<run_dir>/tables/<name>.csv``); missing values stay empty."""
+    out = out_dir or ctx.run_dir / TABLES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, df in report_tables(ctx).items():
+        path = out / f"{name}.csv"
+        atomic_write_text(path, df.to_csv(index=False))
+        paths.append(path)
+    return paths
 
 
 def environment_table(ctx: ReportContext) -> pd.DataFrame:
@@ -151,6 +274,22 @@ def threats(ctx: ReportContext) -> list[str]:
         f"**Sample size** ({n_text}{', warm-up boots excluded' if ctx.results['warmup'].any() else ''}): "
         + ("small — the bootstrap intervals are rough and the medians can move between runs." if small
            else "intervals are percentile bootstrap of the median (fixed seed).")
+    )
+    lc = loadcost_analysis(ctx)
+    if lc is not None:
+        out.append(
+            f"**Load-cost extrapolation**: the fit uses {lc.time_fit.n} boots over "
+            f"{lc.points['installed_size_mib'].min():.0f}-{lc.points['installed_size_mib'].max():.0f} MiB; the Firefox "
+            f"case ({FIREFOX_MB[0]:.0f}-{FIREFOX_MB[1]:.0f} MB) lies outside that range, and the rehearsal payloads "
+            "are Debian packages repacked as gzip .apk files (not Alpine's packages). Extra package sets are booted "
+            "once "
+            "each from an Alpine-only image; the main set's boots come from the two-system image."
+        )
+    elif ctx.loadcost is not None:
+        out.append("**Load cost**: too few load-cost boots for a fit (needs >= 3 boots at >= 2 sizes).")
+    out.append(
+        "**RAM**: read once at probe start, right after the boot (no settle delay); page cache and lazily freed "
+        "memory can still move afterwards."
     )
     out.append(
         "**Timing sources**: firmware/loader and total use host serial timestamps (when a line arrives); the "
@@ -185,6 +324,10 @@ def phases_figure(ctx: ReportContext) -> Figure:
                 continue
             ax.barh(y, med, left=left, color=_COLORS[i % len(_COLORS)], edgecolor="white",
                     label=phase if y == 0 or phase not in ax.get_legend_handles_labels()[1] else None)
+            _, plo, phi = _stat(ctx.summary, os_id, phase)
+            if not np.isnan(plo):  # the phase's own 95 % CI, drawn at the end of its segment
+                ax.errorbar(left + med, y + 0.25, xerr=[[med - plo], [phi - med]], fmt="none",
+                            ecolor=_COLORS[i % len(_COLORS)], capsize=2, elinewidth=1)
             left += med
         total, lo, hi = _stat(ctx.summary, os_id, "total_to_probe_s")
         if not np.isnan(total):
@@ -238,6 +381,67 @@ def ram_figure(ctx: ReportContext) -> Figure:
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
     ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def packages_figure(ctx: ReportContext) -> Figure:
+    """Package count and sizes per system; 'missing' / 'n/a' written where there is no value."""
+    import matplotlib.pyplot as plt
+
+    systems = ctx.systems
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 1.1 * len(systems)))
+    height = 0.8 / len(SIZE_METRICS)
+    for y, os_id in enumerate(systems):
+        count, _, _ = _stat(ctx.summary, os_id, "package_count")
+        for j, metric in enumerate(SIZE_METRICS):
+            pos = y - 0.4 + height * (j + 0.5)
+            med = _stat(ctx.summary, os_id, metric)[0]
+            if np.isnan(med):
+                label = NOT_APPLICABLE if not applies(metric, os_id) else MISSING
+                ax.text(0.5, pos, f"{metric}: {label}", va="center", fontsize=8, color="gray")
+                continue
+            ax.barh(pos, med, height=height * 0.9, color=_COLORS[j], label=metric if metric not in
+                    ax.get_legend_handles_labels()[1] else None)
+            ax.text(med, pos, f" {med:.1f}", va="center", fontsize=8)
+        ax.text(0, y - 0.45, f"{'?' if np.isnan(count) else int(count)} packages", fontsize=8, va="bottom")
+    ax.set_yticks(range(len(systems)), systems)
+    ax.invert_yaxis()
+    ax.set_xlabel("MiB")
+    ax.set_title(f"Packages installed\n{ctx.origin}", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def loadcost_figure(ctx: ReportContext) -> Figure | None:
+    """Load time and tmpfs RAM against installed size: points, OLS fit with 95 % band, Firefox range."""
+    import matplotlib.pyplot as plt
+
+    lc = loadcost_analysis(ctx)
+    if lc is None:
+        return None
+    fits = [lc.time_fit, *([lc.ram_fit] if lc.ram_fit is not None else [])]
+    fig, axes = plt.subplots(1, len(fits), figsize=(5.5 * len(fits), 4.2))
+    axes_list = list(np.atleast_1d(axes))
+    ff = [mb * 1e6 / 1024**2 for mb in FIREFOX_MB]
+    for ax, fit in zip(axes_list, fits, strict=True):
+        pts = lc.points
+        for k, (name, g) in enumerate(pts.groupby("package_set", sort=False)):
+            ax.scatter(g[fit.x_name], g[fit.y_name], color=_COLORS[k % len(_COLORS)], label=f"set {name}", zorder=3)
+        xs = np.linspace(0, ff[1] * 1.05, 100)
+        pred = np.array([fit.predict(x) for x in xs])
+        ax.plot(xs, pred[:, 0], color="black", lw=1,
+                label=f"fit: {fit.slope:.4f} ± {fit.t95 * fit.se_slope:.4f} per MiB (95 %)")
+        ax.fill_between(xs, pred[:, 1], pred[:, 2], color="gray", alpha=0.25, label="95 % CI of the fit")
+        ax.axvspan(ff[0], ff[1], color="#c44e52", alpha=0.12, label="seed's Firefox: 200-400 MB")
+        for x in ff:
+            y, lo, hi = fit.predict(x)
+            ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="s", color="#c44e52", capsize=3)
+        ax.set_xlabel("installed size (MiB)")
+        ax.set_ylabel(fit.y_name)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Alpine-style in-RAM package load cost\n{ctx.origin}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -296,6 +500,7 @@ def show_ram(ctx: ReportContext) -> None:
 
 
 def show_summary(ctx: ReportContext) -> None:
+    _display_html(_html_table(wide_summary_table(ctx)))
     _display_html(_html_table(summary_table(ctx)))
 
 
@@ -308,6 +513,54 @@ def show_environment(ctx: ReportContext) -> None:
         _display_md(f"_No {ENVIRONMENT_FILE} in the run directory: the environment is unknown._")
         return
     _display_html(_html_table(environment_table(ctx)))
+
+
+def show_packages(ctx: ReportContext) -> None:
+    _display_fig(packages_figure(ctx))
+    _display_html(_html_table(package_mapping_table()))
+
+
+def show_comparison(ctx: ReportContext) -> None:
+    t = comparison_table(ctx)
+    if t.empty:
+        _display_md("_One system only: nothing to compare._")
+        return
+    _display_html(_html_table(t))
+
+
+def show_outliers(ctx: ReportContext) -> None:
+    t = outliers_table(ctx.results)
+    _display_md("_No outliers (robust z > 3.5 by MAD)._" if t.empty else "Outliers (robust z > 3.5 by MAD):")
+    if not t.empty:
+        _display_html(_html_table(t))
+
+
+def show_warmup(ctx: ReportContext) -> None:
+    t = warmup_table(ctx)
+    if t.empty:
+        _display_md("_No warm-up boots in this run._")
+        return
+    _display_html(_html_table(t.pivot_table(index=["os", "boot"], columns="metric", values="value").reset_index()))
+
+
+def show_loadcost(ctx: ReportContext) -> None:
+    lc = loadcost_analysis(ctx)
+    if lc is None:
+        _display_md(f"_Load cost: {MISSING} (no load-cost boots, or too few for a fit)._")
+        return
+    fig = loadcost_figure(ctx)
+    if fig is not None:
+        _display_fig(fig)
+    _display_html(_html_table(lc.fits_table()))
+    _display_md("**The seed's Firefox case** (predicted from the fit; the interval is the fit's 95 % CI):")
+    _display_html(_html_table(lc.firefox()))
+    _display_md("**Measured load rate against the host's decompression limit** (same .apk payloads):")
+    _display_html(_html_table(decompression_table(ctx)))
+
+
+def show_tables_written(ctx: ReportContext) -> None:
+    paths = write_tables(ctx)
+    _display_md("Every table is also a CSV file: " + ", ".join(f"`{TABLES_DIR}/{p.name}`" for p in paths))
 
 
 def show_threats(ctx: ReportContext) -> None:

@@ -95,11 +95,14 @@ def _boots(run_dir: Path) -> list[dict[str, str]]:
 @pytest.mark.boot
 def test_lab_end_to_end(tmp_path: Path) -> None:
     """Both entries boot through OVMF → rEFInd (→ GRUB for NixOS); bundles parse; report renders."""
-    run = run_lab(LabParams(out=tmp_path / "run", boots=1), progress=None)
+    run = run_lab(LabParams(out=tmp_path / "run", boots=2, max_boots=2), progress=None)
     d = run.run_dir
     assert not run.failed, [b.reason for b in run.failed]
     boots = _boots(d)
-    assert [(b["os"], b["ok"]) for b in boots] == [("alpine", "True"), ("nixos", "True")]
+    # the main run, then one boot of the Alpine-style guest per extra load-cost set (small, large)
+    assert [(b["os"], b["boot"], b["ok"]) for b in boots] == [
+        ("alpine", "0", "True"), ("nixos", "0", "True"), ("nixos", "1", "True"), ("alpine", "1", "True"),
+        ("alpine", "100", "True"), ("alpine", "101", "True")]
     # the real boot chain was walked: rEFInd for both, GRUB only for NixOS
     alpine_log = (d / "serial" / "alpine-0.log").read_text(encoding="utf-8")
     nixos_log = (d / "serial" / "nixos-0.log").read_text(encoding="utf-8")
@@ -120,6 +123,31 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     assert common <= by_os["alpine-rehearsal"] and common <= by_os["nixos-rehearsal"]
     assert "alpine_package_load_s" in by_os["alpine-rehearsal"]
     assert "alpine_package_load_s" not in by_os["nixos-rehearsal"]
+    # every metric of the table that applies to a system is there
+    from labkit.metrics import METRICS, applies
+
+    for os_id, names in by_os.items():
+        want = {m.name for m in METRICS if applies(m.name, os_id)}
+        assert want <= names, (os_id, want - names)
+    # probe cost: the timing part under 1 % of the boot it measures
+    with open(d / "tables" / "summary.csv") as fh:
+        summary = list(csv.DictReader(fh))
+    for r in summary:  # every applicable metric of both systems: a median and a 95 % CI
+        assert r["median"] and r["ci_low"] and r["ci_high"], r
+    assert {r["os"] for r in summary} == {"alpine-rehearsal", "nixos-rehearsal"}
+    probe = {r["os"]: float(r["value"]) for r in rows if r["metric"] == "probe_timing_s"}
+    total = {r["os"]: float(r["value"]) for r in rows if r["metric"] == "total_to_probe_s"}
+    assert all(probe[o] < 0.01 * total[o] + 0.011 for o in probe), (probe, total)  # 0.01 s resolution
+    # load cost: >= 3 package sets, a fit with its CI, the Firefox prediction, the host's limit
+    with open(d / "loadcost.csv") as fh:
+        lc = list(csv.DictReader(fh))
+    assert {r["package_set"] for r in lc} == {"small", "medium", "large"}
+    with open(d / "tables" / "loadcost_fits.csv") as fh:
+        fit = next(csv.DictReader(fh))
+    assert fit["y"] == "alpine_package_load_s" and float(fit["slope_ci_low"]) < float(fit["slope"])
+    assert (d / "tables" / "loadcost_firefox.csv").is_file() and (d / "tables" / "summary_wide.csv").is_file()
+    dec = json.loads((d / "decompression.json").read_text())
+    assert dec["gzip_mib_s"] > 0 and dec["package_set"] == "large"
     # environment: accelerator and what was tried, image hash, guest kernel
     env = json.loads((d / "environment.json").read_text())
     assert env["extra"]["accel"] == run.accel
@@ -134,6 +162,7 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     assert "data:image/png;base64" in html
     assert "rehearsal" in html and run.accel in html
     assert "alpine-rehearsal" in html and "nixos-rehearsal" in html
+    assert "load cost" in html and "Firefox" in html and "Mann" in html
     assert (d / "bundles" / "alpine-0.txt").read_text().startswith("@@LABKIT-BUNDLE-BEGIN v=1 os=alpine-rehearsal")
     assert not (d / "work" / "disk.img").exists()  # removed unless --keep-image
 

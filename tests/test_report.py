@@ -96,12 +96,17 @@ def test_render_report_end_to_end(tmp_path: Path) -> None:
     assert len(re.findall(r"data:image/png;base64", html)) >= 2
     assert "rehearsal guests (not Alpine/NixOS), lab VM, accelerator: tcg" in html
     assert "Threats to validity" in html and "TCG emulation" in html
-    # the metric missing on nixos shows as "missing", not as a number
-    row = re.search(r"<tr>\s*<td>nixos-rehearsal</td>\s*<td>alpine_package_load_s</td>(.*?)</tr>", html, re.S)
-    assert row is not None
-    cells = re.findall(r"<td>(.*?)</td>", row.group(1))
-    assert cells[1] == "0"  # n
-    assert cells[2:] == ["missing"] * 5
+    # a metric that does not apply to nixos shows as "n/a", one that applies but is absent as "missing"
+    def wide_row(metric: str) -> list[str]:  # the row of the "median [CI] per system" table
+        for row in re.findall(rf"<tr>\s*<td>{metric}</td>(.*?)</tr>", html, re.S):
+            cells = re.findall(r"<td>(.*?)</td>", row)
+            if len(cells) == 3:
+                return cells
+        raise AssertionError(metric)
+
+    cells = wide_row("alpine_package_load_s")
+    assert cells[1] == "n/a" and re.match(r"^[0-9.]+ \[", cells[0])
+    assert wide_row("package_count")[:2] == ["missing", "missing"]
     # the executed notebook is kept, no temp files are left
     assert (run_dir / "report.ipynb").is_file()
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
@@ -120,3 +125,44 @@ def test_failing_notebook_keeps_the_evidence(tmp_path: Path) -> None:
     assert (run_dir / "report-failed.ipynb").is_file()
     assert not (run_dir / "report.html").exists()
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+
+
+NB05 = Path(__file__).resolve().parents[1] / "notebooks" / "05_benchmark.ipynb"
+
+
+def test_benchmark_notebook_is_clean_and_plans_without_booting(tmp_path: Path) -> None:
+    import papermill
+
+    nb = nbformat.read(NB05, as_version=4)
+    nbformat.validate(nb)
+    assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
+    assert len([c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]) == 1
+    out = papermill.execute_notebook(str(NB05), str(tmp_path / "o.ipynb"), parameters={"target": "plan", "boots": 2},
+                                     kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
+    assert "nothing was built or booted" in text and "load cost" in text and "nixos#1" in text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_metric_missing_on_one_system_is_missing_not_zero(tmp_path: Path) -> None:
+    from labkit.report import load_report_context, wide_summary_table, write_tables
+    from labkit.results import ResultRow, write_results_csv
+
+    rows = []
+    for os_id in ("alpine-rehearsal", "nixos-rehearsal"):
+        for b in range(3):
+            rows.append(ResultRow("r", os_id, "rehearsal", b, False, "tcg", "kernel_s", 2.0 + b / 10, "s", "dmesg"))
+            if os_id == "alpine-rehearsal":  # ram measured on one system only
+                rows.append(ResultRow("r", os_id, "rehearsal", b, False, "tcg", "ram_used_mib", 60.0, "MiB", "m"))
+    write_results_csv(rows, tmp_path / "results.csv")
+    ctx = load_report_context(tmp_path)
+    wide = wide_summary_table(ctx).set_index("metric")
+    assert wide.loc["ram_used_mib", "nixos-rehearsal"] == "missing"
+    assert wide.loc["ram_used_mib", "alpine-rehearsal"].startswith("60")
+    assert wide.loc["alpine_package_load_s", "nixos-rehearsal"] == "n/a"
+    assert wide.loc["alpine_package_load_s", "alpine-rehearsal"] == "missing"
+    paths = {p.name for p in write_tables(ctx)}
+    assert {"summary.csv", "summary_wide.csv", "comparison_mann_whitney.csv"} <= paths
+    summary = (tmp_path / "tables" / "summary.csv").read_text()
+    line = next(ln for ln in summary.splitlines() if ln.startswith("nixos-rehearsal,ram_used_mib"))
+    assert ",0," in line and line.endswith("missing")  # n = 0, empty statistics: never a 0 value

@@ -24,7 +24,7 @@ from labkit.guests.payloads import (
     write_store_path,
 )
 from labkit.guests.types import BootEntry, GuestBuild, PackageInfo
-from labkit.runner import Runner, atomic_write_bytes
+from labkit.runner import Runner, atomic_write_bytes, atomic_write_text
 
 CONSOLE = "console=ttyS0,115200"
 ALPINE_MODULES = "modules=virtio_pci,virtio_blk,ext4"
@@ -138,6 +138,26 @@ def _sw_links(busybox: Payload, bb_store: str, pkgs: Sequence[tuple[Payload, str
     return links
 
 
+def write_store_sizes(store_tree: Path) -> Path:
+    """Register each store path's size at build time, as Nix does in its database (narSize), so the
+    probe reads one small file instead of walking the store with ``du`` during the measured boot.
+
+    Format: ``du -sk`` lines (``<KiB>\t/nix/store/<name>``, 4 KiB blocks per file, like du on ext4).
+    """
+    lines = []
+    store = store_tree / "store"
+    for path in sorted(store.iterdir()):
+        blocks = 4  # the directory itself
+        for f in path.rglob("*"):
+            st = f.lstat()
+            blocks += 4 * -(-st.st_size // 4096) if f.is_file() and not f.is_symlink() else 0
+            blocks += 4 if f.is_dir() and not f.is_symlink() else 0
+        lines.append(f"{blocks}\t/nix/store/{path.name}")
+    out = store_tree / "var" / "nix" / "labkit-store-sizes"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return out
+
+
 def build_nixos_trees(
     runner: Runner,
     kernel: GuestKernel,
@@ -195,6 +215,7 @@ def build_nixos_trees(
             if final.exists():
                 shutil.rmtree(final)
             os.replace(system, final)
+        write_store_sizes(store_tree)
         ver = kernel.version
         _copy(kernel.vmlinuz, boot_tree / "kernels" / f"bzImage-{ver}")
         build_initramfs(runner, kernel, "nixos", boot_tree / "kernels" / f"initrd-{ver}")

@@ -1,8 +1,12 @@
 #!/bin/sh
 # labkit probe: print one bundle (docs/contracts.md) to the console, then return.
 # Cheap on purpose: /proc/uptime is read first and the BEGIN line is printed at once (the host
-# stamps it: host time of BEGIN - uptime = when the kernel started); everything else is collected
-# into one file in RAM and printed in one go. uptime_end (read last) gives the probe's own cost. Overrides for tests: LABKIT_PROBE_ROOT (prefix for /proc and /etc files),
+# stamps it: host time of BEGIN - uptime = when the kernel started); the timing sources (dmesg)
+# and RAM (/proc/meminfo, free) are read next, with no settle delay; everything else is collected
+# into one file in RAM and printed in one go. uptime_end (read last, before printing) gives the
+# probe's own cost. Raw outputs only: parsing happens on the host. Optional sections (os_release,
+# systemd_*, rc_log, apk_*, nix_*) are written only where their source exists.
+# Overrides for tests: LABKIT_PROBE_ROOT (prefix for /proc, /etc, /var, /lib, /media, /nix),
 # LABKIT_PROBE_OUT (instead of /dev/console), LABKIT_PROBE_DMESG (a file instead of `dmesg`).
 R=${LABKIT_PROBE_ROOT:-}
 OUT=${LABKIT_PROBE_OUT:-/dev/console}
@@ -16,17 +20,26 @@ TMP=${TMPDIR:-/tmp}/labkit-probe.$$
 BODY=$TMP.body
 echo "@@LABKIT-BUNDLE-BEGIN v=1 os=$OS guest=$GUEST@@" > "$OUT"
 
+N=0
 section() {
+	N=$((N + 1))
 	echo "@@SECTION $1@@"
+}
+have() {
+	command -v "$1" > /dev/null 2>&1
 }
 
 {
 	section uptime
 	echo "$UPTIME"
-	section meminfo
-	awk 1 "$R/proc/meminfo"
 	section dmesg
 	if [ -n "${LABKIT_PROBE_DMESG:-}" ]; then awk 1 "$LABKIT_PROBE_DMESG"; else dmesg | awk 1; fi
+	section meminfo
+	awk 1 "$R/proc/meminfo"
+	if have free; then
+		section free
+		free
+	fi
 	section df
 	set -- /
 	for m in "$R"/media/* /nix /data; do
@@ -37,6 +50,57 @@ section() {
 	awk 1 "$R/proc/cmdline"
 	section kernel
 	uname -a
+	# end of the part that reads the boot's timings and RAM; the inventory (packages, store) follows
+	section uptime_mid
+	cat "$R/proc/uptime"
+	if [ -f "$R/etc/os-release" ]; then
+		section os_release
+		awk 1 "$R/etc/os-release"
+	fi
+	if have systemd-analyze; then
+		section systemd_time
+		systemd-analyze time 2>&1
+		section systemd_blame
+		systemd-analyze blame --no-pager 2>&1
+		section systemd_critical_chain
+		systemd-analyze critical-chain --no-pager 2>&1
+	fi
+	if [ -f "$R/var/log/rc.log" ]; then
+		section rc_log
+		awk 1 "$R/var/log/rc.log"
+	fi
+	if [ -f "$R/lib/apk/db/installed" ]; then
+		# only the package header fields: the file list (F:/R:/Z: lines) would be most of the text
+		section apk_installed
+		awk '/^[PVSI]:/ || /^$/' "$R/lib/apk/db/installed"
+	fi
+	if [ -f "$R/etc/apk/world" ]; then
+		section apk_world
+		awk 1 "$R/etc/apk/world"
+	fi
+	set --
+	for d in "$R"/media/*/apks/* "$R"/etc/apk/cache; do
+		[ -d "$d" ] && set -- "$@" "$d"
+	done
+	if [ $# -gt 0 ]; then
+		section apk_cache
+		ls -ln "$@" 2>/dev/null
+	fi
+	if have nix; then
+		section nix_path_info
+		nix --extra-experimental-features nix-command path-info -rS /run/current-system 2>&1
+	elif have nix-store; then
+		section nix_store_du
+		# shellcheck disable=SC2046 # store paths have no blanks
+		du -sk $(nix-store -qR /run/current-system) 2>&1
+	elif [ -f "$R/nix/var/nix/labkit-store-sizes" ]; then
+		# rehearsal store: sizes registered at build time, as Nix's database holds them
+		section nix_store_du
+		cat "$R/nix/var/nix/labkit-store-sizes"
+	elif [ -d "$R/nix/store" ]; then
+		section nix_store_du
+		du -sk "$R"/nix/store/* 2>/dev/null
+	fi
 	section uptime_end
 	cat "$R/proc/uptime"
 } > "$BODY"
@@ -45,7 +109,7 @@ SUM=$(md5sum "$BODY")
 SUM=${SUM%% *}
 {
 	cat "$BODY"
-	echo "@@LABKIT-BUNDLE-END sections=7 md5=$SUM@@"
+	echo "@@LABKIT-BUNDLE-END sections=$N md5=$SUM@@"
 } > "$TMP.all"
 cat "$TMP.all" >> "$OUT"
 rm -f "$BODY" "$TMP.all"
