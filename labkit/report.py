@@ -40,6 +40,9 @@ DECOMPRESSION_FILE = "decompression.json"
 _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
 
+BOOTS_FILE = "boots.csv"
+
+
 class ReportError(LabkitError):
     """The report cannot be built (inputs missing, notebook failed)."""
 
@@ -53,6 +56,7 @@ class ReportContext:
     environment: dict[str, Any]
     loadcost: pd.DataFrame | None = None
     decompression: dict[str, Any] | None = None
+    boots: pd.DataFrame | None = None  # boots.csv: every boot with its outcome (failed ones too)
 
     @property
     def systems(self) -> list[str]:
@@ -99,7 +103,8 @@ def load_report_context(run_dir: str | os.PathLike[str]) -> ReportContext:
         import json
 
         dec = json.loads((path / DECOMPRESSION_FILE).read_text(encoding="utf-8"))
-    return ReportContext(path, results, summarize(results), env, lc, dec)
+    boots = pd.read_csv(path / BOOTS_FILE) if (path / BOOTS_FILE).is_file() else None
+    return ReportContext(path, results, summarize(results), env, lc, dec, boots)
 
 
 def origin_label(results: pd.DataFrame, environment: dict[str, Any]) -> str:
@@ -212,6 +217,20 @@ def package_mapping_table() -> pd.DataFrame:
     return pd.DataFrame(mapping_table())
 
 
+def boots_table(ctx: ReportContext) -> pd.DataFrame:
+    """Every boot the run attempted, failed ones included (boots.csv), or an empty table."""
+    if ctx.boots is None:
+        return pd.DataFrame(columns=["os", "boot", "warmup", "ok", "reason", "wall_s", "timed_out", "serial_log"])
+    cols = [c for c in ("os", "boot", "warmup", "ok", "reason", "wall_s", "accel", "timed_out", "serial_log")
+            if c in ctx.boots.columns]
+    return ctx.boots[cols]
+
+
+def failed_boots(ctx: ReportContext) -> pd.DataFrame:
+    t = boots_table(ctx)
+    return t[~t["ok"].astype(bool)] if len(t) else t
+
+
 def report_tables(ctx: ReportContext) -> dict[str, pd.DataFrame]:
     """Every table of the report, by file stem."""
     tables = {
@@ -222,6 +241,7 @@ def report_tables(ctx: ReportContext) -> dict[str, pd.DataFrame]:
         "outliers": outliers_table(ctx.results),
         "warmup_boots": warmup_table(ctx),
         "per_boot": per_boot_table(ctx.results).reset_index(),
+        "boots": boots_table(ctx),
         "package_sets": package_mapping_table(),
         "environment": environment_table(ctx),
     }
@@ -485,6 +505,21 @@ def show_title(ctx: ReportContext) -> None:
         f"Run {', '.join(ctx.run_ids)}: {_boots_text(ctx)}; "
         f"labkit {ctx.environment.get('labkit_version', labkit_version())}."
     )
+
+
+def show_boots(ctx: ReportContext) -> None:
+    """Every boot attempted: a failed or timed-out boot is listed with its reason and serial log."""
+    table = boots_table(ctx)
+    if not len(table):
+        _display_md("_No boots.csv in the run directory: boot outcomes are unknown._")
+        return
+    bad = failed_boots(ctx)
+    if len(bad):
+        _display_md(f"**{len(bad)} of {len(table)} boots failed** and contribute no metric; "
+                    "their partial serial logs are kept in the run directory.")
+    else:
+        _display_md(f"All {len(table)} boots completed with a verified bundle.")
+    _display_html(_html_table(table))
 
 
 def show_definitions() -> None:

@@ -166,3 +166,22 @@ def test_metric_missing_on_one_system_is_missing_not_zero(tmp_path: Path) -> Non
     summary = (tmp_path / "tables" / "summary.csv").read_text()
     line = next(ln for ln in summary.splitlines() if ln.startswith("nixos-rehearsal,ram_used_mib"))
     assert ",0," in line and line.endswith("missing")  # n = 0, empty statistics: never a 0 value
+
+
+def test_failed_boots_are_listed_not_hidden(tmp_path: Path) -> None:
+    """A boot that timed out contributes no metric, but the report says so, with its reason and log."""
+    run_dir = synth.make_run_dir(tmp_path / "run", boots=3)
+    (run_dir / "boots.csv").write_text(
+        "os,boot,warmup,ok,reason,wall_s,accel,timed_out,serial_log,bundle\n"
+        "alpine,1,False,True,guest powered off,12.1,tcg,False,serial/alpine-1.log,bundles/alpine-1.txt\n"
+        "nixos,1,False,False,no exit within 120 s: killed,120.0,tcg,True,serial/nixos-1.log,\n"
+    )
+    from labkit.report import boots_table, failed_boots
+
+    ctx = load_report_context(run_dir)
+    assert len(boots_table(ctx)) == 2
+    bad = failed_boots(ctx)
+    assert list(bad["os"]) == ["nixos"] and "killed" in bad["reason"].iloc[0]
+    html = render_report(run_dir).read_text()
+    assert "1 of 2 boots failed" in html and "no exit within 120 s: killed" in html
+    assert (run_dir / "tables" / "boots.csv").is_file()
