@@ -29,6 +29,9 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         spread_threshold=args.spread_threshold,
         load_cost=args.load_cost,
         load_sets=tuple(x for x in args.load_sets.split(",") if x),
+        alpine_iso=Path(args.alpine_iso) if args.alpine_iso else None,
+        alpine_iso_sha256=args.alpine_iso_sha256,
+        alpine_world=tuple(args.alpine_world or ()),
         **({"cache_dir": Path(args.cache_dir)} if args.cache_dir else {}),
     )
     run = run_lab(params, runs_root=Path(args.runs_root))
@@ -80,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="boot the Alpine-style guest once per extra package set and fit the load cost (default on)")
     lab.add_argument("--load-sets", default="small,medium,large",
                      help="package sets of the load-cost experiment, comma separated (default small,medium,large)")
+    lab.add_argument("--alpine-iso", metavar="PATH",
+                     help="real-media path: build the Alpine partition from this Alpine ISO (checksum-checked, "
+                          "extracted without mounting, labkit's apkovl) instead of the rehearsal guest")
+    lab.add_argument("--alpine-iso-sha256", metavar="HEX",
+                     help="the ISO's published sha256 (default: read the .sha256 file beside the ISO)")
+    lab.add_argument("--alpine-world", nargs="+", metavar="PKG",
+                     help="Alpine packages for the apkovl's world with --alpine-iso (default: alpine-base; "
+                          "labkit's rehearsal ISO: its whole repository)")
     lab.set_defaults(func=_cmd_lab)
 
     lay = sub.add_parser("layout", help="show a disk layout")
@@ -98,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     from labkit.cli_disk import register as register_disk
 
     register_disk(sub)
+
+    from labkit.cli_run import register as register_run
+
+    register_run(sub)
 
     from labkit.cli_parse import register as register_parse
 

@@ -47,3 +47,19 @@ def test_committed_notebooks_have_no_outputs_and_a_parameters_cell() -> None:
         assert not dirty, f"{nb_path.name}: cells {dirty} carry outputs; clear them before committing"
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{nb_path.name}: needs exactly one cell tagged 'parameters'"
+
+
+def test_papermill_sees_every_parameter() -> None:
+    """papermill skips a parameters line holding two '=' (e.g. in its comment): the chain would then
+    never pass that parameter. Every name assigned in the cell must be one papermill declares."""
+    import ast
+
+    import papermill
+
+    for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb_path.read_text())["cells"]
+        src = "".join(next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))["source"])
+        names = [t.id for n in ast.parse(src).body if isinstance(n, ast.Assign | ast.AnnAssign)
+                 for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)]
+        seen = set(papermill.inspect_notebook(str(nb_path)))
+        assert [n for n in names if n not in seen] == [], f"{nb_path.name}: papermill cannot parse these"
