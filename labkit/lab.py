@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TextIO
 
 from labkit import bootchain, qemu
+from labkit.alpine.realmedia import AlpineMedia
 from labkit.bundle import Bundle, extract_bundles
 from labkit.environment import capture_environment, write_environment
 from labkit.errors import InputError, LabkitError
@@ -65,6 +67,11 @@ class LabParams:
     spread_threshold: float = SPREAD_THRESHOLD  # MAD/median of total_to_probe_s that asks for more boots
     load_cost: bool = True  # boot the Alpine-style guest once per extra package set and fit the load cost
     load_sets: tuple[str, ...] = ("small", "medium", "large")
+    #: Real-media path: the Alpine partition comes from this ISO (checksum-checked, extracted, labkit's
+    #: apkovl) instead of the rehearsal guest. labkit's own rehearsal ISO works too and stays "rehearsal".
+    alpine_iso: Path | None = None
+    alpine_iso_sha256: str | None = None  # None: the published .sha256 beside the ISO
+    alpine_world: tuple[str, ...] = ()  # Alpine package names; () = the ISO's default (see labkit.alpine.realmedia)
 
     @property
     def boot_cap(self) -> int:
@@ -87,8 +94,18 @@ class LabParams:
         bad_sets = [s for s in self.load_sets if s not in PACKAGE_SETS]
         if bad_sets:
             raise InputError(f"unknown load-cost package set(s) {bad_sets}", f"choose among {', '.join(PACKAGE_SETS)}")
+        if self.alpine_iso is not None:
+            if "alpine" not in self.systems:
+                raise InputError("--alpine-iso is given but alpine is not among --systems", "add alpine to --systems")
+            if not Path(self.alpine_iso).is_file():
+                raise InputError(f"--alpine-iso {self.alpine_iso} does not exist", "give the path of an alpine-*.iso")
+            if self.alpine_iso_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.alpine_iso_sha256):
+                raise InputError(f"--alpine-iso-sha256 {self.alpine_iso_sha256!r} is not a sha256 (64 hex digits)")
+        elif self.alpine_world:
+            raise InputError("--alpine-world names Alpine packages: it needs --alpine-iso",
+                             "use --world for the rehearsal guest's package set")
         sizes = {tuple(PACKAGE_SETS[s]) for s in (*self.load_sets, self.world)}
-        if self.load_cost and "alpine" in self.systems and len(sizes) < 3:
+        if self.load_cost and "alpine" in self.systems and self.alpine_iso is None and len(sizes) < 3:
             raise InputError(
                 f"the load-cost fit needs at least 3 different package sets (have {len(sizes)})",
                 "use e.g. --load-sets small,medium,large, or --no-load-cost",
@@ -182,6 +199,7 @@ class LabImage:
     guests: dict[str, GuestBuild]
     titles: dict[str, str]  # os -> rEFInd entry title
     esp_offset: int
+    media: AlpineMedia | None = None  # the real-media path's record (alpine_iso)
 
 
 @dataclass(frozen=True)
@@ -192,6 +210,7 @@ class LabTrees:
     esp_files: dict[str, bytes | Path]
     guests: dict[str, GuestBuild]
     titles: dict[str, str]  # os -> rEFInd entry title
+    media: AlpineMedia | None = None
 
 
 def build_lab_trees(
@@ -202,18 +221,32 @@ def build_lab_trees(
     world: str = "default",
     cache_dir: Path,
     layout: Layout = LAB_LAYOUT,
+    alpine_iso: Path | None = None,
+    alpine_iso_sha256: str | None = None,
+    alpine_world: Sequence[str] = (),
 ) -> LabTrees:
-    """Guest kernel → rehearsal guests → partition trees and ESP files (rEFInd, GRUB, configs)."""
+    """Guest kernel → rehearsal guests → partition trees and ESP files (rEFInd, GRUB, configs).
+
+    With ``alpine_iso`` the Alpine partition comes from that ISO (:mod:`labkit.alpine.realmedia`).
+    """
     trees = {role: work / "trees" / role.value for role in (Role.NIXOS_BOOT, Role.NIX_STORE, Role.ALPINE, Role.DATA)}
     for t in trees.values():
         if t.exists():
             shutil.rmtree(t)
         t.mkdir(parents=True)
-    with runner.step("guest kernel"):
-        kernel = obtain_kernel(runner, cache_dir / "kernel")
-        runner.note(f"Debian kernel {kernel.version}")
     guests: dict[str, GuestBuild] = {}
-    if "alpine" in systems:
+    media: AlpineMedia | None = None
+    if "nixos" in systems or ("alpine" in systems and alpine_iso is None):
+        with runner.step("guest kernel"):
+            kernel = obtain_kernel(runner, cache_dir / "kernel")
+            runner.note(f"Debian kernel {kernel.version}")
+    if "alpine" in systems and alpine_iso is not None:
+        from labkit.alpine.realmedia import prepare_alpine_partition
+
+        with runner.step(f"Alpine partition from {alpine_iso}"):
+            guests["alpine"], media = prepare_alpine_partition(
+                runner, Path(alpine_iso), trees[Role.ALPINE], sha256=alpine_iso_sha256, world=alpine_world)
+    elif "alpine" in systems:
         guests["alpine"] = build_alpine_tree(runner, kernel, trees[Role.ALPINE], world=world)
     if "nixos" in systems:
         guests["nixos"] = build_nixos_trees(
@@ -223,14 +256,14 @@ def build_lab_trees(
     titles = {os_name: g.entry.title for os_name, g in guests.items()}
     with runner.step("boot chain"):
         grub_efi = None
-        if "alpine" in guests:
+        if "alpine" in guests and media is None:  # the real-media path wrote Alpine's own
             atomic_write_text(trees[Role.ALPINE] / "boot" / "refind_linux.conf",
                               bootchain.refind_linux_conf(guests["alpine"].entry))
         if "nixos" in guests:
             atomic_write_text(trees[Role.NIXOS_BOOT] / "grub" / "grub.cfg", bootchain.grub_cfg(guests["nixos"].entry))
             grub_efi = bootchain.build_grub_efi(runner, work / "grubx64.efi")
         files = bootchain.esp_files(entries, entries[0].title, grub_efi=grub_efi, layout=layout)
-    return LabTrees(trees, files, guests, titles)
+    return LabTrees(trees, files, guests, titles, media)
 
 
 def build_lab_image(
@@ -241,12 +274,16 @@ def build_lab_image(
     world: str = "default",
     cache_dir: Path,
     layout: Layout = LAB_LAYOUT,
+    alpine_iso: Path | None = None,
+    alpine_iso_sha256: str | None = None,
+    alpine_world: Sequence[str] = (),
 ) -> LabImage:
     """Guests → partition trees → boot chain → verified image at ``work/disk.img``."""
-    lt = build_lab_trees(runner, work, systems=systems, world=world, cache_dir=cache_dir, layout=layout)
+    lt = build_lab_trees(runner, work, systems=systems, world=world, cache_dir=cache_dir, layout=layout,
+                         alpine_iso=alpine_iso, alpine_iso_sha256=alpine_iso_sha256, alpine_world=alpine_world)
     image = build_image(runner, layout, work / "disk.img", lt.trees, lt.esp_files)
     shutil.rmtree(work / "trees", ignore_errors=True)
-    return LabImage(image, lt.guests, lt.titles, image.offset(Role.ESP))
+    return LabImage(image, lt.guests, lt.titles, image.offset(Role.ESP), lt.media)
 
 
 # -- booting --------------------------------------------------------------------------------------
@@ -345,8 +382,11 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
     lab: LabImage | None = None
     accel_choice: qemu.AccelChoice | None = None
     try:
-        with runner.step("build the lab image (rehearsal guests)"):
-            lab = build_lab_image(runner, work, systems=params.systems, world=params.world, cache_dir=params.cache_dir)
+        what = "rehearsal guests" if params.alpine_iso is None else f"Alpine partition from {params.alpine_iso.name}"
+        with runner.step(f"build the lab image ({what})"):
+            lab = build_lab_image(runner, work, systems=params.systems, world=params.world, cache_dir=params.cache_dir,
+                                  alpine_iso=params.alpine_iso, alpine_iso_sha256=params.alpine_iso_sha256,
+                                  alpine_world=params.alpine_world)
         accel_choice = qemu.choose_accelerator(runner, params.accel_candidates, workdir=work / "accel")
         if accel_choice.warning:
             runner.note(f"warning: {accel_choice.warning}")
@@ -374,7 +414,10 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
                 order = [(s, first, False) for s in seq]
                 done += 1
         write_results_csv(rows, run_dir / "results.csv")
-        if params.load_cost and "alpine" in params.systems:
+        if params.load_cost and "alpine" in params.systems and params.alpine_iso is not None:
+            runner.note("load-cost experiment skipped: it rebuilds the rehearsal guest per package set, and the "
+                        "Alpine partition comes from --alpine-iso")
+        elif params.load_cost and "alpine" in params.systems:
             with runner.step("load-cost experiment (Alpine-style guest per package set)"):
                 loadcost_rows = run_load_cost(runner, params, rows, run_id=run_id, run_dir=run_dir,
                                               accel=accel_choice.accel, boots=boots)
@@ -383,7 +426,8 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
         extra: dict[str, object] = {
             "run_id": run_id,
             "target": "lab",
-            "guest_kind": "rehearsal",
+            "guest_kind": _guest_kind(lab),
+            "alpine_media": lab.media.record() if lab and lab.media else None,
             "accel": accel_choice.accel if accel_choice else None,
             "accel_tried": [list(t) for t in accel_choice.tried] if accel_choice else None,
             "guest_kernel": next(iter(lab.guests.values())).kernel_version if lab and lab.guests else None,
@@ -403,7 +447,7 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
             ),
             "qemu_argv_example": None,
             "load_cost": {"sets": sorted(set(params.load_sets) | {params.world}), "rows": len(loadcost_rows)}
-            if params.load_cost and "alpine" in params.systems else None,
+            if params.load_cost and "alpine" in params.systems and params.alpine_iso is None else None,
             "boots_ok": sum(b.ok for b in boots),
             "boots_failed": sum(not b.ok for b in boots),
             "wall_s": round(time.monotonic() - started, 1),
@@ -431,6 +475,14 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
     atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "ok": not [b for b in boots if not b.ok]}))
     return LabRun(run_id, run_dir, tuple(boots), tuple(rows), accel_choice.accel if accel_choice else "?",
                   report, lab.image if lab else None, tuple(loadcost_rows))
+
+
+def _guest_kind(lab: LabImage | None) -> str:
+    """``rehearsal`` when every guest is a rehearsal guest, ``real`` when none is, else ``mixed``."""
+    if lab is None or not lab.guests:
+        return "rehearsal"
+    kinds = {g.os_id.endswith("-rehearsal") for g in lab.guests.values()}
+    return "rehearsal" if kinds == {True} else "real" if kinds == {False} else "mixed"
 
 
 # -- the load-cost experiment -----------------------------------------------------------------------
@@ -492,13 +544,17 @@ def lab_plan(params: LabParams) -> list[str]:
     """What :func:`run_lab` would do with ``params``, without building or booting anything."""
     params.validate()
     lines = [f"build one image: rehearsal guests {', '.join(params.systems)} with package set {params.world!r} "
-             f"({len(PACKAGE_SETS[params.world])} Debian payloads)",
+             f"({len(PACKAGE_SETS[params.world])} Debian payloads)"
+             if params.alpine_iso is None else
+             f"build one image: Alpine partition from {params.alpine_iso} (checksum, xorriso extraction, labkit's "
+             f"apkovl, world {' '.join(params.alpine_world) or 'the ISO default'})"
+             + (f"; NixOS-style rehearsal with package set {params.world!r}" if "nixos" in params.systems else ""),
              "boot order (interleaved; warm-up boots reported, not measured): "
              + ", ".join(f"{s}#{i}{'(w)' if w else ''}" for s, i, w in boot_order(params.systems, params.boots,
                                                                                   params.warmup)),
              f"adaptive: up to {params.boot_cap} boots per system while MAD/median of {ADAPTIVE_METRIC} > "
              f"{params.spread_threshold:.0%}"]
-    if params.load_cost and "alpine" in params.systems:
+    if params.load_cost and "alpine" in params.systems and params.alpine_iso is None:
         extra = [s for s in dict.fromkeys(params.load_sets) if PACKAGE_SETS[s] != PACKAGE_SETS[params.world]]
         lines.append(f"load cost: reuse the {params.world!r} boots; one Alpine-only image and boot per set "
                      f"{', '.join(extra) or '(none)'}; host gzip/zstd decompression limit on the largest set")

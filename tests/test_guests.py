@@ -183,7 +183,9 @@ def test_probe_under_busybox_writes_a_valid_bundle(tmp_path: Path) -> None:
     subprocess.run(["busybox", "sh", str(DATA_DIR / "probe.sh")], env=env, check=True, timeout=30)
     os_id, sections = parse_bundle(out.read_text())
     assert os_id == "alpine-rehearsal"
-    assert list(sections) == ["uptime", "meminfo", "dmesg", "df", "cmdline", "kernel", "uptime_end"]
+    # the contract's fixed sections, in order; optional ones (free, systemd_*, ...) depend on the host running it
+    fixed = ["uptime", "dmesg", "meminfo", "df", "cmdline", "kernel", "uptime_mid", "uptime_end"]
+    assert [k for k in sections if k in fixed] == fixed
     assert sections["uptime"] == "3.14 2.00"
     assert sections["dmesg"].endswith("labkit-rehearsal: switch_root")
     assert "Filesystem" in sections["df"]

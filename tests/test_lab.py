@@ -171,8 +171,8 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
 def test_hung_boots_are_killed_logged_and_the_run_goes_on(tmp_path: Path) -> None:
     """A boot that never finishes: killed at the timeout, partial serial log kept, marked failed,
     and the next boot still runs."""
-    params = LabParams(out=tmp_path / "run", boots=2, systems=("alpine",), boot_timeout_s=7.0,
-                       accel_candidates=("tcg",))
+    params = LabParams(out=tmp_path / "run", boots=2, max_boots=2, systems=("alpine",), boot_timeout_s=7.0,
+                       accel_candidates=("tcg",), load_cost=False)
     with pytest.raises(LabkitError, match="no boot produced a usable bundle"):
         run_lab(params, progress=None)
     d = tmp_path / "run"

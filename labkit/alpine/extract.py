@@ -50,9 +50,15 @@ def inspect_iso(runner: Runner, iso: Path) -> IsoInfo:
     return IsoInfo(release, flavors, files)
 
 
-def refind_linux_conf(flavor: str, *, lab: bool = True, extra: tuple[str, ...] = ()) -> str:
-    opts = " ".join([MODULES, "quiet", *([SERIAL] if lab else []), *extra])
-    return f'"Alpine Linux ({flavor})" "{opts}"\n"Alpine Linux ({flavor}, verbose)" "{opts.replace(" quiet", "")}"\n'
+def kernel_options(*, lab: bool = True, extra: tuple[str, ...] = ()) -> str:
+    """Alpine's diskless kernel line (no ``root=``): modules, quiet, the serial console in the lab."""
+    return " ".join([MODULES, "quiet", *([SERIAL] if lab else []), *extra])
+
+
+def refind_linux_conf(flavor: str, *, lab: bool = True, extra: tuple[str, ...] = (),
+                      title: str = "Alpine Linux") -> str:
+    opts = kernel_options(lab=lab, extra=extra)
+    return f'"{title} ({flavor})" "{opts}"\n"{title} ({flavor}, verbose)" "{opts.replace(" quiet", "")}"\n'
 
 
 def extract_iso(runner: Runner, iso: Path, tree: Path, *, flavor: str | None = None, lab: bool = True,

@@ -95,6 +95,29 @@ def verify_file(path: Path, sha256: str) -> None:
         )
 
 
+def check_iso(path: Path, sha256: str | None = None) -> tuple[str, str]:
+    """Verify an ISO the user gives: against ``sha256``, else the published ``<iso>.sha256`` beside it.
+
+    Returns ``(sha256, source)`` with source ``"given"`` or the sidecar's path; refuses a mismatch,
+    and an ISO with neither a hash nor a sidecar (an unchecked ISO is never used).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ISO {path} does not exist", "give the path of the downloaded alpine-*.iso")
+    if sha256:
+        verify_file(path, sha256)
+        return sha256.lower(), "given"
+    sidecar = path.with_name(path.name + ".sha256")
+    if not sidecar.is_file():
+        raise InputError(
+            f"no checksum for {path}: neither a sha256 given nor {sidecar.name} beside it",
+            "download the published .sha256 next to the ISO, or pass --alpine-iso-sha256 HEX",
+        )
+    expected = parse_sha256_file(sidecar.read_text(errors="replace"), path.name)
+    verify_file(path, expected)
+    return expected, str(sidecar)
+
+
 def fetch(url: str, dest: Path, *, progress: Progress | None = None, chunk: int = 1 << 16) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming it with an HTTP Range request."""
     part = dest.with_name(dest.name + ".part")

@@ -9,22 +9,24 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+from labkit.alpine.apkovl import ApkovlSpec, build_apkovl, write_apkovl
 from labkit.errors import InputError
 from labkit.guests.initramfs import build_initramfs, guest_data
 from labkit.guests.kernel import GuestKernel
 from labkit.guests.payloads import (
+    BASE_PACKAGE,
     PACKAGE_SETS,
     Payload,
+    alpine_base_payload,
     busybox_payload,
     collect,
     fix_mtimes,
     nix_base32,
-    reproducible_targz,
     write_alpine_repo,
     write_store_path,
 )
 from labkit.guests.types import BootEntry, GuestBuild, PackageInfo
-from labkit.runner import Runner, atomic_write_bytes, atomic_write_text
+from labkit.runner import Runner, atomic_write_text
 
 CONSOLE = "console=ttyS0,115200"
 ALPINE_MODULES = "modules=virtio_pci,virtio_blk,ext4"
@@ -51,19 +53,48 @@ def _cmdline(*parts: str) -> str:
 
 
 # -- Alpine ---------------------------------------------------------------------------------------
+LAB_MEDIA = "vda4"  # the Alpine partition in the lab VM (virtio-blk, partition 4): LBU media and repository
+POWEROFF_NAME = "zz-labkit-poweroff.start"
+#: Real Alpine: after the probe, OpenRC's poweroff (QEMU runs with -no-reboot). The rehearsal's stand-in
+#: for OpenRC powers off by itself after /etc/local.d, so the script steps aside there.
+POWEROFF_SCRIPT = b"""#!/bin/sh
+# labkit lab: the probe has printed its bundle; power off (QEMU exits, -no-reboot)
+[ -e /etc/labkit-rehearsal ] || poweroff
+"""
+
+
+def lab_apkovl_spec(
+    hostname: str,
+    world: Sequence[str],
+    *,
+    os_id: str = "alpine",
+    media: str = LAB_MEDIA,
+    root_size: str | None = None,
+    extra: Mapping[str, tuple[bytes, int]] | None = None,
+) -> ApkovlSpec:
+    """labkit's declarative apkovl for the lab: hostname, world, LBU media, the probe as
+    ``etc/local.d/labkit-probe.start`` with the runlevel link, ``etc/labkit-os`` and a poweroff script.
+
+    The same overlay boots real Alpine media and the Alpine-style rehearsal: the init comes from the
+    packages (alpine-base/openrc, or the rehearsal base package), never from the overlay.
+    ``os_id`` is what a real system reports; the rehearsal's base package overrides it with its marker.
+    """
+    files = {"etc/labkit-os": (f"{os_id}\n".encode(), 0o644),
+             f"etc/local.d/{POWEROFF_NAME}": (POWEROFF_SCRIPT, 0o755)}
+    files.update({k.lstrip("/"): v for k, v in (extra or {}).items()})
+    return ApkovlSpec(
+        hostname=hostname,
+        world=tuple(dict.fromkeys(["alpine-base", *world])),
+        media=media,
+        probe=guest_data("probe.sh").decode(),
+        root_size=root_size,
+        extra_files=tuple((path, data, mode) for path, (data, mode) in sorted(files.items())),
+    )
+
+
 def apkovl_bytes(hostname: str, world: Sequence[str], extra: Mapping[str, tuple[bytes, int]] | None = None) -> bytes:
-    """The overlay: hostname, apk world, os id, the OpenRC-style local service and the probe."""
-    members: list[tuple[str, str, int, bytes | Path | str | None]] = [
-        ("etc/hostname", "file", 0o644, f"{hostname}\n".encode()),
-        ("etc/apk/world", "file", 0o644, "".join(f"{w}\n" for w in world).encode()),
-        ("etc/labkit-os", "file", 0o644, b"alpine-rehearsal\n"),
-        ("etc/inittab", "file", 0o644, guest_data("alpine-inittab")),
-        ("etc/init.d/labkit-local", "file", 0o755, guest_data("alpine-rc.sh")),
-        ("etc/local.d/labkit-probe.start", "file", 0o755, guest_data("probe.sh")),
-    ]
-    for path, (data, mode) in sorted((extra or {}).items()):
-        members = [m for m in members if m[0] != path] + [(path.lstrip("/"), "file", mode, data)]
-    return reproducible_targz(members, level=9)
+    """The lab overlay (:func:`lab_apkovl_spec`) as written by :func:`labkit.alpine.apkovl.build_apkovl`."""
+    return build_apkovl(lab_apkovl_spec(hostname, world, extra=extra))
 
 
 def build_alpine_tree(
@@ -84,10 +115,9 @@ def build_alpine_tree(
     with runner.step("rehearsal guest: Alpine-style tree"):
         _copy(kernel.vmlinuz, tree / "boot" / "vmlinuz-lts")
         build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts")
-        payloads = [busybox_payload(runner), *collect(runner, [n for n in names if n != "busybox-static"])]
-        infos = write_alpine_repo(payloads, tree)
-        ovl = f"{hostname}.apkovl.tar.gz"
-        atomic_write_bytes(tree / ovl, apkovl_bytes(hostname, names, extra_overlay))
+        infos = write_alpine_repo(alpine_payloads(runner, names), tree)
+        spec = lab_apkovl_spec(hostname, [n for n in names if n != BASE_PACKAGE], extra=extra_overlay)
+        ovl = write_apkovl(spec, tree / spec.filename).name
     entry = BootEntry(
         title="Alpine-style rehearsal",
         partition_role="alpine",
@@ -97,6 +127,11 @@ def build_alpine_tree(
     )
     files = (("apkovl", ovl), ("kernel", entry.kernel), ("initrd", entry.initrd), ("repository", "apks"))
     return GuestBuild("alpine-rehearsal", entry, tuple(infos), kernel.version, files)
+
+
+def alpine_payloads(runner: Runner, names: Sequence[str]) -> list[Payload]:
+    """The rehearsal repository's packages: the base package (busybox + the rehearsal init) first."""
+    return [alpine_base_payload(runner), *collect(runner, [n for n in names if n != BASE_PACKAGE])]
 
 
 # -- NixOS ----------------------------------------------------------------------------------------

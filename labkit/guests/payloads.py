@@ -52,6 +52,7 @@ class PkgEntry:
     size: int
     source: Path | None = None  # host file (kind == "file")
     target: str | None = None  # link target (kind == "symlink")
+    data: bytes | None = None  # the content, for files labkit writes itself (kind == "file", no source)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Payload:
             h.update(f"{e.path}\0{e.kind}\0{e.mode:o}\0{e.target or ''}\0".encode())
             if e.source is not None:
                 h.update(file_sha256(e.source))
+            elif e.data is not None:
+                h.update(hashlib.sha256(e.data).digest())
         return nix_base32(h.digest()[:20])
 
 
@@ -150,6 +153,28 @@ def busybox_payload(runner: Runner, store_layout: bool = False) -> Payload:
     return Payload(pkg.name, pkg.version, tuple(entries))
 
 
+#: The rehearsal's init, shipped in its base package as Alpine ships its init in alpine-base/openrc/
+#: busybox (the apkovl then only carries configuration: etc/local.d/*.start, the runlevel link).
+GUEST_DATA = Path(__file__).resolve().parent.parent / "data" / "guest"
+REHEARSAL_MARKER = "etc/labkit-rehearsal"
+ALPINE_BASE_FILES = (("etc/inittab", "alpine-inittab", 0o644), ("etc/init.d/labkit-local", "alpine-rc.sh", 0o755))
+
+
+def alpine_base_payload(runner: Runner) -> Payload:
+    """The Alpine-style rehearsal's base package: busybox + applet links, its init (``etc/inittab``,
+    ``etc/init.d/labkit-local``, the stand-in for OpenRC) and ``etc/labkit-rehearsal``, the marker
+    from which the probe reports ``alpine-rehearsal`` whatever the apkovl says (real media: ``alpine``).
+    The initramfs installs it first, whatever the world; a world naming ``alpine-base`` gets it."""
+    bb = busybox_payload(runner)
+    extra = [PkgEntry(path, "file", mode, (GUEST_DATA / src).stat().st_size, source=GUEST_DATA / src)
+             for path, src, mode in ALPINE_BASE_FILES]
+    marker = b"alpine-rehearsal\n"
+    extra.append(PkgEntry(REHEARSAL_MARKER, "file", 0o644, len(marker), data=marker))
+    have = {e.path for e in extra}
+    entries = sorted([*(e for e in bb.entries if e.path not in have), *extra], key=lambda e: e.path)
+    return Payload(bb.name, bb.version, tuple(entries))
+
+
 def collect(runner: Runner, names: Iterable[str]) -> list[Payload]:
     return [host_package(runner, n) for n in dict.fromkeys(names)]
 
@@ -204,7 +229,8 @@ def reproducible_targz(members: Sequence[tuple[str, str, int, bytes | Path | str
 
 def write_apk(payload: Payload, out_dir: Path) -> PackageInfo:
     members = [
-        (e.path, e.kind, e.mode, e.source if e.kind == "file" else e.target) for e in payload.entries
+        (e.path, e.kind, e.mode, (e.data if e.data is not None else e.source) if e.kind == "file" else e.target)
+        for e in payload.entries
     ]
     data = reproducible_targz(members)
     name = f"{payload.name}-{payload.fs_version}.apk"
@@ -245,6 +271,9 @@ def write_store_path(payload: Payload, store: Path) -> PackageInfo:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if e.kind == "symlink":
                 os.symlink(e.target or "", dest)
+            elif e.data is not None:
+                dest.write_bytes(e.data)
+                os.chmod(dest, e.mode)
             else:
                 assert e.source is not None
                 shutil.copyfile(e.source, dest)

@@ -30,17 +30,22 @@ die() {
 
 QUIET=
 ROOTSIZE=50%
+MODULES_OPT=
 # shellcheck disable=SC2013 # the command line is one line of words
 for opt in $(cat /proc/cmdline); do
 	case "$opt" in
 		quiet) QUIET=y ;;
 		rootflags=*size=*) ROOTSIZE=${opt#*size=}; ROOTSIZE=${ROOTSIZE%%,*} ;;
+		modules=*) MODULES_OPT=${opt#modules=} ;;
 	esac
 done
 
 kmsg "Alpine Init labkit-rehearsal (busybox initramfs reproducing Alpine's diskless boot; not Alpine Linux)"
 say "labkit-rehearsal: Alpine-style diskless init on kernel $KVER"
 
+# Alpine's modules= (loop,squashfs,sd-mod,usb-storage) names drivers of Alpine's kernel; the rehearsal
+# loads the modules it carries for the lab's virtio disk (labkit-load-order) whatever that option says.
+[ -z "$MODULES_OPT" ] || kmsg "labkit-rehearsal: modules=$MODULES_OPT noted; loading the rehearsal's own boot modules"
 ebegin "Loading boot drivers"
 rc=0
 while read -r mod; do
@@ -111,6 +116,8 @@ kib=0
 mkdir -p /sysroot/lib/apk/db
 : > /sysroot/lib/apk/db/installed
 for name in $PKGS; do
+	# alpine-base (the world of a real Alpine apkovl) is provided by the rehearsal base package
+	[ "$name" = alpine-base ] && name=$BASE_PKG
 	case " $done_pkgs " in *" $name "*) continue ;; esac
 	done_pkgs="$done_pkgs $name"
 	line=$(awk -v n="$name" '$1 == n { print $2 " " $3 " " $4 " " $5; exit }' "$INDEX" 2>/dev/null)

@@ -11,7 +11,9 @@
 R=${LABKIT_PROBE_ROOT:-}
 OUT=${LABKIT_PROBE_OUT:-/dev/console}
 UPTIME=$(cat "$R/proc/uptime")
-OS=$(cat "$R/etc/labkit-os" 2>/dev/null) || OS=unknown
+# The rehearsal's base package ships etc/labkit-rehearsal: it wins over etc/labkit-os (which labkit's
+# apkovl writes as "alpine" for real media), so a rehearsal guest never reports itself as Alpine.
+OS=$(cat "$R/etc/labkit-rehearsal" 2>/dev/null) || OS=$(cat "$R/etc/labkit-os" 2>/dev/null) || OS=unknown
 case "$OS" in
 	*-rehearsal) GUEST=rehearsal ;;
 	*) GUEST=real ;;
