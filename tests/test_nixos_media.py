@@ -96,7 +96,7 @@ def test_download_resumes_with_range(server: str, tmp_path: Path) -> None:
 
 
 def test_checksum_checked_before_use(server: str, tmp_path: Path) -> None:
-    with pytest.raises(ChecksumMismatch, match="expected 0000"):
+    with pytest.raises(ChecksumMismatch, match="expected sha256 0000"):
         download(f"{server}/nixos.iso", tmp_path / "x.iso", "0" * 64)
     assert not (tmp_path / "x.iso").exists() and not (tmp_path / "x.iso.part").exists()
     with pytest.raises(InputError, match="not a sha256"):

@@ -7,22 +7,22 @@ labkit could not confirm a value from the official mirror it stores ``None`` and
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 import tempfile
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.download import (
+    Progress,
+    download,
+    parse_sha256_file,
+    verify_file,
+)
 from labkit.errors import InputError
-from labkit.runner import TOOL_PACKAGES, Runner, which
+from labkit.runner import Runner, which
 
-TOOL_PACKAGES.setdefault("gpg", "gpg")  # signature check (optional)
 MIRROR = "https://dl-cdn.alpinelinux.org/alpine"
 KERNEL_FLAVOR = {"standard": "lts", "extended": "lts", "virt": "virt"}
-Progress = Callable[[int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -67,34 +67,6 @@ def find_release(version: str, flavor: str = "standard", arch: str = "x86_64") -
     raise InputError(f"no Alpine release {version} {flavor} {arch} in the catalog", f"known: {', '.join(known)}")
 
 
-def parse_sha256_file(text: str, filename: str | None = None) -> str:
-    """The hash from a ``sha256sum``-style line (``<hex>  <name>``)."""
-    for line in text.splitlines():
-        m = re.match(r"^([0-9a-fA-F]{64})\s+\*?(\S+)?", line.strip())
-        if m and (filename is None or m.group(2) in (None, filename)):
-            return m.group(1).lower()
-    raise InputError(f"no sha256 for {filename or 'the file'} in the checksum text")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_file(path: Path, sha256: str) -> None:
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256 or ""):
-        raise InputError(f"{sha256!r} is not a sha256 (64 hex digits)")
-    actual = file_sha256(path)
-    if actual != sha256.lower():
-        raise InputError(
-            f"checksum mismatch for {path}: expected sha256 {sha256.lower()}, got {actual}",
-            "the file is corrupt or not the release you meant: delete it and download it again",
-        )
-
-
 def check_iso(path: Path, sha256: str | None = None) -> tuple[str, str]:
     """Verify an ISO the user gives: against ``sha256``, else the published ``<iso>.sha256`` beside it.
 
@@ -118,26 +90,9 @@ def check_iso(path: Path, sha256: str | None = None) -> tuple[str, str]:
     return expected, str(sidecar)
 
 
-def fetch(url: str, dest: Path, *, progress: Progress | None = None, chunk: int = 1 << 16) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming it with an HTTP Range request."""
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        status = getattr(resp, "status", 200)
-        if have and status != 206:
-            have = 0  # the server ignored the range: start again
-        length = resp.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
-        with open(part, "ab" if have else "wb") as fh:
-            done = have
-            while block := resp.read(chunk):
-                fh.write(block)
-                done += len(block)
-                if progress:
-                    progress(done, total)
-    os.replace(part, dest)
-    return dest
+def fetch(url: str, dest: Path, *, progress: Progress | None = None) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming it (checked by the caller)."""
+    return download(url, dest, None, progress=progress)
 
 
 def published_sha256(release: Release) -> str:

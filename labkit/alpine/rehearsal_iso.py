@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.alpine.media import file_sha256
 from labkit.alpine.targz import Entry, targz_bytes
+from labkit.download import sha256_file as file_sha256
 from labkit.guests.build import alpine_payloads, resolve_world
 from labkit.guests.initramfs import build_initramfs
 from labkit.guests.kernel import GuestKernel
