@@ -59,7 +59,9 @@ class ParamsForm:
         style = {"description_width": "9em"}
         lay = W.Layout(width="34em")
         self.target = W.ToggleButtons(options=list(TARGETS), value=p.target, description="target", style=style)
-        self.layout = W.Dropdown(options=[("auto: lab for target lab, else seed", ""), *LAYOUT_NAMES],
+        # all (label, value) pairs: ipywidgets reads a mixed list as bare values ("" would not be one)
+        self.layout = W.Dropdown(options=[("auto: lab for target lab, else seed", ""),
+                                          *((n, n) for n in LAYOUT_NAMES)],
                                  value=p.layout, description="layout",
                                  style=style, layout=lay)
         self.device = W.Dropdown(options=[("(no disk)", "")] + [(c.label, c.path) for c in self.disks],
