@@ -74,10 +74,10 @@ METRICS: tuple[MetricDef, ...] = (
     ),
     MetricDef(
         "ram_used_mib", "MiB",
-        "MemTotal − MemAvailable, read right after the timing sources at probe start (no settle delay: the "
-        "probe runs as the last boot step, so the 'settle' is the boot itself and waiting would only lengthen "
-        "the measured boot).",
-        "/proc/meminfo",
+        "MemTotal − MemAvailable after a fixed settle: the probe sleeps labkit.settle seconds (kernel command "
+        "line, default 2 s) after collecting everything else, then reads /proc/meminfo again. Bundles without "
+        "that section (settle 0, older probes) give the value at probe start, and their source says so.",
+        "/proc/meminfo after the settle",
     ),
     MetricDef("shmem_mib", "MiB", "Shmem (tmpfs and shared memory) at probe start.", "/proc/meminfo"),
     MetricDef("root_tmpfs_used_mib", "MiB", "Used KiB of the filesystem mounted on / (a tmpfs) per df -k.", "df -k"),
@@ -206,6 +206,7 @@ def metrics_from_bundle(
         )
     markers = INITRAMFS_END_MARKERS if initramfs_markers is None else initramfs_markers
     values: dict[str, float] = {}
+    sources: dict[str, str] = {}  # a row whose source differs from the definition's says so
 
     uptime = parse_uptime(bundle.sections["uptime"]).uptime_s if "uptime" in bundle.sections else None
     dmesg = parse_dmesg(bundle.sections["dmesg"]) if "dmesg" in bundle.sections else []
@@ -240,8 +241,14 @@ def metrics_from_bundle(
         values["mem_total_mib"] = _mib(mem["MemTotal"])
         if "MemAvailable" in mem:
             values["ram_used_mib"] = _mib(mem["MemTotal"] - mem["MemAvailable"])
+            sources["ram_used_mib"] = "/proc/meminfo at probe start (no settle section)"
         if "Shmem" in mem:
             values["shmem_mib"] = _mib(mem["Shmem"])
+    if "meminfo_settled" in bundle.sections:
+        settled = parse_meminfo(bundle.sections["meminfo_settled"])
+        if "MemAvailable" in settled:
+            values["ram_used_mib"] = _mib(settled["MemTotal"] - settled["MemAvailable"])
+            sources.pop("ram_used_mib", None)
     if "df" in bundle.sections:
         root = [r for r in parse_df(bundle.sections["df"]) if r.mounted_on == "/"]
         if root:
@@ -255,6 +262,6 @@ def metrics_from_bundle(
             values["alpine_load_cost_ram_mib_per_mib"] = values["root_tmpfs_used_mib"] / installed
 
     return [
-        Metric(d.name, values[d.name], d.unit, d.source) for d in METRICS if d.name in values
+        Metric(d.name, values[d.name], d.unit, sources.get(d.name, d.source)) for d in METRICS if d.name in values
     ]
 

@@ -206,3 +206,23 @@ def test_serial_line_is_the_contract_type() -> None:
     from labkit import serial
 
     assert SerialLine is serial.SerialLine
+
+
+def test_ram_is_read_after_the_settle_when_the_probe_waited() -> None:
+    """ram_used_mib comes from meminfo_settled when the bundle has it; otherwise from probe start, and the
+    row's source says which."""
+    from labkit.bundle import format_bundle, parse_bundle_text
+    from labkit.metrics import metrics_from_bundle
+
+    base = {"uptime": "5.00 1.00\n", "meminfo": "MemTotal: 1000 kB\nMemAvailable: 800 kB\nShmem: 10 kB\n"}
+    early = parse_bundle_text(format_bundle("alpine-rehearsal", "rehearsal", base))
+    settled = parse_bundle_text(format_bundle("alpine-rehearsal", "rehearsal", {
+        **base, "meminfo_settled": "MemTotal: 1000 kB\nMemAvailable: 700 kB\nShmem: 10 kB\n",
+        "uptime_settled": "7.00 2.00\n"}))
+    m_early = {m.name: m for m in metrics_from_bundle(early)}
+    m_settled = {m.name: m for m in metrics_from_bundle(settled)}
+    assert m_early["ram_used_mib"].value == pytest.approx(200 / 1024)
+    assert "no settle" in m_early["ram_used_mib"].source
+    assert m_settled["ram_used_mib"].value == pytest.approx(300 / 1024)
+    assert m_settled["ram_used_mib"].source == "/proc/meminfo after the settle"
+    assert m_settled["shmem_mib"].value == pytest.approx(10 / 1024)

@@ -4,7 +4,8 @@
 # stamps it: host time of BEGIN - uptime = when the kernel started); the timing sources (dmesg)
 # and RAM (/proc/meminfo, free) are read next, with no settle delay; everything else is collected
 # into one file in RAM and printed in one go. uptime_end (read last, before printing) gives the
-# probe's own cost. Raw outputs only: parsing happens on the host. Optional sections (os_release,
+# probe's own cost; then, after a fixed settle (labkit.settle=S on the kernel command line, default
+# 2 s; LABKIT_PROBE_SETTLE overrides), /proc/meminfo again. Raw outputs only: parsing happens on the host. Optional sections (os_release,
 # systemd_*, rc_log, apk_*, nix_*) are written only where their source exists.
 # Overrides for tests: LABKIT_PROBE_ROOT (prefix for /proc, /etc, /var, /lib, /media, /nix),
 # LABKIT_PROBE_OUT (instead of /dev/console), LABKIT_PROBE_DMESG (a file instead of `dmesg`).
@@ -105,6 +106,23 @@ have() {
 	fi
 	section uptime_end
 	cat "$R/proc/uptime"
+	# RAM after a fixed settle: the boot's last services have had time to start (or to free
+	# memory). Not part of the probe's cost (uptime_end is read before) nor of any boot phase.
+	SETTLE=${LABKIT_PROBE_SETTLE:-}
+	if [ -z "$SETTLE" ]; then
+		# shellcheck disable=SC2013 # the command line is one line of blank-separated words
+		for a in $(cat "$R/proc/cmdline"); do
+			case "$a" in labkit.settle=*) SETTLE=${a#labkit.settle=} ;; esac
+		done
+	fi
+	SETTLE=${SETTLE:-2}
+	if [ "$SETTLE" != 0 ]; then
+		sleep "$SETTLE"
+		section meminfo_settled
+		awk 1 "$R/proc/meminfo"
+		section uptime_settled
+		cat "$R/proc/uptime"
+	fi
 } > "$BODY"
 
 SUM=$(md5sum "$BODY")
