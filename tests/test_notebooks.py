@@ -42,6 +42,9 @@ def test_chain_in_lab_mode(tmp_path: Path) -> None:
     report = (run.run_dir / "html" / "06_report.html").read_text()
     assert "rehearsal" in report and "data:image/png;base64" in report
     assert (run.run_dir / "lab" / "results.csv").is_file()
+    disk = (run.run_dir / "notebooks" / "01_disk.ipynb").read_text()
+    assert "first run applied: partition table" in disk  # the disk phase, rehearsed on a loop disk
+    assert "second run applied: nothing" in disk
     refind = (run.run_dir / "notebooks" / "02_refind.ipynb").read_text()
     assert "EFI/BOOT/drivers_x64/ext4_x64.efi" in refind
     # the output line (the source also holds the words, so match the printed kernel banner)

@@ -1,0 +1,95 @@
+"""A disposable disk for rehearsing the disk phase: a sparse image file behind a loop device.
+
+The disk phase (:mod:`labkit.diskphase`) runs unchanged on it — the same discovery, safety
+rules, fingerprint confirmation, sgdisk, partition nodes, mkfs and read-back — so the ``lab``
+target of ``01_disk`` shows the real commands working on a real block device that labkit made
+itself. Partition nodes come from ``partx`` (``losetup -P`` makes none on some kernels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from labkit.errors import LabkitError
+from labkit.runner import Mode, PlannedCommand, Runner
+
+if TYPE_CHECKING:
+    from labkit.disks import DiskRecord
+    from labkit.layout import Layout
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    device: str
+    image: Path
+    fingerprint: str  # of the blank disk, as the user would confirm it
+    plan: tuple[str, ...]  # the destructive commands shown before anything ran
+    ran: tuple[str, ...]  # steps the first run applied
+    ran_again: tuple[str, ...]  # steps the second run applied (none: the phase is idempotent)
+    destructive_again: tuple[PlannedCommand, ...]
+    disk: DiskRecord  # the disk read back afterwards
+
+
+def _release(runner: Runner, device: str) -> None:
+    for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+        fields = line.split()
+        source = line.split(" - ", 1)[1].split()[1] if " - " in line else ""
+        if source.startswith(device):
+            runner.run(["umount", fields[4]], check=False)
+    runner.run(["partx", "-d", device], check=False)
+    runner.run(["losetup", "-d", device], check=False)
+
+
+@contextlib.contextmanager
+def loop_disk(runner: Runner, image: Path, size: int) -> Iterator[str]:
+    """Create ``image`` (sparse, ``size`` bytes) if missing, attach it, yield ``/dev/loopN``, detach.
+
+    Needs root and a free loop device; both are checked with a clear error first.
+    """
+    if runner.mode is Mode.PLAN:
+        runner.run(["truncate", "-s", str(size), image])
+        runner.run(["losetup", "-f", "--show", image])
+        yield "/dev/loopN"
+        return
+    if os.geteuid() != 0:
+        raise LabkitError("a loop device needs root", "run the disk rehearsal as root (sudo)")
+    if not Path("/dev/loop-control").exists():
+        raise LabkitError("this kernel offers no loop devices (/dev/loop-control is missing)",
+                          "load the loop module (modprobe loop) or rehearse on a machine that has it")
+    image.parent.mkdir(parents=True, exist_ok=True)
+    if not image.exists():
+        runner.run(["truncate", "-s", str(size), image])
+    device = runner.run(["losetup", "-f", "--show", image]).stdout.strip()
+    if not device.startswith("/dev/loop"):
+        raise LabkitError(f"losetup gave no loop device for {image}: {device!r}",
+                          "free a loop device (losetup -D detaches unused ones) and try again")
+    try:
+        yield device
+    finally:
+        _release(runner, device)
+
+
+def rehearse_disk_phase(runner: Runner, layout: Layout, workdir: Path) -> Rehearsal:
+    """The whole disk phase on a fresh loop disk: fingerprint, plan, apply, then a second run that
+    must execute no destructive command. The loop device is released afterwards (the image stays)."""
+    from labkit.diskphase import DiskParams, plan_disk_phase, run_disk_phase
+    from labkit.disks import read_disk
+
+    image = workdir / "rehearsal-disk.img"
+    image.unlink(missing_ok=True)
+    with loop_disk(runner, image, layout.disk_size) as device:
+        disk = read_disk(runner, device)
+        params = DiskParams(device, layout, disk.fingerprint, state_path=workdir / "disk-state.json")
+        plan = plan_disk_phase(params)
+        with runner.step(f"disk phase on {device} (rehearsal disk {image.name})"):
+            first = run_disk_phase(runner, params)
+        again = run_disk_phase(runner, DiskParams(device, layout, disk.fingerprint,
+                                                  state_path=workdir / "disk-state.json"))
+        after = read_disk(runner, device)
+    return Rehearsal(device, image, disk.fingerprint, tuple(c.shell() for c in plan.mutating), first.ran,
+                     again.ran, again.mutating, after)
