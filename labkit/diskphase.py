@@ -19,6 +19,7 @@ is the layout: re-running the same command on a finished install must not destro
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -61,6 +62,8 @@ class DiskState:
     disk_guid: str  # lower case, the PTUUID labkit writes
     fingerprint_after: str
     version: int = 1
+    fingerprint_blank: str = ""  # after a --wipe, before the new table: also this run's disk
+    formatted: tuple[str, ...] = ()  # UUIDs of the filesystems this run created (and only those)
 
 
 @dataclass(frozen=True)
@@ -130,15 +133,23 @@ class DiskPhase:
         if sp is None or not sp.is_file():
             return None
         try:
-            return DiskState(**json.loads(sp.read_text()))
+            data = json.loads(sp.read_text())
+            data["formatted"] = tuple(data.get("formatted", ()))
+            return DiskState(**data)
         except (ValueError, TypeError):
             return None
+
+    def save_state(self, state: DiskState) -> None:
+        self._written = state
+        sp = self.state_path
+        if sp is not None:
+            atomic_write_text(sp, json.dumps(asdict(state), indent=2) + "\n")
 
     def _accepted(self) -> tuple[str, ...]:
         st = self.load_state()
         c = (self.params.confirm or "").strip().lower()
         if st and st.device == self.device and st.confirmed == c and st.layout == self.layout.name:
-            return (st.fingerprint_after,)
+            return tuple(x for x in (st.fingerprint_after, st.fingerprint_blank) if x)
         return ()
 
     # -- guard -----------------------------------------------------------------------------
@@ -208,20 +219,22 @@ class DiskPhase:
 
     def _partition(self) -> None:
         disk = self.guard()
+        # The state goes to disk BEFORE anything is written: a run killed at any point below leaves
+        # the disk blank (after a wipe) or carrying this GUID, and both fingerprints are recorded,
+        # so the same command resumes on this disk and on no other.
+        guid = str(uuid.uuid4())
+        after = fingerprint_of(disk.identity, disk.model, disk.size, guid)
+        blank = fingerprint_of(disk.identity, disk.model, disk.size, "")
+        state = DiskState(self.device, (self.params.confirm or "").strip().lower(), self.layout.name, guid, after,
+                          fingerprint_blank=blank)
+        if not self.plan:
+            self.save_state(state)
+        self.runner.note(f"new disk GUID {guid}: fingerprint after partitioning {after} (state: {self.state_path})")
         if self.params.wipe and (disk.partitions or disk.pttype or disk.whole_disk_fs):
             for part in disk.partitions:
                 self.runner.run(["wipefs", "-a", part.path])
             self.runner.run(["sgdisk", "--zap-all", self.device])
             self.runner.run(["wipefs", "-a", self.device])
-        guid = str(uuid.uuid4())
-        after = fingerprint_of(disk.identity, disk.model, disk.size, guid)
-        state = DiskState(self.device, (self.params.confirm or "").strip().lower(), self.layout.name, guid, after)
-        sp = self.state_path
-        if not self.plan:
-            self._written = state
-        if sp is not None and not self.plan:
-            atomic_write_text(sp, json.dumps(asdict(state), indent=2) + "\n")
-        self.runner.note(f"new disk GUID {guid}: fingerprint after partitioning {after} (state: {sp})")
         self.runner.run(["sgdisk", *sgdisk_args(self.extents()), f"--disk-guid={guid}", self.device])
 
     def _verify_table(self) -> None:
@@ -265,14 +278,23 @@ class DiskPhase:
         disk = self.guard()
         node = self.node(ext)
         if not self._pending:
-            found = blkid(self.runner, node).get("TYPE", "")
+            info = blkid(self.runner, node)
+            found = info.get("TYPE", "")
             st = self.load_state()
-            ours = st is not None and st.disk_guid == disk.ptuuid
+            # only a filesystem this labkit run recorded as its own may be formatted again without
+            # --wipe; anything else on the partition (even under labkit's partition table) is data
+            ours = st is not None and st.disk_guid == disk.ptuuid and info.get("UUID", "") in st.formatted
             if found and not ours and not self.params.wipe:
                 self._refuse([Finding(Code.FOREIGN_FILESYSTEM,
-                                      f"{node} holds a {found} filesystem that labkit did not create",
+                                      f"{node} holds a {found} filesystem {info.get('LABEL', '')!r} that labkit did "
+                                      "not create",
                                       f"back it up, then pass --wipe --confirm {disk.fingerprint} to format it")])
         self.runner.run(mkfs_argv(ext, node))
+        if not self.plan:
+            made = blkid(self.runner, node).get("UUID", "")
+            st = self.load_state()
+            if made and st is not None and st.disk_guid == disk.ptuuid:
+                self.save_state(dataclasses.replace(st, formatted=(*st.formatted, made)))
 
     def _verify_fs(self, ext: Extent) -> None:
         if not self._fs_done(ext):

@@ -6,6 +6,7 @@ The disk phase calls it before every destructive step, on a freshly re-read reco
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Iterable
@@ -34,6 +35,7 @@ class Code(str, Enum):
     FINGERPRINT_MISMATCH = "fingerprint-mismatch"
     NOT_CONFIRMED = "not-confirmed"
     FOREIGN_FILESYSTEM = "foreign-filesystem"
+    BUSY = "busy"
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,28 @@ def check_disk(
     if disk.removable and not allow_removable:
         f.append(Finding(Code.REMOVABLE, f"{disk.path} is a removable disk",
                          "pass --allow-removable if you really mean to install on it"))
+    if not mounted and not any(d.swap or d.holders for d in devices):
+        busy = busy_nodes([disk.path, *(p.path for p in disk.partitions)])
+        if busy:
+            f.append(Finding(Code.BUSY, "the kernel reports in use (exclusive open refused): " + ", ".join(busy),
+                             "something mounted or holds it that labkit cannot see (btrfs, FUSE, a VM?): "
+                             "find it with `fuser -vm` / `lsof`, stop it, or pick another disk"))
     return f
+
+
+def busy_nodes(paths: Iterable[str]) -> list[str]:
+    """Block devices the kernel will not open exclusively (O_EXCL): mounted, swap, held — whatever the
+    filesystem, including those whose mountinfo entries name no device (btrfs, FUSE)."""
+    busy: list[str] = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                busy.append(path)
+            continue
+        os.close(fd)
+    return busy
 
 
 def disk_rows(disks: Iterable[DiskRecord], layout: Layout) -> list[dict[str, object]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,71 @@ def test_mount_plan_mode_records_only(tmp_path: Path, finished: str) -> None:
     mount_install(runner, finished, LAB_LAYOUT, root, esp=False)
     assert mutating_executed(tmp_path / "p.jsonl") == [] and not root.exists()
     assert [c.argv[0] for c in runner.planned] == ["mount"] * 4
+
+
+def test_a_filesystem_labkit_did_not_make_is_never_reformatted_without_wipe(tmp_path: Path, make_loop) -> None:  # noqa: F811
+    """Review finding: after a finished run, the user puts their own filesystem on a partition;
+    running the same command again must refuse, not reformat it (the partition table is labkit's,
+    the filesystem is not)."""
+    dev = make_loop()
+    confirmed = fp(dev)
+    state = tmp_path / "disk-state.json"
+    run_disk_phase(Runner(transcript=tmp_path / "r1.jsonl", progress=None),
+                   DiskParams(dev, LAB_LAYOUT, confirmed, state_path=state))
+    sh("mkfs.ext4", "-q", "-F", "-L", "mydata", dev + "p5")
+    t2 = tmp_path / "r2.jsonl"
+    with pytest.raises(Refused) as exc:
+        run_disk_phase(Runner(transcript=t2, progress=None), DiskParams(dev, LAB_LAYOUT, confirmed, state_path=state))
+    assert Code.FOREIGN_FILESYSTEM in [f.code for f in exc.value.findings]
+    assert "mydata" in str(exc.value) and "--wipe" in str(exc.value)
+    assert mutating_executed(t2) == []
+    assert read_disk(Runner(progress=None), dev).partition(5).label == "mydata"  # untouched
+    # the recorded state lists exactly the filesystems labkit made
+    recorded = json.loads(state.read_text())["formatted"]
+    assert len(recorded) == 5
+
+
+def test_a_run_killed_during_the_wipe_resumes(tmp_path: Path, make_loop) -> None:  # noqa: F811
+    """Review finding: the state is written before the wipe, so a run killed after `sgdisk --zap-all`
+    (blank disk, new fingerprint) resumes with the fingerprint the user confirmed."""
+    dev = make_loop(sgdisk=["-n", "1:2048:+100M", "-t", "1:8300"])
+    confirmed = fp(dev)
+    state = tmp_path / "disk-state.json"
+    runner = Runner(transcript=tmp_path / "t.jsonl", progress=None)
+    real_run = runner.run
+
+    def killed_before_the_new_table(argv, **kw):  # type: ignore[no-untyped-def]
+        if argv[0] == "sgdisk" and any(str(a).startswith("--disk-guid=") for a in argv):
+            raise KeyboardInterrupt  # the user pressed Ctrl-C right after the wipe
+        return real_run(argv, **kw)
+
+    runner.run = killed_before_the_new_table  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        run_disk_phase(runner, DiskParams(dev, LAB_LAYOUT, confirmed, wipe=True, state_path=state))
+    sh("partx", "-d", dev, check=False)
+    blank = read_disk(Runner(progress=None), dev)
+    assert blank.pttype == "" and blank.fingerprint != confirmed
+    assert json.loads(state.read_text())["fingerprint_blank"] == blank.fingerprint
+    res = run_disk_phase(Runner(transcript=tmp_path / "t2.jsonl", progress=None),
+                         DiskParams(dev, LAB_LAYOUT, confirmed, wipe=True, state_path=state))
+    assert res.disk is not None and [p.label for p in res.disk.partitions] == [p.label for p in LAB_LAYOUT.partitions]
+    # another disk confirmed with that fingerprint is still refused: the state names this device
+    other = make_loop(name="other.img")
+    with pytest.raises(Refused):
+        run_disk_phase(Runner(progress=None), DiskParams(other, LAB_LAYOUT, confirmed, state_path=state))
+
+
+def test_a_partition_held_open_exclusively_is_refused(tmp_path: Path, make_loop) -> None:  # noqa: F811
+    """Mounts that mountinfo does not tie to the device (btrfs, FUSE) still hold the block device:
+    the kernel's exclusive-open refusal catches them."""
+    dev = make_loop(sgdisk=["-n", "1:2048:+100M", "-t", "1:8300"])
+    sh("partx", "-a", dev, check=False)
+    fd = os.open(dev + "p1", os.O_RDONLY | os.O_EXCL)
+    try:
+        t = tmp_path / "t.jsonl"
+        with pytest.raises(Refused) as exc:
+            run_disk_phase(Runner(transcript=t, progress=None), DiskParams(dev, LAB_LAYOUT, fp(dev), wipe=True))
+        assert Code.BUSY in [f.code for f in exc.value.findings] and dev + "p1" in str(exc.value)
+        assert mutating_executed(t) == []
+    finally:
+        os.close(fd)
