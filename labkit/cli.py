@@ -12,6 +12,7 @@ from labkit.errors import LabkitError
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
+    from labkit.guests.kernel import default_cache_dir
     from labkit.lab import LabParams, run_lab
 
     params = LabParams(
@@ -32,7 +33,12 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         alpine_iso=Path(args.alpine_iso) if args.alpine_iso else None,
         alpine_iso_sha256=args.alpine_iso_sha256,
         alpine_world=tuple(args.alpine_world or ()),
-        **({"cache_dir": Path(args.cache_dir)} if args.cache_dir else {}),
+        nixos_iso=Path(args.nixos_iso) if args.nixos_iso else None,
+        nixos_iso_sha256=args.nixos_iso_sha256,
+        nixos_ssh_keys=tuple(_ssh_keys(args.nixos_ssh_key or [])),
+        nixos_hashed_password_file=Path(args.nixos_hashed_password_file) if args.nixos_hashed_password_file else None,
+        nixos_install_memory_mib=args.nixos_install_memory,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
     )
     run = run_lab(params, runs_root=Path(args.runs_root))
     print(f"run {run.run_id}: {len(run.boots) - len(run.failed)}/{len(run.boots)} boots ok, accelerator {run.accel}")
@@ -41,6 +47,18 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     if run.report:
         print(f"report: {run.report}")
     return 0 if not run.failed else 3
+
+
+def _ssh_keys(values: list[str]) -> list[str]:
+    """Keys given inline or as .pub files."""
+    keys: list[str] = []
+    for k in values:
+        p = Path(k).expanduser()
+        if not k.startswith(("ssh-", "ecdsa-", "sk-")) and p.is_file():
+            keys += [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        else:
+            keys.append(k)
+    return keys
 
 
 def _cmd_layout(args: argparse.Namespace) -> int:
@@ -91,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--alpine-world", nargs="+", metavar="PKG",
                      help="Alpine packages for the apkovl's world with --alpine-iso (default: alpine-base; "
                           "labkit's rehearsal ISO: its whole repository)")
+    lab.add_argument("--nixos-iso", metavar="PATH",
+                     help="real-media path: boot this NixOS installer ISO's kernel/initrd, install over the serial "
+                          "console, then boot the installed system through rEFInd -> GRUB")
+    lab.add_argument("--nixos-iso-sha256", metavar="HEX",
+                     help="the ISO's published sha256 (default: read the .sha256 file beside the ISO)")
+    lab.add_argument("--nixos-ssh-key", action="append", metavar="KEY",
+                     help="with --nixos-iso: an OpenSSH public key (or .pub file) for the installed user (repeatable)")
+    lab.add_argument("--nixos-hashed-password-file", metavar="FILE",
+                     help="with --nixos-iso: a yescrypt/SHA-512 hash (mkpasswd) for the installed user")
+    lab.add_argument("--nixos-install-memory", type=int, default=2048, metavar="MIB",
+                     help="memory of the installer VM (default 2048)")
     lab.set_defaults(func=_cmd_lab)
 
     lay = sub.add_parser("layout", help="show a disk layout")

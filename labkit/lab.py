@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from labkit import bootchain, qemu
 from labkit.alpine.realmedia import AlpineMedia
@@ -43,6 +43,10 @@ from labkit.loadcost import LOADCOST_FILE, decompression_throughput, write_loadc
 from labkit.results import ResultRow, rows_from_bundle, write_results_csv
 from labkit.runner import Mode, Runner, atomic_write_text
 from labkit.stats import ADAPTIVE_METRIC, SPREAD_THRESHOLD, needs_more_boots
+
+if TYPE_CHECKING:
+    from labkit.nixos.install import InstallParams
+    from labkit.nixos.labinstall import IsoBootFiles
 
 SYSTEMS = ("alpine", "nixos")
 RUN_MARKERS = ("transcript.jsonl", "environment.json", "results.csv", "boots.csv", "run.json")
@@ -72,6 +76,14 @@ class LabParams:
     alpine_iso: Path | None = None
     alpine_iso_sha256: str | None = None  # None: the published .sha256 beside the ISO
     alpine_world: tuple[str, ...] = ()  # Alpine package names; () = the ISO's default (see labkit.alpine.realmedia)
+    #: Real-media path for NixOS: boot this installer ISO's kernel/initrd, install over the serial console
+    #: (:mod:`labkit.nixos.labinstall`), then boot the result. labkit's rehearsal installer ISO stays "rehearsal".
+    nixos_iso: Path | None = None
+    nixos_iso_sha256: str | None = None  # None: the <iso>.sha256 file beside the ISO
+    nixos_ssh_keys: tuple[str, ...] = ()  # the installed system's way in (or a hashed password file)
+    nixos_hashed_password_file: Path | None = None
+    nixos_install_memory_mib: int = 2048
+    nixos_install_timeout_s: float = 3600.0
 
     @property
     def boot_cap(self) -> int:
@@ -104,6 +116,17 @@ class LabParams:
         elif self.alpine_world:
             raise InputError("--alpine-world names Alpine packages: it needs --alpine-iso",
                              "use --world for the rehearsal guest's package set")
+        if self.nixos_iso is not None:
+            if "nixos" not in self.systems:
+                raise InputError("--nixos-iso is given but nixos is not among --systems", "add nixos to --systems")
+            if not Path(self.nixos_iso).is_file():
+                raise InputError(f"--nixos-iso {self.nixos_iso} does not exist",
+                                 "give the path of a nixos-minimal-*.iso")
+            if self.nixos_iso_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.nixos_iso_sha256):
+                raise InputError(f"--nixos-iso-sha256 {self.nixos_iso_sha256!r} is not a sha256 (64 hex digits)")
+            if not self.nixos_ssh_keys and self.nixos_hashed_password_file is None:
+                raise InputError("the installed NixOS would have no way in (no password hash and no SSH key)",
+                                 "give --nixos-ssh-key KEY or --nixos-hashed-password-file FILE")
         sizes = {tuple(PACKAGE_SETS[s]) for s in (*self.load_sets, self.world)}
         if self.load_cost and "alpine" in self.systems and self.alpine_iso is None and len(sizes) < 3:
             raise InputError(
@@ -200,6 +223,7 @@ class LabImage:
     titles: dict[str, str]  # os -> rEFInd entry title
     esp_offset: int
     media: AlpineMedia | None = None  # the real-media path's record (alpine_iso)
+    nixos_boot: IsoBootFiles | None = None  # the NixOS installer ISO to install from (nixos_iso)
 
 
 @dataclass(frozen=True)
@@ -211,6 +235,7 @@ class LabTrees:
     guests: dict[str, GuestBuild]
     titles: dict[str, str]  # os -> rEFInd entry title
     media: AlpineMedia | None = None
+    nixos_boot: IsoBootFiles | None = None
 
 
 def build_lab_trees(
@@ -224,10 +249,14 @@ def build_lab_trees(
     alpine_iso: Path | None = None,
     alpine_iso_sha256: str | None = None,
     alpine_world: Sequence[str] = (),
+    nixos_iso: Path | None = None,
+    nixos_iso_sha256: str | None = None,
 ) -> LabTrees:
     """Guest kernel → rehearsal guests → partition trees and ESP files (rEFInd, GRUB, configs).
 
-    With ``alpine_iso`` the Alpine partition comes from that ISO (:mod:`labkit.alpine.realmedia`).
+    With ``alpine_iso`` the Alpine partition comes from that ISO (:mod:`labkit.alpine.realmedia`). With
+    ``nixos_iso`` the NixOS partitions stay empty and the ESP gets the NixOS stanza without GRUB: the
+    install over the serial console (:func:`labkit.nixos.labinstall.install_over_serial`) fills them.
     """
     trees = {role: work / "trees" / role.value for role in (Role.NIXOS_BOOT, Role.NIX_STORE, Role.ALPINE, Role.DATA)}
     for t in trees.values():
@@ -236,7 +265,8 @@ def build_lab_trees(
         t.mkdir(parents=True)
     guests: dict[str, GuestBuild] = {}
     media: AlpineMedia | None = None
-    if "nixos" in systems or ("alpine" in systems and alpine_iso is None):
+    nixos_boot: IsoBootFiles | None = None
+    if ("nixos" in systems and nixos_iso is None) or ("alpine" in systems and alpine_iso is None):
         with runner.step("guest kernel"):
             kernel = obtain_kernel(runner, cache_dir / "kernel")
             runner.note(f"Debian kernel {kernel.version}")
@@ -248,7 +278,14 @@ def build_lab_trees(
                 runner, Path(alpine_iso), trees[Role.ALPINE], sha256=alpine_iso_sha256, world=alpine_world)
     elif "alpine" in systems:
         guests["alpine"] = build_alpine_tree(runner, kernel, trees[Role.ALPINE], world=world)
-    if "nixos" in systems:
+    if "nixos" in systems and nixos_iso is not None:
+        from labkit.nixos.labinstall import checked_iso, installed_guest, iso_boot_files
+
+        with runner.step(f"NixOS installer ISO {nixos_iso}"):
+            iso = checked_iso(Path(nixos_iso), nixos_iso_sha256)
+            nixos_boot = iso_boot_files(runner, iso, work / "nixos-iso")
+            guests["nixos"] = installed_guest(nixos_boot)
+    elif "nixos" in systems:
         guests["nixos"] = build_nixos_trees(
             runner, kernel, trees[Role.NIXOS_BOOT], trees[Role.NIX_STORE], trees[Role.DATA], packages=world
         )
@@ -259,11 +296,14 @@ def build_lab_trees(
         if "alpine" in guests and media is None:  # the real-media path wrote Alpine's own
             atomic_write_text(trees[Role.ALPINE] / "boot" / "refind_linux.conf",
                               bootchain.refind_linux_conf(guests["alpine"].entry))
-        if "nixos" in guests:
+        if "nixos" in guests and nixos_boot is None:
             atomic_write_text(trees[Role.NIXOS_BOOT] / "grub" / "grub.cfg", bootchain.grub_cfg(guests["nixos"].entry))
             grub_efi = bootchain.build_grub_efi(runner, work / "grubx64.efi")
-        files = bootchain.esp_files(entries, entries[0].title, grub_efi=grub_efi, layout=layout)
-    return LabTrees(trees, files, guests, titles, media)
+        files = bootchain.esp_files(entries, entries[0].title, layout=layout,
+                                    grub_efi=Path(os.devnull) if nixos_boot is not None else grub_efi)
+        if nixos_boot is not None:
+            files.pop(bootchain.ESP_GRUB)  # the install's grub-install writes it
+    return LabTrees(trees, files, guests, titles, media, nixos_boot)
 
 
 def build_lab_image(
@@ -277,13 +317,16 @@ def build_lab_image(
     alpine_iso: Path | None = None,
     alpine_iso_sha256: str | None = None,
     alpine_world: Sequence[str] = (),
+    nixos_iso: Path | None = None,
+    nixos_iso_sha256: str | None = None,
 ) -> LabImage:
     """Guests → partition trees → boot chain → verified image at ``work/disk.img``."""
     lt = build_lab_trees(runner, work, systems=systems, world=world, cache_dir=cache_dir, layout=layout,
-                         alpine_iso=alpine_iso, alpine_iso_sha256=alpine_iso_sha256, alpine_world=alpine_world)
+                         alpine_iso=alpine_iso, alpine_iso_sha256=alpine_iso_sha256, alpine_world=alpine_world,
+                         nixos_iso=nixos_iso, nixos_iso_sha256=nixos_iso_sha256)
     image = build_image(runner, layout, work / "disk.img", lt.trees, lt.esp_files)
     shutil.rmtree(work / "trees", ignore_errors=True)
-    return LabImage(image, lt.guests, lt.titles, image.offset(Role.ESP), lt.media)
+    return LabImage(image, lt.guests, lt.titles, image.offset(Role.ESP), lt.media, lt.nixos_boot)
 
 
 # -- booting --------------------------------------------------------------------------------------
@@ -386,10 +429,13 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
         with runner.step(f"build the lab image ({what})"):
             lab = build_lab_image(runner, work, systems=params.systems, world=params.world, cache_dir=params.cache_dir,
                                   alpine_iso=params.alpine_iso, alpine_iso_sha256=params.alpine_iso_sha256,
-                                  alpine_world=params.alpine_world)
+                                  alpine_world=params.alpine_world, nixos_iso=params.nixos_iso,
+                                  nixos_iso_sha256=params.nixos_iso_sha256)
         accel_choice = qemu.choose_accelerator(runner, params.accel_candidates, workdir=work / "accel")
         if accel_choice.warning:
             runner.note(f"warning: {accel_choice.warning}")
+        if lab.nixos_boot is not None:
+            install_nixos(runner, params, lab, run_dir=run_dir, accel=accel_choice.accel)
         order = boot_order(params.systems, params.boots, params.warmup)
         done = params.boots
         while order:
@@ -428,6 +474,7 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
             "target": "lab",
             "guest_kind": _guest_kind(lab),
             "alpine_media": lab.media.record() if lab and lab.media else None,
+            "nixos_media": nixos_media_record(lab.nixos_boot) if lab and lab.nixos_boot else None,
             "accel": accel_choice.accel if accel_choice else None,
             "accel_tried": [list(t) for t in accel_choice.tried] if accel_choice else None,
             "guest_kernel": next(iter(lab.guests.values())).kernel_version if lab and lab.guests else None,
@@ -475,6 +522,36 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
     atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "ok": not [b for b in boots if not b.ok]}))
     return LabRun(run_id, run_dir, tuple(boots), tuple(rows), accel_choice.accel if accel_choice else "?",
                   report, lab.image if lab else None, tuple(loadcost_rows))
+
+
+def nixos_install_params(params: LabParams) -> InstallParams:
+    """The installed NixOS's settings for the lab: the user's way in, a tmpfs root of half the RAM."""
+    from labkit.nixos.config import NixosSettings, User
+    from labkit.nixos.hashes import read_hash_file
+    from labkit.nixos.install import InstallParams
+
+    hashed = read_hash_file(Path(params.nixos_hashed_password_file)) if params.nixos_hashed_password_file else None
+    settings = NixosSettings(user=User(hashed_password=hashed, ssh_keys=tuple(params.nixos_ssh_keys)),
+                             tmpfs_size="50%")
+    return InstallParams(settings, install_timeout_s=params.nixos_install_timeout_s)
+
+
+def install_nixos(runner: Runner, params: LabParams, lab: LabImage, *, run_dir: Path, accel: str) -> None:
+    """Install NixOS from ``lab.nixos_boot`` onto the lab image over the serial console (log in
+    ``run_dir/install``). The real ISO gets a user-mode NIC (nixos-install downloads); the rehearsal none."""
+    from labkit.nixos.labinstall import install_over_serial, serial_actions
+
+    boot = lab.nixos_boot
+    assert boot is not None
+    actions = serial_actions(nixos_install_params(params), guest_memory_mib=params.nixos_install_memory_mib)
+    install_over_serial(runner, boot, lab.image.path, actions, log_dir=run_dir / "install", accel=accel,
+                        memory_mib=params.nixos_install_memory_mib, network=boot.rehearsal is None)
+
+
+def nixos_media_record(boot: IsoBootFiles) -> dict[str, object]:
+    return {"iso": str(boot.iso), "kernel": boot.config.kernel, "initrd": boot.config.initrd,
+            "append": boot.append, "loader_config": boot.config.source, "rehearsal": boot.rehearsal is not None,
+            "os_id": boot.os_id}
 
 
 def _guest_kind(lab: LabImage | None) -> str:
@@ -549,6 +626,9 @@ def lab_plan(params: LabParams) -> list[str]:
              f"build one image: Alpine partition from {params.alpine_iso} (checksum, xorriso extraction, labkit's "
              f"apkovl, world {' '.join(params.alpine_world) or 'the ISO default'})"
              + (f"; NixOS-style rehearsal with package set {params.world!r}" if "nixos" in params.systems else ""),
+             *([f"NixOS: boot the installer ISO {params.nixos_iso} (checksum, kernel/initrd read with xorriso), "
+                "install over the serial console onto the empty NixOS partitions, then boot through rEFInd -> GRUB"]
+               if params.nixos_iso is not None else []),
              "boot order (interleaved; warm-up boots reported, not measured): "
              + ", ".join(f"{s}#{i}{'(w)' if w else ''}" for s, i, w in boot_order(params.systems, params.boots,
                                                                                   params.warmup)),
