@@ -12,6 +12,7 @@ plan mode only records), ``verify`` checks the post-condition (apply mode only).
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ class InstallParams:
     #: Where to look for GRUB's EFI modules; default: the target's store, then the installer's.
     store_dirs: tuple[Path, ...] | None = None
     install_timeout_s: float = 3600.0
+    #: The fingerprint (``labkit disks``) of the disk the install writes to; required in apply mode.
+    disk_fingerprint: str | None = None
 
     def at(self, path: str) -> Path:
         """``path`` (absolute, as seen by the installed system) under the install root."""
@@ -124,6 +127,52 @@ def _mounts(p: InstallParams) -> list[tuple[str, str, str]]:
     ]
 
 
+def resolve_install_disk(r: Runner, p: InstallParams) -> dict[str, str]:
+    """Find each partition by its filesystem label and prove they are all on the confirmed disk.
+
+    Refuses (apply mode) when a label is missing or on several devices (another disk with an ``ESP``
+    or ``data`` filesystem would otherwise be written to), when the partitions are spread over
+    several disks, and when that disk's fingerprint is not ``p.disk_fingerprint``. In plan mode a
+    label absent from this machine is shown as its ``/dev/disk/by-label`` path, with a note.
+    Returns label -> device node.
+    """
+    from labkit.disks import read_disk
+
+    plan = r.mode is Mode.PLAN
+    found: dict[str, str] = {}
+    problems: list[str] = []
+    for _mp, dev, _fs in _mounts(p):
+        label = dev.rsplit("/", 1)[-1]
+        out = r.run(["blkid", "-t", f"LABEL={label}", "-o", "device"], query=True, check=False).stdout.split()
+        if len(out) == 1:
+            found[label] = out[0]
+        elif not out:
+            problems.append(f"no filesystem labelled {label!r}")
+        else:
+            problems.append(f"the label {label!r} is on {len(out)} devices ({', '.join(out)})")
+    parents = {Path(os.path.realpath(f"/sys/class/block/{Path(d).name}")).parent.name for d in found.values()}
+    if len(parents) > 1:
+        problems.append(f"the install's partitions lie on several disks ({', '.join(sorted(parents))})")
+    if problems:
+        if plan:
+            r.note("plan: " + "; ".join(problems) + " — on the installer these must resolve to one confirmed disk")
+            return found
+        raise InputError("cannot tell which disk to install to: " + "; ".join(problems),
+                         "partition and format the disk with `labkit disk apply` (unique labels), and detach or "
+                         "relabel other disks carrying the same labels")
+    disk = read_disk(r, f"/dev/{parents.pop()}") if parents else None
+    if disk is not None:
+        want = (p.disk_fingerprint or "").strip().lower()
+        if not want and not plan:
+            raise InputError(f"the install would write to {disk.describe()}, which was not confirmed",
+                             f"check it is the right disk, then pass its fingerprint: {disk.fingerprint}")
+        if want and want != disk.fingerprint:
+            raise InputError(f"the partitions are on {disk.describe()}, not on the confirmed disk {want}",
+                             "run `labkit disks`, check which disk is which, and confirm the right fingerprint")
+        r.note(f"install disk: {disk.describe()}")
+    return found
+
+
 def build_plan(params: InstallParams) -> InstallPlan:
     """Validate the settings (against this machine's RAM) and build the steps."""
     module = render_module(params.settings, mem_total=mem_total_bytes(params.meminfo))
@@ -150,12 +199,13 @@ def build_plan(params: InstallParams) -> InstallPlan:
         return all(is_mounted(mp) for mp, _d, _t in _mounts(p))
 
     def parts_apply(r: Runner) -> None:
+        nodes = resolve_install_disk(r, p)
         for mp, dev, fstype in _mounts(p):
             if is_mounted(mp):
                 r.note(f"{mp} already mounted")
                 continue
             r.run(["mkdir", "-p", p.at(mp)])
-            r.run(["mount", "-t", fstype, dev, p.at(mp)])
+            r.run(["mount", "-t", fstype, nodes.get(dev.rsplit("/", 1)[-1], dev), p.at(mp)])
         r.run(["mkdir", "-p", p.at("/nix/tmp"), p.config_dir])
 
     def parts_verify(_: Runner) -> None:

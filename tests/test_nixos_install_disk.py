@@ -1,0 +1,52 @@
+"""The NixOS install writes only to the confirmed disk (review finding: mounting by label alone would
+write to any disk carrying an ``ESP`` or ``data`` filesystem). Real loop disks, real blkid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest_loop import make_loop, needs_loop  # noqa: F401
+
+from labkit.diskphase import DiskParams, run_disk_phase
+from labkit.disks import read_disk
+from labkit.errors import InputError
+from labkit.layout import LAB_LAYOUT
+from labkit.nixos.config import NixosSettings, User
+from labkit.nixos.install import InstallParams, resolve_install_disk
+from labkit.runner import Mode, Runner
+
+pytestmark = [pytest.mark.root, needs_loop]
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA lab@demo"
+
+
+def formatted(make_loop, name: str, state: Path) -> str:  # type: ignore[no-untyped-def]  # noqa: F811
+    dev = make_loop(name=name)
+    fp = read_disk(Runner(progress=None), dev).fingerprint
+    run_disk_phase(Runner(progress=None), DiskParams(dev, LAB_LAYOUT, fp, state_path=state))
+    return dev
+
+
+def params(fp: str | None) -> InstallParams:
+    return InstallParams(NixosSettings(user=User(ssh_keys=(KEY,))), root=Path("/nonexistent-mnt"),
+                         layout=LAB_LAYOUT, disk_fingerprint=fp)
+
+
+def test_install_disk_must_be_confirmed_and_unique(make_loop, tmp_path: Path) -> None:  # noqa: F811
+    dev = formatted(make_loop, "one.img", tmp_path / "s1.json")
+    fp = read_disk(Runner(progress=None), dev).fingerprint
+    apply = Runner(Mode.APPLY, progress=None)
+    with pytest.raises(InputError) as exc:
+        resolve_install_disk(apply, params(None))
+    assert "was not confirmed" in str(exc.value) and fp in str(exc.value)
+    with pytest.raises(InputError, match="not on the confirmed disk"):
+        resolve_install_disk(apply, params("0123456789ab"))
+    nodes = resolve_install_disk(apply, params(fp))
+    assert nodes == {"nix": dev + "p3", "nixboot": dev + "p2", "ESP": dev + "p1", "data": dev + "p5"}
+    # a second disk with the same labels: nothing is mounted, whatever the fingerprint
+    formatted(make_loop, "two.img", tmp_path / "s2.json")
+    with pytest.raises(InputError, match="is on 2 devices"):
+        resolve_install_disk(apply, params(fp))
+    # plan mode shows the problem instead of stopping
+    plan = Runner(Mode.PLAN, progress=None)
+    assert resolve_install_disk(plan, params(fp)) is not None
