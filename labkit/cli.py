@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="offline QEMU lab: build the image, boot each system, measure, report")
     lab.add_argument("--boots", type=int, default=3, help="measured boots per system (default 3)")
-    lab.add_argument("--warmup", type=int, default=0, help="warm-up boots per system, reported but not measured")
+    lab.add_argument("--warmup", type=int, default=1,
+                     help="warm-up boots per system, reported but not measured (default 1)")
     lab.add_argument("--out", help="run directory (must be new or empty); default: runs/<run-id>")
     lab.add_argument("--runs-root", default="runs", help="where new run directories go (default runs/)")
     lab.add_argument("--systems", nargs="+", default=["alpine", "nixos"], choices=["alpine", "nixos"])

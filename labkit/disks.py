@@ -231,12 +231,23 @@ def _partitions(runner: Runner, disk_path: str, sysdir: Path, ctx: _Context) -> 
     return tuple(sorted(parts, key=lambda p: p.number))
 
 
+def _vpd_serial(sysdir: Path) -> str:
+    """The unit serial number from SCSI VPD page 0x80 (binary: 4-byte header, then ASCII)."""
+    try:
+        raw = (sysdir / "device" / "vpd_pg80").read_bytes()
+    except OSError:
+        return ""
+    return raw[4:].decode("ascii", "replace").strip(" \x00")
+
+
 def _record(runner: Runner, udev: UdevDevice, ctx: _Context) -> DiskRecord:
     sysdir = SYS_BLOCK / udev.sys_name
     q = sysdir / "queue"
     dev = _read(sysdir / "dev")
     info = blkid(runner, udev.node) if os.path.exists(udev.node) else {}
-    serial = _read(sysdir / "serial") or _read(sysdir / "device" / "serial") or udev.prop("ID_SERIAL_SHORT")
+    # without udev, the kernel's own identifiers: NVMe/virtio serial, SCSI/SATA wwid or VPD page 0x80
+    serial = (_read(sysdir / "serial") or _read(sysdir / "device" / "serial") or udev.prop("ID_SERIAL_SHORT")
+              or _read(sysdir / "device" / "wwid") or _read(sysdir / "wwid") or _vpd_serial(sysdir))
     model = _read(sysdir / "device" / "model") or udev.prop("ID_MODEL")
     backing = _read(sysdir / "loop" / "backing_file")
     if not model and backing:

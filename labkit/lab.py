@@ -58,7 +58,7 @@ class LabParams:
 
     out: Path | None = None  # None: a new runs/<run-id>
     boots: int = 3
-    warmup: int = 0
+    warmup: int = 1  # per system: booted first, reported, excluded from the statistics
     systems: tuple[str, ...] = SYSTEMS
     world: str = "default"
     memory_mib: int = 512
@@ -389,8 +389,12 @@ def run_boot(
             else:
                 bundle_rel = f"bundles/{os_name}-{index}.txt"
                 atomic_write_text(run_dir / bundle_rel, _bundle_text(b))
-                rows = rows_from_bundle(b, run_id=run_id, boot=index, warmup=warmup, accel=accel)
-                ok = True if res.ok or res.stopped else ok
+                ok = res.ok or res.stopped
+                # a boot that did not end cleanly (QEMU error, killed at the timeout after the bundle)
+                # keeps its bundle as evidence but feeds no number into the results
+                rows = rows_from_bundle(b, run_id=run_id, boot=index, warmup=warmup, accel=accel) if ok else []
+                if not ok:
+                    reason = f"bundle complete, but the boot did not end cleanly: {res.reason}"
         runner.note(
             f"{os_name} #{index}: {'ok' if ok else 'FAILED'} in {res.wall_s:.1f} s"
             + ("" if ok else f" — {reason}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,16 @@ class Rehearsal:
     disk: DiskRecord  # the disk read back afterwards
 
 
+def _on_device(source: str, device: str) -> bool:
+    """``source`` is ``device`` itself or one of its partitions (``/dev/loop1p2``), never ``/dev/loop10``."""
+    return source == device or re.fullmatch(re.escape(device) + r"p\d+", source) is not None
+
+
 def _release(runner: Runner, device: str) -> None:
     for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
         fields = line.split()
         source = line.split(" - ", 1)[1].split()[1] if " - " in line else ""
-        if source.startswith(device):
+        if _on_device(source, device):
             runner.run(["umount", fields[4]], check=False)
     runner.run(["partx", "-d", device], check=False)
     runner.run(["losetup", "-d", device], check=False)
@@ -81,7 +87,8 @@ def rehearse_disk_phase(runner: Runner, layout: Layout, workdir: Path) -> Rehear
     from labkit.disks import read_disk
 
     image = workdir / "rehearsal-disk.img"
-    image.unlink(missing_ok=True)
+    if runner.mode is Mode.APPLY:
+        image.unlink(missing_ok=True)  # a fresh blank disk each time (the file is labkit's own)
     with loop_disk(runner, image, layout.disk_size) as device:
         disk = read_disk(runner, device)
         params = DiskParams(device, layout, disk.fingerprint, state_path=workdir / "disk-state.json")

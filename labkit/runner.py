@@ -208,11 +208,12 @@ class Runner:
             raise ValueError("empty argv")
         cwd_s = os.fspath(cwd) if cwd is not None else None
         env_over = dict(env or {})
+        # what is shown and recorded never carries a secret (the command itself runs with the real values)
         planned = PlannedCommand(
             step=self.step_name,
-            argv=tuple(args),
+            argv=tuple(self._redact_argv(args)),
             cwd=cwd_s,
-            env=tuple(sorted(env_over.items())),
+            env=tuple(sorted(self._redact_env(env_over).items())),
             query=query,
         )
         execute = query or self.mode is Mode.APPLY
@@ -241,7 +242,7 @@ class Runner:
                     "step": self.step_name,
                     "argv": self._redact_argv(args),
                     "cwd": cwd_s,
-                    "env": env_over,
+                    "env": self._redact_env(env_over),
                     "query": query,
                     "executed": False,
                     "rc": None,
@@ -280,7 +281,7 @@ class Runner:
                     "step": self.step_name,
                     "argv": self._redact_argv(args),
                     "cwd": cwd_s,
-                    "env": env_over,
+                    "env": self._redact_env(env_over),
                     "query": query,
                     "executed": True,
                     "rc": None,
@@ -311,7 +312,7 @@ class Runner:
                 "step": self.step_name,
                 "argv": self._redact_argv(args),
                 "cwd": cwd_s,
-                "env": env_over,
+                "env": self._redact_env(env_over),
                 "query": query,
                 "executed": True,
                 "rc": proc.returncode,
@@ -328,7 +329,7 @@ class Runner:
         """Record a process that labkit drives itself (for example a QEMU boot read live)."""
         args = [os.fspath(a) for a in argv]
         with self._lock:
-            self.planned.append(PlannedCommand(self.step_name, tuple(args), None, (), False))
+            self.planned.append(PlannedCommand(self.step_name, tuple(self._redact_argv(args)), None, (), False))
         self._record(
             {
                 "event": "command",
@@ -338,7 +339,7 @@ class Runner:
                 "executed": True,
                 "rc": rc,
                 "duration_s": round(duration_s, 4),
-                **extra,
+                **{k: self._redact_value(v) for k, v in extra.items()},
             }
         )
 
@@ -351,6 +352,18 @@ class Runner:
 
     def _redact_argv(self, argv: list[str]) -> list[str]:
         return [self._redact(a) for a in argv]
+
+    def _redact_env(self, env: Mapping[str, str]) -> dict[str, str]:
+        return {k: self._redact(v) for k, v in env.items()}
+
+    def _redact_value(self, value: object) -> object:
+        if isinstance(value, str):
+            return self._redact(value)
+        if isinstance(value, list | tuple):
+            return [self._redact_value(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._redact_value(v) for k, v in value.items()}
+        return value
 
     def _say(self, line: str) -> None:
         if self.progress is not None:

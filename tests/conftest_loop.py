@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,14 +26,19 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check)
 
 
+def _on_device(source: str, device: str) -> bool:
+    """``source`` is ``device`` itself or one of its partitions (``/dev/loop1p2``), never ``/dev/loop10``."""
+    return source == device or re.fullmatch(re.escape(device) + r"p\d+", source) is not None
+
+
 def _release(dev: str) -> None:
     for line in Path("/proc/self/mountinfo").read_text().splitlines()[::-1]:
         f = line.split()
         src = line.split(" - ", 1)[1].split()[1] if " - " in line else ""
-        if src.startswith(dev):
+        if _on_device(src, dev):
             sh("umount", "-l", f[4], check=False)
     for line in Path("/proc/swaps").read_text().splitlines()[1:]:
-        if line.split()[0].startswith(dev):
+        if _on_device(line.split()[0], dev):
             sh("swapoff", line.split()[0], check=False)
     sh("partx", "-d", dev, check=False)
     sh("losetup", "-d", dev, check=False)

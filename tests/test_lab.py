@@ -99,10 +99,13 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     d = run.run_dir
     assert not run.failed, [b.reason for b in run.failed]
     boots = _boots(d)
-    # the main run, then one boot of the Alpine-style guest per extra load-cost set (small, large)
-    assert [(b["os"], b["boot"], b["ok"]) for b in boots] == [
-        ("alpine", "0", "True"), ("nixos", "0", "True"), ("nixos", "1", "True"), ("alpine", "1", "True"),
-        ("alpine", "100", "True"), ("alpine", "101", "True")]
+    # a warm-up round (boot 0), the measured rounds in interleaved order, then one boot of the
+    # Alpine-style guest per extra load-cost set (small, large)
+    assert [(b["os"], b["boot"], b["warmup"], b["ok"]) for b in boots] == [
+        ("alpine", "0", "True", "True"), ("nixos", "0", "True", "True"),
+        ("nixos", "1", "False", "True"), ("alpine", "1", "False", "True"),
+        ("alpine", "2", "False", "True"), ("nixos", "2", "False", "True"),
+        ("alpine", "100", "False", "True"), ("alpine", "101", "False", "True")]
     # the real boot chain was walked: rEFInd for both, GRUB only for NixOS
     alpine_log = (d / "serial" / "alpine-0.log").read_text(encoding="utf-8")
     nixos_log = (d / "serial" / "nixos-0.log").read_text(encoding="utf-8")
@@ -129,6 +132,10 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     for os_id, names in by_os.items():
         want = {m.name for m in METRICS if applies(m.name, os_id)}
         assert want <= names, (os_id, want - names)
+    # the warm-up boots are in the results, flagged, and reported apart from the statistics
+    assert {r["warmup"] for r in rows if r["boot"] == "0"} == {"True"}
+    warm = (d / "tables" / "warmup_boots.csv").read_text()
+    assert "alpine-rehearsal" in warm and "nixos-rehearsal" in warm
     # probe cost: the timing part under 1 % of the boot it measures
     with open(d / "tables" / "summary.csv") as fh:
         summary = list(csv.DictReader(fh))
@@ -171,7 +178,7 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
 def test_hung_boots_are_killed_logged_and_the_run_goes_on(tmp_path: Path) -> None:
     """A boot that never finishes: killed at the timeout, partial serial log kept, marked failed,
     and the next boot still runs."""
-    params = LabParams(out=tmp_path / "run", boots=2, max_boots=2, systems=("alpine",), boot_timeout_s=7.0,
+    params = LabParams(out=tmp_path / "run", boots=2, max_boots=2, warmup=0, systems=("alpine",), boot_timeout_s=7.0,
                        accel_candidates=("tcg",), load_cost=False)
     with pytest.raises(LabkitError, match="no boot produced a usable bundle"):
         run_lab(params, progress=None)

@@ -97,3 +97,25 @@ def test_atomic_write_text(tmp_path: Path) -> None:
     atomic_write_text(p, json.dumps({"a": 1}), mode=0o600)
     assert json.loads(p.read_text()) == {"a": 1}
     assert (p.stat().st_mode & 0o777) == 0o600
+
+
+def test_secrets_are_redacted_everywhere_they_could_show(tmp_path: Path) -> None:
+    """Review finding: env values, the plan's shell rendering and externally recorded extras too."""
+    r = Runner(Mode.APPLY, tmp_path / "t.jsonl", progress=None, secrets=("hunter2",))
+    r.run(["sh", "-c", "true"], env={"PGPASSWORD": "hunter2"}, cwd=tmp_path)
+    r.record_external(["qemu", "-append", "pw=hunter2"], rc=0, duration_s=1.0,
+                      stderr_tail="echoed hunter2", nested={"a": ["hunter2"]})
+    p = Runner(Mode.PLAN, None, progress=None, secrets=("hunter2",))
+    p.run(["useradd", "-p", "hunter2", "x"], env={"SECRET": "hunter2"})
+    assert "hunter2" not in (tmp_path / "t.jsonl").read_text()
+    assert all("hunter2" not in c.shell() for c in r.planned + p.planned)
+
+
+def test_a_malformed_hash_is_never_echoed() -> None:
+    from labkit.errors import InputError
+    from labkit.nixos.hashes import check_hash
+
+    for plaintext in ("$ecretPass", "$6$notreally", "hunter2"):
+        with pytest.raises(InputError) as exc:
+            check_hash(plaintext)
+        assert plaintext.strip("$") not in str(exc.value)

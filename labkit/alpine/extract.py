@@ -75,7 +75,8 @@ def extract_iso(runner: Runner, iso: Path, tree: Path, *, flavor: str | None = N
     missing = [w for w in wanted[:2] if w not in info.files]
     if missing:
         raise InputError(f"{iso} lacks {missing}", "the ISO is incomplete; download it again")
-    tree.mkdir(parents=True, exist_ok=True)
+    if runner.mode.value == "apply":
+        tree.mkdir(parents=True, exist_ok=True)
     argv = ["xorriso", "-indev", str(iso), "-osirrox", "on:auto_chmod_on", "-extract", "/apks", str(tree / "apks")]
     for w in wanted:
         if w in info.files:

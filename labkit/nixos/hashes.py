@@ -50,7 +50,8 @@ def hash_kind(value: str) -> str:
     if prefix in {"1", "5", "2a", "2b", "2y", "7", "gy"}:
         raise InputError(f"the password hash uses scheme ${prefix}$; labkit accepts only yescrypt ($y$) "
                          "or SHA-512 ($6$)", _FIX)
-    raise InputError(f"malformed password hash (scheme ${prefix}$, {len(v)} characters): it is not a "
+    # never echo the input: a malformed "hash" may be a plaintext password that starts with "$"
+    raise InputError(f"malformed password hash ({len(v)} characters): it is not a "
                      "yescrypt ($y$…$…$<43 chars>) or SHA-512 ($6$<salt>$<86 chars>) hash", _FIX)
 
 

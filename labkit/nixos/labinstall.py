@@ -174,6 +174,8 @@ def _iso_files(runner: Runner, iso: Path) -> set[str]:
 
 
 def _extract(runner: Runner, iso: Path, pairs: Sequence[tuple[str, Path]]) -> None:
+    """Copy files out of the ISO into labkit's own work directory. Marked ``query``: it runs in plan
+    mode too, because the plan is read from the ISO's boot config; it writes nothing but there."""
     argv: list[str | Path] = ["xorriso", "-osirrox", "on", "-indev", iso]
     for src, dest in pairs:
         argv += ["-extract", src, dest]
