@@ -37,6 +37,8 @@ from labkit.runner import Mode, Runner, atomic_write_bytes, atomic_write_text, w
 GRUB_EFI_SUBDIR = "lib/grub/x86_64-efi"
 GRUB_PLACEHOLDER = "<x86_64-efi modules: found in the store after nixos-install>"
 REFIND_EXT4_DRIVER = "EFI/refind/drivers_x64/ext4_x64.efi"
+#: where rEFInd may live on the ESP: refind-install's directory, or the removable path (the lab's)
+REFIND_EXT4_DRIVERS = (REFIND_EXT4_DRIVER, "EFI/BOOT/drivers_x64/ext4_x64.efi")
 GRUB_EFI_BINARY = "EFI/NixOS/grubx64.efi"
 
 
@@ -284,10 +286,11 @@ def build_plan(params: InstallParams) -> InstallPlan:
             raise VerifyFailed(f"no GRUB EFI binary at {grub_bin}", "read grub-install's output in the transcript")
 
     # 6. rEFInd's ext4 driver
-    driver = p.at("/boot/efi") / REFIND_EXT4_DRIVER
+    drivers = [p.at("/boot/efi") / d for d in REFIND_EXT4_DRIVERS]
+    driver = drivers[0]
 
     def drv_check(_: Runner) -> bool:
-        return driver.is_file()
+        return any(d.is_file() for d in drivers)
 
     def drv_apply(r: Runner) -> None:
         if r.mode is Mode.APPLY:
@@ -295,8 +298,9 @@ def build_plan(params: InstallParams) -> InstallPlan:
         r.note(f"check that {driver} is still on the ESP")
 
     def drv_verify(_: Runner) -> None:
-        if not driver.is_file():
-            raise VerifyFailed(f"rEFInd's ext4 driver is missing: {driver} — rEFInd cannot read /boot or Alpine",
+        if not drv_check(_):
+            raise VerifyFailed(f"rEFInd's ext4 driver is missing: none of {', '.join(map(str, drivers))} — rEFInd "
+                               "cannot read /boot or Alpine",
                                "run the rEFInd phase again (it installs drivers_x64/ext4_x64.efi)")
 
     # 7. the installed system
