@@ -65,6 +65,9 @@ class InstallParams:
     install_timeout_s: float = 3600.0
     #: The fingerprint (``labkit disks``) of the disk the install writes to; required in apply mode.
     disk_fingerprint: str | None = None
+    #: Look the labels up on this machine (False: the plan is for another machine — the lab's
+    #: installer VM, whose only disk is the lab disk — and keeps the /dev/disk/by-label paths).
+    resolve_labels: bool = True
 
     def at(self, path: str) -> Path:
         """``path`` (absolute, as seen by the installed system) under the install root."""
@@ -201,7 +204,7 @@ def build_plan(params: InstallParams) -> InstallPlan:
         return all(is_mounted(mp) for mp, _d, _t in _mounts(p))
 
     def parts_apply(r: Runner) -> None:
-        nodes = resolve_install_disk(r, p)
+        nodes = resolve_install_disk(r, p) if p.resolve_labels else {}
         for mp, dev, fstype in _mounts(p):
             if is_mounted(mp):
                 r.note(f"{mp} already mounted")

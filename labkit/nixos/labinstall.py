@@ -291,7 +291,7 @@ def serial_actions(params: InstallParams, *, guest_memory_mib: int = 2048,
         (t / "mountinfo").write_text("")
         p = InstallParams(params.settings, root=params.root, layout=params.layout, mountinfo=t / "mountinfo",
                           meminfo=t / "meminfo", store_dirs=(t / "nostore",),
-                          install_timeout_s=params.install_timeout_s)
+                          install_timeout_s=params.install_timeout_s, resolve_labels=False)
         plan = build_plan(p)
         runner = Runner(Mode.PLAN, transcript=t / "plan.jsonl", progress=None)
         recorded: dict[str, list[tuple[list[str], dict[str, str]]]] = {}
@@ -299,7 +299,8 @@ def serial_actions(params: InstallParams, *, guest_memory_mib: int = 2048,
             before = len(runner.planned)
             with runner.step(step.name):
                 step.apply(runner)
-            recorded[step.name] = [(list(c.argv), dict(c.env)) for c in runner.planned[before:]]
+            # host-side reads (query commands) are not guest commands
+            recorded[step.name] = [(list(c.argv), dict(c.env)) for c in runner.planned[before:] if not c.query]
     root = str(p.root)
     cfg_dir = str(p.config_dir)
     esp = str(p.at("/boot/efi"))
