@@ -138,3 +138,25 @@ def test_driver_on_a_host_pty() -> None:
         proc.kill()
         proc.wait()
         os.close(master)
+
+
+class _Chunks:
+    """A transport that delivers fixed chunks (as a serial line may split them)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def read(self, timeout: float) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def test_an_escape_sequence_split_across_reads_does_not_hide_the_prompt() -> None:
+    """busybox ash asks for the cursor position (ESC[6n) right after its prompt; when the serial
+    line splits that sequence over two reads, the prompt must still be found (a flaky failure seen
+    in CI before the buffer was cleaned as a whole)."""
+    shell = SerialShell(_Chunks([b"sudo -i\r\n[root@labkit-rehearsal:~]# \x1b", b"[6n"]), runner=None)
+    shell.wait_for(r"#\s*$", 2.0, "the root prompt")

@@ -30,6 +30,7 @@ from labkit.errors import LabkitError
 from labkit.runner import Runner
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]")
+ANSI_TEXT = re.compile(ANSI.pattern.decode("latin-1"))
 DEFAULT_PROMPT = r"(?:[#$]|\w+[#$>]) ?$"
 
 
@@ -152,7 +153,9 @@ class SerialShell:
         if data:
             text = ANSI.sub(b"", data).decode("latin-1").replace("\r", "")
             self.transcript.append((time.monotonic() - self._t0, "rx", text))
-            self._buf += text
+            # strip again over the joined buffer: an escape sequence split across two reads (busybox
+            # ash's cursor query ESC[6n after its prompt) would otherwise hide the prompt
+            self._buf = ANSI_TEXT.sub("", self._buf + text)
 
     def wait_for(self, pattern: str, timeout: float, what: str | None = None) -> re.Match[str]:
         """Read until ``pattern`` (multiline regex) matches the unread output; consume through the match."""
