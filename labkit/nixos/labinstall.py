@@ -49,7 +49,7 @@ from labkit.nixos.serial import SerialCommandFailed, SerialError, SerialShell, S
 from labkit.runner import Mode, Runner, atomic_write_text, require_tool
 
 if TYPE_CHECKING:
-    from labkit.lab import BootRecord
+    from labkit.labboot import BootRecord
     from labkit.results import ResultRow
 
 SERIAL_CONSOLE = "console=ttyS0,115200n8"
@@ -520,7 +520,7 @@ def boot_installed(
     index: int = 0,
 ) -> tuple[BootRecord, list[ResultRow]]:
     """Boot the installed disk through OVMF → rEFInd → GRUB and collect the probe's bundle."""
-    from labkit.lab import LabImage, run_boot
+    from labkit.labboot import LabImage, run_boot
 
     run_dir.mkdir(parents=True, exist_ok=True)
     lab = LabImage(image, {"nixos": guest}, {"nixos": guest.entry.title}, image.offset(Role.ESP))
