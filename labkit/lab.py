@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from labkit import bootchain, qemu
 from labkit.alpine.realmedia import AlpineMedia
@@ -286,24 +286,12 @@ def build_lab_trees(
     return LabTrees(trees, files, guests, titles, media, nixos_boot)
 
 
-def build_lab_image(
-    runner: Runner,
-    work: Path,
-    *,
-    systems: Sequence[str] = SYSTEMS,
-    world: str = "default",
-    cache_dir: Path,
-    layout: Layout = LAB_LAYOUT,
-    alpine_iso: Path | None = None,
-    alpine_iso_sha256: str | None = None,
-    alpine_world: Sequence[str] = (),
-    nixos_iso: Path | None = None,
-    nixos_iso_sha256: str | None = None,
-) -> LabImage:
-    """Guests → partition trees → boot chain → verified image at ``work/disk.img``."""
-    lt = build_lab_trees(runner, work, systems=systems, world=world, cache_dir=cache_dir, layout=layout,
-                         alpine_iso=alpine_iso, alpine_iso_sha256=alpine_iso_sha256, alpine_world=alpine_world,
-                         nixos_iso=nixos_iso, nixos_iso_sha256=nixos_iso_sha256)
+def build_lab_image(runner: Runner, work: Path, *, cache_dir: Path, layout: Layout = LAB_LAYOUT,
+                    **tree_options: Any) -> LabImage:
+    """Guests → partition trees → boot chain → verified image at ``work/disk.img``.
+
+    ``tree_options`` are :func:`build_lab_trees`'s (systems, world, alpine_iso, nixos_iso, ...)."""
+    lt = build_lab_trees(runner, work, cache_dir=cache_dir, layout=layout, **tree_options)
     image = build_image(runner, layout, work / "disk.img", lt.trees, lt.esp_files)
     shutil.rmtree(work / "trees", ignore_errors=True)
     return LabImage(image, lt.guests, lt.titles, image.offset(Role.ESP), lt.media, lt.nixos_boot)

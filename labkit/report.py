@@ -397,7 +397,8 @@ def ram_figure(ctx: ReportContext) -> Figure:
     ax.set_yticks(range(len(systems)), systems)
     ax.invert_yaxis()
     ax.set_xlabel("MiB (median, error bar: 95 % CI)")
-    ax.set_title(f"RAM at probe start\n{ctx.origin}", fontsize=10)
+    ax.set_title(f"RAM (used: after the probe's settle; Shmem, root tmpfs: at probe start)\n{ctx.origin}",
+                 fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
     ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="lower right")
