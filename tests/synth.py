@@ -11,10 +11,6 @@ from pathlib import Path
 
 from labkit.serial import SerialLine
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # the repository may live elsewhere than /work/main
-    FIXTURES = Path("/work/shared/fixtures")
-
 KERNEL = "Linux (none) 6.1.0-28-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22) x86_64 GNU/Linux"
 
 MEMINFO = """\

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from paths import ALPINE_FIXTURES
 
 from labkit.alpine.answers import KEYS, AnswerSpec, answer_file, parse_answer_file, post_commands
 from labkit.cli import main
 from labkit.errors import InputError
 
-FIX = Path("/work/shared/fixtures/alpine-3.20.3")
+FIX = ALPINE_FIXTURES
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOIiHcbg/7ytfLFHUNLRgEAubFz/13SwXBOM/05GNZe4 juser@example.com"
 
 

@@ -7,12 +7,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from paths import ALPINE_FIXTURES
 
 from labkit.alpine.apkovl import ApkovlSpec, User, build_apkovl, check_password_hash, write_apkovl
 from labkit.alpine.audit import audit, read_apkovl
 from labkit.errors import InputError
 
-FIX = Path("/work/shared/fixtures/alpine-3.20.3")
+FIX = ALPINE_FIXTURES
 REAL = FIX / "alpinelab.apkovl.tar.gz"
 HASH = "$6$saltsalt$" + "a" * 86
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOIiHcbg/7ytfLFHUNLRgEAubFz/13SwXBOM/05GNZe4 juser@example.com"

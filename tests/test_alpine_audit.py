@@ -9,13 +9,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from paths import ALPINE_FIXTURES
 
 from labkit.alpine.apkovl import ApkovlSpec, build_apkovl
 from labkit.alpine.audit import audit, audit_file, diff, file_data, read_apkovl
 from labkit.cli import main
 from labkit.errors import InputError
 
-REAL = Path("/work/shared/fixtures/alpine-3.20.3/alpinelab.apkovl.tar.gz")
+REAL = ALPINE_FIXTURES / "alpinelab.apkovl.tar.gz"
 
 
 def _targz(*members: tuple[str, str, bytes | str]) -> bytes:

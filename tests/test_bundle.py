@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import synth
+from paths import ALPINE_FIXTURES
 
 from labkit.bundle import (
     BundleError,
@@ -26,8 +27,8 @@ from labkit.bundle import (
     read_serial_log,
 )
 
-BUSYBOX = synth.FIXTURES / "alpine-3.20.3" / "busybox-free-df-meminfo.txt"
-KMSG = synth.FIXTURES / "alpine-3.20.3" / "initramfs-kmsg-messages.txt"
+BUSYBOX = ALPINE_FIXTURES / "busybox-free-df-meminfo.txt"
+KMSG = ALPINE_FIXTURES / "initramfs-kmsg-messages.txt"
 
 
 def _fixture_block(path: Path, command_prefix: str) -> str:

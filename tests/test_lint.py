@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -63,3 +64,42 @@ def test_papermill_sees_every_parameter() -> None:
                  for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)]
         seen = set(papermill.inspect_notebook(str(nb_path)))
         assert [n for n in names if n not in seen] == [], f"{nb_path.name}: papermill cannot parse these"
+
+
+#: A path of one machine: the folders where people's clones and shared files live. A clone can be
+#: anywhere, so tests, code, notebooks and scripts find files relative to themselves instead.
+MACHINE_PATH = re.compile(r"(?<![\w.~$}-])/(?:work|home/[\w.-]+|root|Users/[\w.-]+|mnt/[a-z])/[\w.-]")
+#: Where such a path is legitimate text, not a location labkit opens: /home/<user> inside the
+#: Alpine passwd line labkit writes, and /root in a comment copied from Alpine's lbu.conf.
+#: The shared folder or the checkout named by an absolute path (a quoted /ANY/shared/... or /ANY/main).
+SIBLING_PATH = re.compile(r"[\"']/[A-Za-z0-9_.-]+/(?:shared|main)(?:/|[\"'])")
+MACHINE_PATH_ALLOWED = {
+    ("labkit/alpine/apkovl.py", "/home/{"),
+    ("labkit/alpine/baselayout.py", "/" + "root/config-backups"),
+}
+
+
+def test_no_absolute_path_of_a_machine_in_the_repository() -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    found = []
+    for name in files.decode().split("\0"):
+        path = ROOT / name
+        if not name or name.startswith("tests/fixtures/") or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        for n, line in enumerate(text.splitlines(), start=1):
+            for m in [*MACHINE_PATH.finditer(line), *SIBLING_PATH.finditer(line)]:
+                if not any(name == f and line[m.start():].startswith(p) for f, p in MACHINE_PATH_ALLOWED):
+                    found.append(f"{name}:{n}: {line.strip()[:100]}")
+    assert not found, "absolute paths of one machine (find the file relative to the repository):\n" + "\n".join(found)
+
+
+def test_the_machine_path_check_can_fail() -> None:
+    assert MACHINE_PATH.search('FIX = Path("/' + 'work/shared/fixtures")')
+    assert MACHINE_PATH.search("cd /" + "home/alice/labkit")
+    assert SIBLING_PATH.search('Path("/' + 'srv/shared/x")')
+    assert not MACHINE_PATH.search('Path(__file__).parent / "fixtures"')
+    assert not MACHINE_PATH.search("~/.cache/labkit and $HOME/x")

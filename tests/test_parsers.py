@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import synth
+from paths import ALPINE_FIXTURES, NIXOS_FIXTURES
 
 from labkit import cli
 from labkit.bundle import BundleError, SectionError, extract_bundles
@@ -32,8 +33,8 @@ from labkit.parsers import (
     parse_text,
 )
 
-ALPINE = synth.FIXTURES / "alpine-3.20.3"
-NIXOS = synth.FIXTURES / "nixos"
+ALPINE = ALPINE_FIXTURES
+NIXOS = NIXOS_FIXTURES
 
 
 def _blocks(path: Path) -> list[tuple[str, str]]:

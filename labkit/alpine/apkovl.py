@@ -1,7 +1,7 @@
 """A declarative apkovl: a dataclass in, a byte-reproducible ``<hostname>.apkovl.tar.gz`` out.
 
 Entry names, owners and modes follow the real ``lbu commit`` archive (see
-``shared/fixtures/alpine-3.20.3/alpinelab.apkovl.tar.gz``): relative ``etc/...`` paths, root:root
+``tests/fixtures/alpine-3.20.3/alpinelab.apkovl.tar.gz``): relative ``etc/...`` paths, root:root
 0644 files, ``etc/shadow`` root:shadow 0640, ``etc/lbu/`` as a 0755 directory entry, the apk cache
 as a 0777 symlink to ``/media/<media>/cache``. Entries are sorted and every mtime is fixed.
 """

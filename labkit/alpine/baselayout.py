@@ -1,5 +1,5 @@
 """alpine-baselayout 3.20 account files, as in a fresh install (``etc/passwd-`` etc. of the real
-lbu apkovl in ``shared/fixtures/alpine-3.20.3``). An apkovl that carries ``etc/passwd`` replaces the
+lbu apkovl in ``tests/fixtures/alpine-3.20.3``). An apkovl that carries ``etc/passwd`` replaces the
 whole file, so labkit writes these lines plus the declared users."""
 
 from __future__ import annotations

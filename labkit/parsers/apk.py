@@ -1,7 +1,7 @@
 """Alpine apk formats: /lib/apk/db/installed, apk console output, ``apk info`` sizes, world, cache.
 
 Pure functions; a malformed input raises :class:`labkit.bundle.SectionError` naming the section
-and the line. Real samples: ``../shared/fixtures/alpine-3.20.3/``.
+and the line. Real samples: ``tests/fixtures/alpine-3.20.3/``.
 """
 
 from __future__ import annotations
