@@ -1,7 +1,7 @@
 """A tiny test guest: the Debian kernel + a busybox-static initramfs that prints a marker.
 
 Test-only (the real rehearsal guests live in labkit/guests). The kernel is fetched with apt
-once (labkit.guests.obtain_kernel) and cached under ~/.cache/labkit/kernel.
+once (labkit.rehearsal.obtain_kernel) and cached under ~/.cache/labkit/kernel.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.errors import LabkitError
-from labkit.guests.kernel import default_kernel_cache, obtain_kernel
-from labkit.layout import Role
-from labkit.runner import Runner
+from labkit.core.errors import LabkitError
+from labkit.core.layout import Role
+from labkit.core.runner import Runner
+from labkit.rehearsal.kernel import default_kernel_cache, obtain_kernel
 
 BUSYBOX = Path("/bin/busybox")
 CMDLINE = "console=ttyS0,115200 quiet panic=-1"
@@ -23,7 +23,7 @@ CMDLINE = "console=ttyS0,115200 quiet panic=-1"
 
 @dataclass(frozen=True)
 class Entry:
-    """Same fields as labkit.guests.BootEntry (docs/contracts.md)."""
+    """Same fields as labkit.rehearsal.BootEntry (docs/contracts.md)."""
 
     title: str
     partition_role: Role

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from _guest import Entry, fetch_kernel, make_initrd
 
-from labkit import bootchain
-from labkit.image import ImageInfo, build_image
-from labkit.layout import LAB_LAYOUT, Role
-from labkit.runner import Runner
+from labkit.core.layout import LAB_LAYOUT, Role
+from labkit.core.runner import Runner
+from labkit.phases.install import build_image
+from labkit.systems import bootchain
+from labkit.targets.image import ImageInfo
 
 ALPINE_MARKER = "LABKIT-TEST-ALPINE-MARKER"
 NIXOS_MARKER = "LABKIT-TEST-NIXOS-MARKER"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.layout import GiB
+from labkit.core.layout import GiB
 
 needs_loop = pytest.mark.skipif(os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
                                 reason="needs root and loop devices")

@@ -1,6 +1,6 @@
 """Synthetic probe bundles and serial logs, written by hand exactly as the probe would.
 
-Deliberately independent of ``labkit.bundle.format_bundle`` (the md5 is computed here with
+Deliberately independent of ``labkit.measure.bundle.format_bundle`` (the md5 is computed here with
 hashlib) so the parser is tested against the contract, not against itself.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from labkit.serial import SerialLine
+from labkit.core.console import SerialLine
 
 KERNEL = "Linux (none) 6.1.0-28-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22) x86_64 GNU/Linux"
 
@@ -141,9 +141,9 @@ def write_serial_log(path: Path, lines: list[SerialLine]) -> Path:
 def make_run_dir(run_dir: Path, *, boots: int = 4, accel: str = "tcg", run_id: str = "synthetic-run") -> Path:
     """A run directory as the benchmark writes it: results.csv + environment.json, from bundles
     extracted out of synthetic serial logs by labkit's own functions. Boot 0 is a warm-up."""
-    from labkit.bundle import extract_bundles
-    from labkit.environment import capture_environment, guest_kernels, write_environment
-    from labkit.results import rows_from_bundle, write_results_csv
+    from labkit.measure.bundle import extract_bundles
+    from labkit.measure.environment import capture_environment, guest_kernels, write_environment
+    from labkit.measure.results import rows_from_bundle, write_results_csv
 
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -156,7 +156,7 @@ def make_run_dir(run_dir: Path, *, boots: int = 4, accel: str = "tcg", run_id: s
         ):
             log = serial_log(bundle_lines(os_id, "rehearsal", sections), t_begin=t_begin)
             path = write_serial_log(run_dir / f"serial-{os_id}-{boot}.log", log)
-            from labkit.bundle import read_serial_log
+            from labkit.measure.bundle import read_serial_log
 
             (bundle,) = extract_bundles(read_serial_log(path))
             bundles.append(bundle)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from paths import ALPINE_FIXTURES
 
-from labkit.alpine.answers import KEYS, AnswerSpec, answer_file, parse_answer_file, post_commands
-from labkit.cli import main
-from labkit.errors import InputError
+from labkit.cli.main import main
+from labkit.core.errors import InputError
+from labkit.systems.alpine.answers import KEYS, AnswerSpec, answer_file, parse_answer_file, post_commands
 
 FIX = ALPINE_FIXTURES
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOIiHcbg/7ytfLFHUNLRgEAubFz/13SwXBOM/05GNZe4 juser@example.com"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from labkit.alpine.apkindex import PACKAGE_SETS, package_set, predict, read_apkindex, world_file
-from labkit.cli import main
-from labkit.errors import InputError
+from labkit.cli.main import main
+from labkit.core.errors import InputError
+from labkit.systems.alpine.apkindex import PACKAGE_SETS, package_set, predict, read_apkindex, world_file
 
 RECORDS = [
     # (P, V, S, I, D, p)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from paths import ALPINE_FIXTURES
 
-from labkit.alpine.apkovl import ApkovlSpec, User, build_apkovl, check_password_hash, write_apkovl
-from labkit.alpine.audit import audit, read_apkovl
-from labkit.errors import InputError
+from labkit.core.errors import InputError
+from labkit.systems.alpine.apkovl import ApkovlSpec, User, build_apkovl, check_password_hash, write_apkovl
+from labkit.systems.alpine.audit import audit, read_apkovl
 
 FIX = ALPINE_FIXTURES
 REAL = FIX / "alpinelab.apkovl.tar.gz"

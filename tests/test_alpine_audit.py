@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from paths import ALPINE_FIXTURES
 
-from labkit.alpine.apkovl import ApkovlSpec, build_apkovl
-from labkit.alpine.audit import audit, audit_file, diff, file_data, read_apkovl
-from labkit.cli import main
-from labkit.errors import InputError
+from labkit.cli.main import main
+from labkit.core.errors import InputError
+from labkit.systems.alpine.apkovl import ApkovlSpec, build_apkovl
+from labkit.systems.alpine.audit import audit, audit_file, diff, file_data, read_apkovl
 
 REAL = ALPINE_FIXTURES / "alpinelab.apkovl.tar.gz"
 

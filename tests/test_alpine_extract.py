@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from labkit.alpine.apkovl import ApkovlSpec
-from labkit.alpine.audit import read_apkovl
-from labkit.alpine.extract import extract_iso, inspect_iso, refind_linux_conf
-from labkit.alpine.media import CATALOG, fetch, find_release, obtain, parse_sha256_file, verify_file
-from labkit.cli import main
-from labkit.errors import InputError
-from labkit.runner import Mode, Runner, read_transcript
+from labkit.cli.main import main
+from labkit.core.errors import InputError
+from labkit.core.runner import Mode, Runner, read_transcript
+from labkit.systems.alpine.apkovl import ApkovlSpec
+from labkit.systems.alpine.audit import read_apkovl
+from labkit.systems.alpine.extract import extract_iso, inspect_iso, refind_linux_conf
+from labkit.systems.alpine.media import CATALOG, fetch, find_release, obtain, parse_sha256_file, verify_file
 
 LOADERS = ("boot/syslinux/isolinux.bin", "boot/syslinux/syslinux.cfg", "boot/grub/grub.cfg", "efi/boot/bootx64.efi")
 

@@ -8,7 +8,7 @@ import nbformat
 from test_alpine_apkindex import make_apkindex
 from test_alpine_extract import make_iso
 
-from labkit.report import _kernel_name
+from labkit.report.report import _kernel_name
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_alpine.ipynb"
 

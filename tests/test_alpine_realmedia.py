@@ -15,21 +15,21 @@ import time
 from pathlib import Path
 
 import pytest
+from rehearsal_alpine_iso import RehearsalIso, build_rehearsal_iso
 
-from labkit.alpine.apkindex import read_apkindex
-from labkit.alpine.audit import read_apkovl
-from labkit.alpine.extract import inspect_iso
-from labkit.alpine.media import check_iso, parse_sha256_file
-from labkit.alpine.realmedia import prepare_alpine_partition
-from labkit.alpine.rehearsal_iso import RehearsalIso, build_rehearsal_iso, is_rehearsal_release
-from labkit.errors import InputError
-from labkit.guests import obtain_kernel
-from labkit.guests.build import apkovl_bytes, lab_apkovl_spec
-from labkit.guests.initramfs import DATA_DIR
-from labkit.guests.kernel import default_kernel_cache
-from labkit.guests.payloads import REHEARSAL_MARKER, alpine_base_payload
-from labkit.lab import LabParams, run_lab
-from labkit.runner import Runner
+from labkit.core.data import GUEST_DIR as DATA_DIR
+from labkit.core.errors import InputError
+from labkit.core.runner import Runner
+from labkit.lab.run import LabParams, run_lab
+from labkit.phases.alpine_media import prepare_alpine_partition
+from labkit.rehearsal import obtain_kernel
+from labkit.rehearsal.build import apkovl_bytes, lab_apkovl_spec
+from labkit.rehearsal.kernel import default_kernel_cache
+from labkit.rehearsal.payloads import REHEARSAL_MARKER, alpine_base_payload
+from labkit.systems.alpine.apkindex import read_apkindex
+from labkit.systems.alpine.audit import read_apkovl
+from labkit.systems.alpine.extract import inspect_iso
+from labkit.systems.alpine.media import check_iso, is_rehearsal_release, parse_sha256_file
 
 ISO_NAME = "labkit-rehearsal-x86_64.iso"
 
@@ -130,7 +130,7 @@ def test_base_package_carries_the_rehearsal_init(mrunner: Runner) -> None:
     assert paths[REHEARSAL_MARKER].data == b"alpine-rehearsal\n"
     # the rehearsal tree's overlay is labkit's declarative apkovl (one writer), config only
     ovl = apkovl_bytes("alpinelab", ["gdisk"])
-    from labkit.alpine.apkovl import build_apkovl
+    from labkit.systems.alpine.apkovl import build_apkovl
 
     assert ovl == build_apkovl(lab_apkovl_spec("alpinelab", ["gdisk"]))
 
@@ -190,7 +190,7 @@ def test_lab_boots_the_rehearsal_iso_via_refind(iso: RehearsalIso, tmp_path: Pat
 
 
 def test_cli_lab_alpine_iso_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from labkit import cli
+    from labkit.cli import main as cli
 
     assert cli.main(["lab", "--out", str(tmp_path / "r"), "--alpine-iso", str(tmp_path / "none.iso")]) == 2
     assert "--alpine-iso" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from _guest import Entry
 
-from labkit import bootchain
-from labkit.errors import InputError
-from labkit.image import build_image
-from labkit.layout import LAB_LAYOUT, Role
-from labkit.runner import Mode, Runner
+from labkit.core.errors import InputError
+from labkit.core.layout import LAB_LAYOUT, Role
+from labkit.core.runner import Mode, Runner
+from labkit.phases.install import build_image
+from labkit.systems import bootchain
 
 ALPINE = Entry("Alpine rehearsal", Role.ALPINE, "boot/vmlinuz-lts", "boot/initramfs-lts",
                "modules=loop,squashfs,sd-mod,usb-storage console=ttyS0,115200 quiet")

@@ -11,7 +11,7 @@ import pytest
 import synth
 from paths import ALPINE_FIXTURES
 
-from labkit.bundle import (
+from labkit.measure.bundle import (
     BundleError,
     SectionError,
     SerialLine,

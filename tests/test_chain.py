@@ -8,10 +8,10 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from labkit.chain import parameters_for, run_chain, split_assignments
-from labkit.cli import main
-from labkit.errors import InputError
-from labkit.params import LabkitParams
+from labkit.cli.main import main
+from labkit.core.errors import InputError
+from labkit.guide.chain import parameters_for, run_chain, split_assignments
+from labkit.guide.params import LabkitParams
 
 META = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
 

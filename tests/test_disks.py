@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest_loop import make_loop, needs_loop, sh  # noqa: F401
 
-from labkit.disks import discover, fingerprint_of, partition_node, read_disk, udev_disks
-from labkit.runner import Runner
+from labkit.core.runner import Runner
+from labkit.targets.disks import discover, fingerprint_of, partition_node, read_disk, udev_disks
 
 pytestmark = [pytest.mark.root, needs_loop]
 

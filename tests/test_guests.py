@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from labkit.errors import LabkitError
-from labkit.guests import (
+from labkit.core.data import GUEST_DIR as DATA_DIR
+from labkit.core.errors import LabkitError
+from labkit.core.runner import Runner
+from labkit.rehearsal import (
     PACKAGE_SETS,
     GuestKernel,
     build_alpine_tree,
@@ -25,10 +27,9 @@ from labkit.guests import (
     obtain_kernel,
     read_modules_dep,
 )
-from labkit.guests.initramfs import BOOT_MODULES, DATA_DIR
-from labkit.guests.kernel import default_kernel_cache
-from labkit.guests.payloads import busybox_payload, nix_base32, write_alpine_repo
-from labkit.runner import Runner
+from labkit.rehearsal.initramfs import BOOT_MODULES
+from labkit.rehearsal.kernel import default_kernel_cache
+from labkit.rehearsal.payloads import busybox_payload, nix_base32, write_alpine_repo
 
 QEMU = shutil.which("qemu-system-x86_64")
 needs_qemu = pytest.mark.skipif(
@@ -47,7 +48,7 @@ def kernel(runner: Runner) -> GuestKernel:
     return obtain_kernel(runner, default_kernel_cache())
 
 
-# -- bundle helpers (independent of labkit.bundle, which another module owns) ---------------------
+# -- bundle helpers (independent of labkit.measure.bundle, which another module owns) ---------------------
 BEGIN = re.compile(r"^@@LABKIT-BUNDLE-BEGIN v=1 os=(\S+) guest=(\S+)@@$")
 END = re.compile(r"^@@LABKIT-BUNDLE-END sections=(\d+) md5=([0-9a-f]{32})@@$")
 

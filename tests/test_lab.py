@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cli
-from labkit.errors import InputError, LabkitError, ToolMissing
-from labkit.lab import LabParams, boot_order, prepare_run_dir, run_lab
-from labkit.runner import read_transcript
+from labkit.cli import main as cli
+from labkit.core.errors import InputError, LabkitError, ToolMissing
+from labkit.core.runner import read_transcript
+from labkit.lab.run import LabParams, boot_order, prepare_run_dir, run_lab
 
 
 def test_boot_order_is_interleaved() -> None:
@@ -73,7 +73,7 @@ def test_cli_reports_a_run_dir_conflict(tmp_path: Path, capsys: pytest.CaptureFi
 def test_missing_tool_stops_the_lab_and_names_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import labkit.runner as runner_mod
+    import labkit.core.runner as runner_mod
 
     real = runner_mod.which
     monkeypatch.setattr(runner_mod, "which", lambda tool: None if tool == "sgdisk" else real(tool))
@@ -127,7 +127,7 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     assert "alpine_package_load_s" in by_os["alpine-rehearsal"]
     assert "alpine_package_load_s" not in by_os["nixos-rehearsal"]
     # every metric of the table that applies to a system is there
-    from labkit.metrics import METRICS, applies
+    from labkit.measure.metrics import METRICS, applies
 
     for os_id, names in by_os.items():
         want = {m.name for m in METRICS if applies(m.name, os_id)}

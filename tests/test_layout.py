@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from labkit.errors import InputError
-from labkit.layout import ALIGN, LAB_LAYOUT, SEED_LAYOUT, GiB, MiB, Role, parse_size
+from labkit.core.errors import InputError
+from labkit.core.layout import ALIGN, LAB_LAYOUT, SEED_LAYOUT, GiB, MiB, Role, parse_size
 
 
 def test_seed_layout_matches_the_post() -> None:

@@ -31,7 +31,7 @@ def test_mypy() -> None:
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck missing: apt-get install shellcheck")
 def test_guest_scripts_are_shellcheck_clean() -> None:
-    scripts = sorted(p for p in (ROOT / "labkit" / "data" / "guest").glob("*.sh"))
+    scripts = sorted([*(ROOT / "labkit" / "data" / "guest").glob("*.sh"), *(ROOT / "tests" / "data").glob("*.sh")])
     assert scripts
     # SC2239: nixos-stage2.sh's shebang is a template (@busybox@/bin/sh) filled with a store path
     res = _run(["shellcheck", "-s", "sh", "-e", "SC2239", *map(str, scripts)])
@@ -74,8 +74,8 @@ MACHINE_PATH = re.compile(r"(?<![\w.~$}-])/(?:work|home/[\w.-]+|root|Users/[\w.-
 #: The shared folder or the checkout named by an absolute path (a quoted /ANY/shared/... or /ANY/main).
 SIBLING_PATH = re.compile(r"[\"']/[A-Za-z0-9_.-]+/(?:shared|main)(?:/|[\"'])")
 MACHINE_PATH_ALLOWED = {
-    ("labkit/alpine/apkovl.py", "/home/{"),
-    ("labkit/alpine/baselayout.py", "/" + "root/config-backups"),
+    ("labkit/systems/alpine/apkovl.py", "/home/{"),
+    ("labkit/systems/alpine/baselayout.py", "/" + "root/config-backups"),
 }
 
 
@@ -103,3 +103,68 @@ def test_the_machine_path_check_can_fail() -> None:
     assert SIBLING_PATH.search('Path("/' + 'srv/shared/x")')
     assert not MACHINE_PATH.search('Path(__file__).parent / "fixtures"')
     assert not MACHINE_PATH.search("~/.cache/labkit and $HOME/x")
+
+
+#: labkit's layers, lowest first: a module imports only from its own layer or lower ones
+#: (docs/architecture.md). Function-level imports count too: a lazy import is still a dependency.
+LAYERS = ("core", "targets", "systems", "rehearsal", "phases", "measure", "report", "lab", "guide", "cli")
+
+
+def _labkit_imports() -> dict[str, set[str]]:
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "labkit").rglob("*.py")):
+        mod = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:  # "from labkit.x import sub" depends on the module labkit.x.sub
+                    sub = f"{node.module}.{alias.name}"
+                    is_module = any((ROOT / Path(*sub.split("."))).with_suffix(s).exists() for s in (".py", ""))
+                    deps.add(sub if is_module else node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[mod] = {d for d in deps if d.startswith("labkit.") and d != mod}
+    return graph
+
+
+def _layer(mod: str) -> int | None:
+    parts = mod.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 2 and parts[1] in LAYERS else None
+
+
+def test_every_module_sits_in_a_layer() -> None:
+    loose = [m for m in _labkit_imports() if _layer(m) is None and m not in ("labkit", "labkit.__main__")
+             and m.removeprefix("labkit.") not in LAYERS]
+    assert not loose, f"modules outside the layer folders {LAYERS}: {loose}"
+
+
+def test_imports_point_down_the_layers() -> None:
+    wrong = [f"{m} -> {d}" for m, deps in _labkit_imports().items() for d in deps
+             if (a := _layer(m)) is not None and (b := _layer(d)) is not None and b > a]
+    assert not wrong, "imports that point up the layers " + " < ".join(LAYERS) + ":\n" + "\n".join(wrong)
+
+
+def test_no_import_cycles() -> None:
+    graph = _labkit_imports()
+    modules = set(graph)
+    state: dict[str, int] = {}
+    cycles: list[str] = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            d = d if d in modules else d.rsplit(".", 1)[0]  # "from labkit.x import name" of a package
+            if d not in modules:
+                continue
+            if state.get(d) == 1:
+                cycles.append(" -> ".join([*path[path.index(d):], d]) if d in path else f"{m} -> {d}")
+            elif d not in state:
+                visit(d, [*path, d])
+        state[m] = 2
+
+    for m in sorted(modules):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from labkit.layout import LAB_LAYOUT
-from labkit.loopdisk import rehearse_disk_phase
-from labkit.runner import Mode, Runner, read_transcript
+from labkit.core.layout import LAB_LAYOUT
+from labkit.core.runner import Mode, Runner, read_transcript
+from labkit.phases.disk import rehearse_disk_phase
 
 pytestmark = [
     pytest.mark.root,
@@ -37,7 +37,7 @@ def test_rehearsal_partitions_formats_and_is_idempotent(tmp_path: Path) -> None:
 
 def test_plan_mode_touches_nothing(tmp_path: Path) -> None:
     runner = Runner(Mode.PLAN, tmp_path / "t.jsonl", progress=None)
-    from labkit.loopdisk import loop_disk
+    from labkit.targets.loop import loop_disk
 
     with loop_disk(runner, tmp_path / "x.img", LAB_LAYOUT.disk_size) as dev:
         assert dev == "/dev/loopN"

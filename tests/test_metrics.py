@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import synth
 
-from labkit.bundle import BundleError, SerialLine, extract_bundles, format_bundle, parse_bundle_text
-from labkit.environment import (
+from labkit.measure.bundle import BundleError, SerialLine, extract_bundles, format_bundle, parse_bundle_text
+from labkit.measure.environment import (
     PACKAGES,
     capture_environment,
     flatten,
@@ -20,8 +20,8 @@ from labkit.environment import (
     load_environment,
     write_environment,
 )
-from labkit.metrics import METRICS, PHASES, metrics_from_bundle
-from labkit.results import (
+from labkit.measure.metrics import METRICS, PHASES, metrics_from_bundle
+from labkit.measure.results import (
     COLUMNS,
     ResultRow,
     bootstrap_median_ci,
@@ -203,7 +203,7 @@ def test_capture_environment_from_a_root(tmp_path: Path) -> None:
 
 
 def test_serial_line_is_the_contract_type() -> None:
-    from labkit import serial
+    from labkit.core import console as serial
 
     assert SerialLine is serial.SerialLine
 
@@ -211,8 +211,8 @@ def test_serial_line_is_the_contract_type() -> None:
 def test_ram_is_read_after_the_settle_when_the_probe_waited() -> None:
     """ram_used_mib comes from meminfo_settled when the bundle has it; otherwise from probe start, and the
     row's source says which."""
-    from labkit.bundle import format_bundle, parse_bundle_text
-    from labkit.metrics import metrics_from_bundle
+    from labkit.measure.bundle import format_bundle, parse_bundle_text
+    from labkit.measure.metrics import metrics_from_bundle
 
     base = {"uptime": "5.00 1.00\n", "meminfo": "MemTotal: 1000 kB\nMemAvailable: 800 kB\nShmem: 10 kB\n"}
     early = parse_bundle_text(format_bundle("alpine-rehearsal", "rehearsal", base))

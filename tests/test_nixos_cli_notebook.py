@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.cli import main
+from labkit.cli.main import main
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA lab@demo"
 SHA512 = "$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86
@@ -83,7 +83,7 @@ def test_notebook_is_committed_without_outputs() -> None:
 def test_notebook_runs_in_plan_mode(tmp_path: Path, meminfo: Path) -> None:
     import papermill
 
-    from labkit.report import _kernel_name
+    from labkit.report.report import _kernel_name
 
     out = tmp_path / "03_nixos.out.ipynb"
     log = tmp_path / "t.jsonl"

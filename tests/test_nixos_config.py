@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from labkit.errors import InputError
-from labkit.layout import SEED_LAYOUT, GiB
-from labkit.nixos.config import Devices, NixosSettings, User, check_ssh_key, mem_total_bytes, render_module
-from labkit.nixos.hashes import check_hash, hash_kind, hash_password, read_hash_file, verify_password
-from labkit.nixos.nixexpr import nix_string
+from labkit.core.errors import InputError
+from labkit.core.layout import SEED_LAYOUT, GiB
+from labkit.systems.nixos.config import Devices, NixosSettings, User, check_ssh_key, mem_total_bytes, render_module
+from labkit.systems.nixos.hashes import check_hash, hash_kind, hash_password, read_hash_file, verify_password
+from labkit.systems.nixos.nixexpr import nix_string
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA lab@demo"
 SHA512 = ("$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit.errors import InputError
-from labkit.nixos.generate import edit_generated
+from labkit.core.errors import InputError
+from labkit.systems.nixos.generate import edit_generated
 
 GOLDEN = Path(__file__).parent / "golden" / "nixos"
 SAMPLES = ["generated-24.11-uefi-configuration.nix", "generated-23.11-uefi-configuration.nix",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from labkit.errors import VerifyFailed
-from labkit.layout import SEED_LAYOUT
-from labkit.nixos.config import MODULE_NAME, PROBE_NAME, NixosSettings, User, render_module
-from labkit.nixos.install import (
+from labkit.core.errors import VerifyFailed
+from labkit.core.layout import SEED_LAYOUT
+from labkit.core.runner import Mode, Runner, read_transcript
+from labkit.phases.nixos import (
     REFIND_EXT4_DRIVER,
     GrubModulesMissing,
     InstallParams,
@@ -20,8 +20,8 @@ from labkit.nixos.install import (
     rebuild_command,
     run_plan,
 )
-from labkit.nixos.mounts import mount_table, require_mounted
-from labkit.runner import Mode, Runner, read_transcript
+from labkit.systems.nixos.config import MODULE_NAME, PROBE_NAME, NixosSettings, User, render_module
+from labkit.targets.mounts import mount_table, require_mounted
 
 GOLDEN = Path(__file__).parent / "golden" / "nixos"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA lab@demo"

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from conftest_loop import make_loop, needs_loop  # noqa: F401
 
-from labkit.diskphase import DiskParams, run_disk_phase
-from labkit.disks import read_disk
-from labkit.errors import InputError
-from labkit.layout import LAB_LAYOUT
-from labkit.nixos.config import NixosSettings, User
-from labkit.nixos.install import InstallParams, resolve_install_disk
-from labkit.runner import Mode, Runner
+from labkit.core.errors import InputError
+from labkit.core.layout import LAB_LAYOUT
+from labkit.core.runner import Mode, Runner
+from labkit.phases.disk import DiskParams, run_disk_phase
+from labkit.phases.nixos import InstallParams, resolve_install_disk
+from labkit.systems.nixos.config import NixosSettings, User
+from labkit.targets.disks import read_disk
 
 pytestmark = [pytest.mark.root, needs_loop]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA lab@demo"

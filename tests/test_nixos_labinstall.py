@@ -14,28 +14,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rehearsal_nixos_iso import RehearsalInstallerIso
 
-from labkit.errors import InputError, LabkitError
-from labkit.guests.kernel import GuestKernel
-from labkit.nixos.config import NixosSettings, User
-from labkit.nixos.install import InstallParams
-from labkit.nixos.labinstall import (
-    SERIAL_CONSOLE,
+from labkit.core.errors import InputError, LabkitError
+from labkit.core.runner import Runner, read_transcript
+from labkit.lab.nixos_install import (
     Edit,
     GuestInstallFailed,
-    IsoBootFiles,
     Put,
     Run,
     actions_text,
     drive_install,
-    iso_boot_files,
-    parse_grub,
-    parse_isolinux,
     serial_actions,
 )
-from labkit.nixos.rehearsal_iso import RehearsalInstallerIso
-from labkit.nixos.serial import FdTransport, SerialShell
-from labkit.runner import Runner, read_transcript
+from labkit.lab.serialshell import FdTransport, SerialShell
+from labkit.phases.nixos import InstallParams
+from labkit.rehearsal.kernel import GuestKernel
+from labkit.systems.nixos.config import NixosSettings, User
+from labkit.systems.nixos.iso import SERIAL_CONSOLE, IsoBootFiles, iso_boot_files, parse_grub, parse_isolinux
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl lab@labkit"
 HASH = "$6$saltsaltsalt$" + "a" * 86  # the shape check only (sha-512 crypt)
@@ -219,8 +215,9 @@ def test_drive_install_on_a_host_pty(pty_shell: SerialShell, tmp_path: Path) -> 
 # -- end to end on the rehearsal installer ISO --------------------------------------------------------
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[GuestKernel, RehearsalInstallerIso]:
-    from labkit.guests.kernel import default_cache_dir, obtain_kernel
-    from labkit.nixos.rehearsal_iso import build_rehearsal_installer_iso
+    from rehearsal_nixos_iso import build_rehearsal_installer_iso
+
+    from labkit.rehearsal.kernel import default_cache_dir, obtain_kernel
 
     for tool in ("qemu-system-x86_64", "xorriso", "busybox", "grub-mkimage", "mkfs.vfat"):
         if shutil.which(tool) is None:
@@ -238,9 +235,10 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[GuestKernel, Re
 def test_install_over_serial_and_boot_through_refind_grub(
     rehearsal: tuple[GuestKernel, RehearsalInstallerIso], tmp_path: Path
 ) -> None:
-    from labkit import qemu
-    from labkit.nixos.labinstall import boot_installed, install_over_serial, installed_guest, target_image
-    from labkit.nixos.rehearsal_iso import FAIL_FLAG, VOLUME_ID
+    from rehearsal_nixos_iso import FAIL_FLAG, VOLUME_ID
+
+    from labkit.lab import qemu
+    from labkit.lab.nixos_install import boot_installed, install_over_serial, installed_guest, target_image
 
     kernel, iso = rehearsal
     runner = Runner(transcript=tmp_path / "transcript.jsonl", progress=None)
@@ -285,8 +283,8 @@ def test_install_over_serial_and_boot_through_refind_grub(
 
 
 def test_lab_nixos_iso_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from labkit import cli
-    from labkit.lab import LabParams, lab_plan
+    from labkit.cli import main as cli
+    from labkit.lab.run import LabParams, lab_plan
 
     iso = tmp_path / "nixos.iso"
     iso.write_bytes(b"x")
@@ -303,8 +301,8 @@ def test_lab_nixos_iso_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[
     rc = cli.main(["lab", "--out", str(tmp_path / "r"), "--nixos-iso", str(iso), "--no-load-cost"])
     assert rc == 2 and "no way in" in capsys.readouterr().err
     # the checksum: the sidecar beside the ISO, or the one given; a wrong one is refused
-    from labkit.download import ChecksumMismatch
-    from labkit.nixos.labinstall import checked_iso
+    from labkit.core.download import ChecksumMismatch
+    from labkit.systems.nixos.iso import checked_iso
 
     with pytest.raises(InputError, match=r"nixos\.iso\.sha256"):
         checked_iso(iso)
@@ -321,7 +319,7 @@ def test_lab_run_with_the_rehearsal_installer_iso(
     rehearsal: tuple[GuestKernel, RehearsalInstallerIso], tmp_path: Path
 ) -> None:
     """``labkit lab --nixos-iso``: build the image (NixOS partitions empty), install over serial, boot."""
-    from labkit.lab import LabParams, run_lab
+    from labkit.lab.run import LabParams, run_lab
 
     _kernel, iso = rehearsal
     run = run_lab(LabParams(out=tmp_path / "run", boots=1, warmup=0, systems=("nixos",), report=False, load_cost=False,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit.errors import InputError, LabkitError
-from labkit.nixos.media import CATALOG, ChecksumMismatch, Image, download, obtain, verify_file
+from labkit.core.errors import InputError, LabkitError
+from labkit.systems.nixos.media import CATALOG, ChecksumMismatch, Image, download, obtain, verify_file
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 

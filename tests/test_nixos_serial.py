@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from labkit.errors import LabkitError
-from labkit.nixos.serial import FdTransport, SerialCommandFailed, SerialError, SerialShell, SerialTimeout, spawn_serial
-from labkit.runner import Runner, read_transcript
+from labkit.core.errors import LabkitError
+from labkit.core.runner import Runner, read_transcript
+from labkit.lab.serialshell import (
+    FdTransport,
+    SerialCommandFailed,
+    SerialError,
+    SerialShell,
+    SerialTimeout,
+    spawn_serial,
+)
 
 INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -44,7 +51,7 @@ def _initramfs(runner: Runner, work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def guest_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from labkit.guests.kernel import obtain_kernel
+    from labkit.rehearsal.kernel import obtain_kernel
 
     if shutil.which("qemu-system-x86_64") is None or shutil.which("busybox") is None:
         pytest.skip("qemu-system-x86_64 and busybox-static are needed")

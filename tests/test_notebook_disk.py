@@ -8,9 +8,9 @@ import nbformat
 import pytest
 from conftest_loop import make_loop, needs_loop  # noqa: F401
 
-from labkit.disks import read_disk
-from labkit.report import _kernel_name
-from labkit.runner import Runner
+from labkit.core.runner import Runner
+from labkit.report.report import _kernel_name
+from labkit.targets.disks import read_disk
 
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "01_disk.ipynb"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit.chain import CHAIN, chain_notebooks, run_chain
-from labkit.params import LabkitParams
+from labkit.guide.chain import CHAIN, chain_notebooks, run_chain
+from labkit.guide.params import LabkitParams
 
 
 def test_every_notebook_runs_in_plan_mode(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Parsers on every fixture format (labkit.parsers), bad input naming section and line, and `labkit parse`."""
+"""Parsers on every fixture format (labkit.measure.parsers), bad input naming section and line, and `labkit parse`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import synth
 from paths import ALPINE_FIXTURES, NIXOS_FIXTURES
 
-from labkit import cli
-from labkit.bundle import BundleError, SectionError, extract_bundles
-from labkit.metrics import applies, metrics_from_bundle
-from labkit.parsers import (
+from labkit.cli import main as cli
+from labkit.measure.bundle import BundleError, SectionError, extract_bundles
+from labkit.measure.metrics import applies, metrics_from_bundle
+from labkit.measure.parsers import (
     FormatError,
     detect_format,
     parse_apk_console,

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from conftest import ALPINE_MARKER, HANG_MARKER, HANG_TAIL, NIXOS_MARKER, ChainImage
 
-from labkit import bootchain, qemu
-from labkit.image import verify_image
-from labkit.layout import LAB_LAYOUT, Role
-from labkit.runner import Mode, Runner, read_transcript
-from labkit.serial import SerialDecoder, SerialLine, clean, format_line, read_serial_log
+from labkit.core.console import SerialDecoder, SerialLine, clean, format_line, read_serial_log
+from labkit.core.layout import LAB_LAYOUT, Role
+from labkit.core.runner import Mode, Runner, read_transcript
+from labkit.lab import qemu
+from labkit.systems import bootchain
+from labkit.targets.image import verify_image
 
 ACCEL = "tcg"  # KNOWLEDGE: kvm hangs here; test_kvm_probe records what this host does
 

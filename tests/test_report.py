@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import synth
 
-from labkit.report import (
+from labkit.core.runner import Runner, read_transcript
+from labkit.report.report import (
     ReportError,
     load_report_context,
     notebook_path,
@@ -22,7 +23,6 @@ from labkit.report import (
     threats,
     validate_run_dir,
 )
-from labkit.runner import Runner, read_transcript
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "06_report.ipynb"
 
@@ -145,8 +145,8 @@ def test_benchmark_notebook_is_clean_and_plans_without_booting(tmp_path: Path) -
 
 
 def test_metric_missing_on_one_system_is_missing_not_zero(tmp_path: Path) -> None:
-    from labkit.report import load_report_context, wide_summary_table, write_tables
-    from labkit.results import ResultRow, write_results_csv
+    from labkit.measure.results import ResultRow, write_results_csv
+    from labkit.report.report import load_report_context, wide_summary_table, write_tables
 
     rows = []
     for os_id in ("alpine-rehearsal", "nixos-rehearsal"):
@@ -176,7 +176,7 @@ def test_failed_boots_are_listed_not_hidden(tmp_path: Path) -> None:
         "alpine,1,False,True,guest powered off,12.1,tcg,False,serial/alpine-1.log,bundles/alpine-1.txt\n"
         "nixos,1,False,False,no exit within 120 s: killed,120.0,tcg,True,serial/nixos-1.log,\n"
     )
-    from labkit.report import boots_table, failed_boots
+    from labkit.report.report import boots_table, failed_boots
 
     ctx = load_report_context(run_dir)
     assert len(boots_table(ctx)) == 2

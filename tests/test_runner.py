@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit.errors import CommandFailed, CommandTimeout, ToolMissing
-from labkit.runner import Mode, Runner, atomic_write_text, read_transcript
+from labkit.core.errors import CommandFailed, CommandTimeout, ToolMissing
+from labkit.core.runner import Mode, Runner, atomic_write_text, read_transcript
 
 
 def test_apply_runs_and_records(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_plan_mode_executes_nothing_but_queries(tmp_path: Path) -> None:
 
 def test_missing_tool_names_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
-    import labkit.runner as runner_mod
+    import labkit.core.runner as runner_mod
 
     monkeypatch.setattr(runner_mod, "which", lambda tool: None)
     r = Runner(Mode.APPLY, tmp_path / "t.jsonl", progress=None)
@@ -112,8 +112,8 @@ def test_secrets_are_redacted_everywhere_they_could_show(tmp_path: Path) -> None
 
 
 def test_a_malformed_hash_is_never_echoed() -> None:
-    from labkit.errors import InputError
-    from labkit.nixos.hashes import check_hash
+    from labkit.core.errors import InputError
+    from labkit.systems.nixos.hashes import check_hash
 
     for plaintext in ("$ecretPass", "$6$notreally", "hunter2"):
         with pytest.raises(InputError) as exc:

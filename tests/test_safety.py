@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from conftest_loop import make_loop, mutating_executed, needs_loop, sh  # noqa: F401
 
-from labkit.diskphase import DiskParams, DiskPhase, run_disk_phase
-from labkit.disks import read_disk
-from labkit.layout import LAB_LAYOUT, MiB
-from labkit.runner import Runner
-from labkit.safety import Code, Refused, check_disk, protected_paths, system_disks
+from labkit.core.layout import LAB_LAYOUT, MiB
+from labkit.core.runner import Runner
+from labkit.phases.disk import DiskParams, device_target, run_disk_phase
+from labkit.targets.disks import read_disk
+from labkit.targets.safety import Code, Refused, check_disk, protected_paths, system_disks
 
 pytestmark = [pytest.mark.root, needs_loop]
 
@@ -146,7 +146,7 @@ def test_root_disk_of_this_machine(tmp_path: Path) -> None:
 
 def test_foreign_filesystem_on_a_matching_table(tmp_path: Path, make_loop) -> None:  # noqa: F811
     """The table is the layout but labkit did not write it: a filesystem on it is not ours to format."""
-    from labkit.image import sgdisk_args
+    from labkit.targets.image import sgdisk_args
 
     dev = make_loop(sgdisk=sgdisk_args(LAB_LAYOUT.extents()))
     sh("mkfs.ext4", "-q", "-L", "precious", dev + "p1")
@@ -168,5 +168,5 @@ def test_holder_and_removable_rules(make_loop) -> None:  # noqa: F811
 
 def test_clean_disk_passes(make_loop) -> None:  # noqa: F811
     dev = make_loop()
-    phase = DiskPhase(Runner(progress=None), DiskParams(dev, LAB_LAYOUT, fp(dev)))
-    assert phase.disk.path == dev
+    target = device_target(Runner(progress=None), DiskParams(dev, LAB_LAYOUT, fp(dev)))
+    assert target.disk is not None and target.disk.path == dev

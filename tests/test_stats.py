@@ -1,4 +1,4 @@
-"""Statistics (labkit.stats), the load-cost fit (labkit.loadcost) and the package-set mapping."""
+"""Statistics (labkit.measure.stats), the load-cost fit (labkit.measure.loadcost) and the package-set mapping."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labkit import pkgsets
-from labkit.alpine import apkindex
-from labkit.loadcost import LoadCostError, analyse, decompression_throughput, fit_line
-from labkit.runner import Mode, Runner
-from labkit.stats import (
+from labkit.core.runner import Mode, Runner
+from labkit.measure import pkgsets
+from labkit.measure.loadcost import LoadCostError, analyse, decompression_throughput, fit_line
+from labkit.measure.stats import (
     compare_systems,
     mann_whitney,
     needs_more_boots,
@@ -20,6 +19,7 @@ from labkit.stats import (
     outliers_table,
     relative_spread,
 )
+from labkit.systems.alpine import apkindex
 
 
 def test_outliers_by_mad() -> None:
@@ -115,6 +115,6 @@ def test_package_sets_declared_once_and_mapped() -> None:
     # the Alpine predictor's set covers what it names, except the programs it has no set for
     assert set(apkindex.package_set(desktop.alpine_predictor)) <= set(desktop.alpine)
     assert "firefox" in pkgsets.package_set("firefox").nixos_snippet()
-    from labkit.guests.payloads import PACKAGE_SETS
+    from labkit.rehearsal.payloads import PACKAGE_SETS
 
     assert all(s.rehearsal in PACKAGE_SETS for s in pkgsets.SETS.values())

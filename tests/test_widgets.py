@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from labkit.params import LabkitParams
-from labkit.widgets import DiskChoice, ParamsForm
+from labkit.guide.params import LabkitParams
+from labkit.guide.widgets import DiskChoice, ParamsForm
 
 
 def test_form_builds_with_defaults_and_fills_the_parameters() -> None:

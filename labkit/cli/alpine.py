@@ -1,0 +1,159 @@
+"""``labkit alpine ...``: apkovl, audit, diff, extract, predict, answers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from labkit.core.errors import InputError
+
+
+def _apkovl(args: argparse.Namespace) -> int:
+    from labkit.systems.alpine.apkindex import package_set
+    from labkit.systems.alpine.apkovl import ApkovlSpec, User, write_apkovl
+
+    world = tuple(args.world or ()) + tuple(p for s in args.set or () for p in package_set(s))
+    users = tuple(User(name=u, password_hash=args.user_password_hash or "!", uid=1000 + i)
+                  for i, u in enumerate(args.user or ()))
+    keys = tuple(Path(k).read_text().strip() for k in args.root_ssh_key or ())
+    spec = ApkovlSpec(
+        hostname=args.hostname, media=args.media, media_uuid=args.media_uuid, world=world or ("alpine-base",),
+        mirror=args.mirror, lbu_include=tuple(args.include or ()), lbu_exclude=tuple(args.exclude or ()),
+        root_password_hash=args.root_password_hash or "*", root_ssh_keys=keys, users=users,
+        probe=Path(args.probe).read_text() if args.probe else None, rc_logger=not args.no_rc_logger,
+        root_size=args.root_size,
+    )
+    out = write_apkovl(spec, Path(args.out))
+    print(f"wrote {out}")
+    if spec.kernel_args():
+        print(f"kernel options for refind_linux.conf: {' '.join(spec.kernel_args())}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from labkit.systems.alpine.audit import as_json, audit_file
+
+    ovl, findings = audit_file(Path(args.file), large=args.large)
+    if args.json:
+        print(json.dumps(as_json(ovl, findings), indent=2))
+    else:
+        for m in ovl.members:
+            print(f"{m.mode:04o} {m.owner:<13} {m.size:>8}  {m.name}{'/' if m.kind == 'dir' else ''}"
+                  f"{' -> ' + m.target if m.target else ''}")
+        print(f"{len(ovl.members)} entries, {ovl.total_size} bytes of files, {ovl.compressed_size} bytes compressed")
+        for f in findings:
+            print(f"{f.severity}: {f.path}: {f.message}")
+    return 1 if any(f.severity == "warning" for f in findings) else 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from labkit.systems.alpine.audit import diff, read_apkovl
+
+    d = diff(read_apkovl(Path(args.a)), read_apkovl(Path(args.b)), mtimes=args.mtimes)
+    print("\n".join(d.lines()) if not d.empty else "no differences")
+    return 0 if d.empty else 1
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from labkit.core.runner import Mode, Runner
+    from labkit.systems.alpine.extract import extract_iso
+
+    runner = Runner(mode=Mode.PLAN if args.plan else Mode.APPLY)
+    info = extract_iso(runner, Path(args.iso), Path(args.dir), flavor=args.flavor, lab=not args.no_serial)
+    print(f"Alpine {info.release or '?'} ({', '.join(info.flavors)}) -> {args.dir}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from labkit.systems.alpine.apkindex import package_set, predict, read_apkindex
+
+    world = list(args.world or []) + [p for s in args.set or [] for p in package_set(s)]
+    if not world:
+        raise InputError("no world given", "pass --world PKG... or --set base|dillo|sylpheed|firefox")
+    pkgs = [p for idx in args.index for p in read_apkindex(Path(idx))]
+    pred = predict(pkgs, world)
+    s: dict[str, Any] = pred.summary()
+    if args.json:
+        print(json.dumps(s | {"closure": [p.name for p in pred.packages]}, indent=2))
+    else:
+        print(f"{s['packages']} packages: download {s['download_bytes']} bytes, installed (RAM) {s['ram_bytes']} bytes")
+    return 0
+
+
+def _answers(args: argparse.Namespace) -> int:
+    from labkit.systems.alpine.answers import AnswerSpec, answer_file, post_commands
+
+    spec = AnswerSpec(hostname=args.hostname, media=args.media, user=args.user)
+    text = answer_file(spec)
+    if args.out:
+        from labkit.core.runner import atomic_write_text
+
+        atomic_write_text(Path(args.out), text)
+    else:
+        print(text, end="")
+    print("# then, on the installed system:")
+    for cmd in post_commands(tuple(args.include or ()), tuple(args.exclude or ())):
+        print("#   " + " ".join(cmd))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    al = subparsers.add_parser("alpine", help="Alpine media, apkovl, audit and package-set prediction")
+    sub = al.add_subparsers(dest="alpine_cmd", required=True)
+
+    ap = sub.add_parser("apkovl", help="write a declarative <hostname>.apkovl.tar.gz")
+    ap.add_argument("--out", required=True, help="output file, or a directory")
+    ap.add_argument("--hostname", default="alpinelab")
+    ap.add_argument("--world", nargs="+", help="packages for etc/apk/world")
+    ap.add_argument("--set", nargs="+", help="package sets: base, +dillo, +sylpheed, +firefox")
+    ap.add_argument("--media", default="sda4", help="LBU media device (default sda4)")
+    ap.add_argument("--media-uuid", help="filesystem UUID of the media (adds the fstab line)")
+    ap.add_argument("--mirror", help="extra repository base, e.g. https://dl-cdn.alpinelinux.org/alpine/v3.20")
+    ap.add_argument("--include", nargs="+", help="lbu include paths (relative)")
+    ap.add_argument("--exclude", nargs="+", help="lbu exclude paths (relative)")
+    ap.add_argument("--root-password-hash", help="crypt(3) hash (openssl passwd -6); never a plaintext password")
+    ap.add_argument("--root-ssh-key", nargs="+", help="public key files for root")
+    ap.add_argument("--user", nargs="+", help="extra users (locked password unless --user-password-hash)")
+    ap.add_argument("--user-password-hash")
+    ap.add_argument("--probe", help="script installed as etc/local.d/labkit-probe.start")
+    ap.add_argument("--no-rc-logger", action="store_true")
+    ap.add_argument("--root-size", help="tmpfs root size (rootflags=size=), e.g. 512m or 75%%")
+    ap.set_defaults(func=_apkovl)
+
+    au = sub.add_parser("audit", help="list an apkovl, its size and what should not be in it")
+    au.add_argument("file")
+    au.add_argument("--json", action="store_true")
+    au.add_argument("--large", type=int, default=1024 * 1024, help="size threshold in bytes (default 1 MiB)")
+    au.set_defaults(func=_audit)
+
+    di = sub.add_parser("diff", help="compare two apkovls (A added, D deleted, U updated)")
+    di.add_argument("a")
+    di.add_argument("b")
+    di.add_argument("--mtimes", action="store_true", help="also report mtime changes")
+    di.set_defaults(func=_diff)
+
+    ex = sub.add_parser("extract", help="copy apks/ and boot/ of an Alpine ISO into DIR (no mount)")
+    ex.add_argument("iso")
+    ex.add_argument("dir")
+    ex.add_argument("--flavor", help="kernel flavor when the ISO has several")
+    ex.add_argument("--no-serial", action="store_true", help="leave console=ttyS0,115200 out (hardware)")
+    ex.add_argument("--plan", action="store_true", help="show the commands only")
+    ex.set_defaults(func=_extract)
+
+    pr = sub.add_parser("predict", help="download size and RAM of a package set, from APKINDEX.tar.gz")
+    pr.add_argument("--index", nargs="+", required=True, help="APKINDEX.tar.gz files (main, community)")
+    pr.add_argument("--world", nargs="+")
+    pr.add_argument("--set", nargs="+")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=_predict)
+
+    an = sub.add_parser("answers", help="setup-alpine answer file for a diskless install")
+    an.add_argument("--hostname", default="alpinelab")
+    an.add_argument("--media", default="sda4")
+    an.add_argument("--user")
+    an.add_argument("--include", nargs="+")
+    an.add_argument("--exclude", nargs="+")
+    an.add_argument("--out")
+    an.set_defaults(func=_answers)

@@ -1,0 +1,135 @@
+"""One lab boot: select the entry in rEFInd, boot through OVMF, keep the serial log and the bundle,
+turn the bundle into result rows. Shared by the lab run (:mod:`labkit.lab.run`) and the NixOS
+real-media path (:mod:`labkit.lab.nixos_install`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from labkit.core.runner import Runner, atomic_write_text
+from labkit.lab import qemu
+from labkit.measure.bundle import Bundle, extract_bundles
+from labkit.measure.results import ResultRow, rows_from_bundle
+from labkit.rehearsal import GuestBuild
+from labkit.systems import bootchain
+from labkit.targets.image import ImageInfo
+
+if TYPE_CHECKING:
+    from labkit.phases.alpine_media import AlpineMedia
+    from labkit.systems.nixos.iso import IsoBootFiles
+
+
+@dataclass(frozen=True)
+class BootRecord:
+    os: str
+    boot: int
+    warmup: bool
+    ok: bool
+    reason: str
+    wall_s: float
+    accel: str
+    timed_out: bool
+    serial_log: str
+    bundle: str | None
+
+
+@dataclass(frozen=True)
+class LabImage:
+    image: ImageInfo
+    guests: dict[str, GuestBuild]
+    titles: dict[str, str]  # os -> rEFInd entry title
+    esp_offset: int
+    media: AlpineMedia | None = None  # the real-media path's record (alpine_iso)
+    nixos_boot: IsoBootFiles | None = None  # the NixOS installer ISO to install from (nixos_iso)
+
+
+def boot_order(systems: Sequence[str], boots: int, warmup: int) -> list[tuple[str, int, bool]]:
+    """Interleaved order (a b, b a, a b, ...) so drift on the host hits both systems alike."""
+    order: list[tuple[str, int, bool]] = []
+    for i in range(warmup + boots):
+        seq = list(systems) if i % 2 == 0 else list(reversed(systems))
+        order += [(s, i, i < warmup) for s in seq]
+    return order
+
+
+def _bundle_text(b: Bundle) -> str:
+    from labkit.measure.bundle import format_bundle
+
+    return format_bundle(b.os, b.guest, b.sections)
+
+
+def run_boot(
+    runner: Runner,
+    lab: LabImage,
+    os_name: str,
+    index: int,
+    warmup: bool,
+    *,
+    run_id: str,
+    run_dir: Path,
+    accel: str,
+    memory_mib: int,
+    timeout_s: float,
+) -> tuple[BootRecord, list[ResultRow]]:
+    """One boot: select the entry in rEFInd, boot, keep the serial log and the bundle, measure."""
+    serial_rel = f"serial/{os_name}-{index}.log"
+    (run_dir / "serial").mkdir(exist_ok=True)
+    with runner.step(f"boot {os_name} #{index}{' (warm-up)' if warmup else ''}"):
+        bootchain.set_default_selection(runner, lab.image.path, lab.esp_offset, lab.titles[os_name])
+        res = qemu.boot(
+            runner,
+            lab.image.path,
+            workdir=run_dir / "work" / "qemu",
+            accel=accel,
+            memory_mib=memory_mib,
+            timeout_s=timeout_s,
+            serial_log=run_dir / serial_rel,
+        )
+        bundles = extract_bundles(res.lines, strict=False)
+        ok, reason = res.ok, res.reason
+        bundle_rel: str | None = None
+        rows: list[ResultRow] = []
+        good = [b for b in bundles if b.ok]
+        if not bundles:
+            ok, reason = False, f"no probe bundle on serial ({res.reason})"
+        elif not good:
+            ok, reason = False, f"bundle incomplete: {'; '.join(bundles[0].problems)} ({res.reason})"
+        else:
+            b = good[-1]
+            expected = lab.guests[os_name].os_id
+            if b.os != expected:
+                ok, reason = False, f"bundle comes from {b.os!r}, expected {expected!r} (wrong entry booted?)"
+            else:
+                bundle_rel = f"bundles/{os_name}-{index}.txt"
+                atomic_write_text(run_dir / bundle_rel, _bundle_text(b))
+                ok = res.ok or res.stopped
+                # a boot that did not end cleanly (QEMU error, killed at the timeout after the bundle)
+                # keeps its bundle as evidence but feeds no number into the results
+                rows = rows_from_bundle(b, run_id=run_id, boot=index, warmup=warmup, accel=accel) if ok else []
+                if not ok:
+                    reason = f"bundle complete, but the boot did not end cleanly: {res.reason}"
+        runner.note(
+            f"{os_name} #{index}: {'ok' if ok else 'FAILED'} in {res.wall_s:.1f} s"
+            + ("" if ok else f" — {reason}")
+        )
+    rec = BootRecord(os_name, index, warmup, ok, reason, round(res.wall_s, 3), accel, res.timed_out,
+                     serial_rel, bundle_rel)
+    return rec, rows
+
+
+def write_boots_csv(boots: Sequence[BootRecord], path: Path) -> None:
+    buf = io.StringIO()
+    fields = list(BootRecord.__dataclass_fields__)
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for b in boots:
+        w.writerow(asdict(b))
+    atomic_write_text(path, buf.getvalue())
+
+
+# -- the whole run --------------------------------------------------------------------------------

@@ -1,0 +1,267 @@
+"""The QEMU runner: boot the lab image under OVMF, read the serial console live.
+
+Serial output arrives on QEMU's stdout (``-chardev stdio``), is split into clean, time-stamped
+lines (:mod:`labkit.core.console`) and written to the serial log as it comes, so a killed run keeps
+its log. Every boot has a hard timeout (the process group is killed) and ``-no-reboot``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from labkit.core.console import SerialDecoder, SerialLine, format_line
+from labkit.core.errors import LabkitError
+from labkit.core.runner import Mode, Runner, require_tool
+
+QEMU = "qemu-system-x86_64"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+#: First text OVMF prints on serial (its boot manager); the accelerator smoke boot waits for it.
+OVMF_MARKER = "BdsDxe"
+#: stderr lines after which QEMU will never make progress (it pauses the guest and hangs).
+FATAL_STDERR = ("KVM internal error", "failed to initialize kvm", "Could not access KVM")
+KILL_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class BootResult:
+    ok: bool
+    timed_out: bool
+    rc: int | None
+    accel: str
+    wall_s: float
+    lines: list[SerialLine]
+    serial_log: Path | None
+    argv: list[str]
+    reason: str
+    stderr: str = ""
+    stopped: bool = False  # stop_on matched and labkit ended the run
+
+    def find(self, pattern: str) -> SerialLine | None:
+        """First serial line containing ``pattern`` (plain substring)."""
+        return next((ln for ln in self.lines if pattern in ln.text), None)
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    accel: str
+    tried: list[tuple[str, bool, str]] = field(default_factory=list)  # (accel, ok, reason)
+
+    @property
+    def warning(self) -> str | None:
+        failed = [f"{a}: {r}" for a, ok, r in self.tried if not ok]
+        return f"using {self.accel}; failed: " + "; ".join(failed) if failed else None
+
+
+def qemu_argv(
+    image: Path | None,
+    *,
+    ovmf_code: Path = OVMF_CODE,
+    vars_file: Path,
+    accel: str = "tcg",
+    memory_mib: int = 512,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The exact ``qemu-system-x86_64`` command labkit runs (serial on stdout)."""
+    argv = [
+        QEMU, "-machine", "q35", "-accel", accel, "-m", str(memory_mib),
+        "-no-reboot", "-display", "none", "-nic", "none", "-monitor", "none",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={ovmf_code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}",
+    ]
+    if image is not None:
+        argv += ["-drive", f"file={image},format=raw,if=virtio"]
+    argv += ["-chardev", "stdio,id=serial0,signal=off", "-serial", "chardev:serial0", *extra]
+    return argv
+
+
+def boot(
+    runner: Runner,
+    image: Path | None,
+    *,
+    ovmf_code: Path = OVMF_CODE,
+    vars_template: Path = OVMF_VARS,
+    workdir: Path,
+    accel: str,
+    memory_mib: int = 512,
+    timeout_s: float,
+    stop_on: Callable[[str], bool] | None = None,
+    serial_log: Path | None = None,
+    extra: Sequence[str] = (),
+) -> BootResult:
+    """Boot once; ``ok`` = QEMU exited 0 (guest powered off) or ``stop_on`` matched a line."""
+    workdir = Path(workdir)
+    vars_file = workdir / "OVMF_VARS.fd"
+    argv = qemu_argv(image, ovmf_code=ovmf_code, vars_file=vars_file, accel=accel,
+                     memory_mib=memory_mib, extra=extra)
+    if runner.mode is Mode.PLAN:
+        runner.run(argv)
+        return BootResult(False, False, None, accel, 0.0, [], serial_log, argv, "plan mode: not booted")
+    require_tool(QEMU)
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(vars_template, vars_file)  # fresh NVRAM every boot
+    log = open(serial_log, "w", encoding="utf-8") if serial_log is not None else None
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        lines, err, outcome = _pump(proc, start, timeout_s, stop_on, log)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+        if log is not None:
+            log.close()
+    wall = time.monotonic() - start
+    rc = proc.returncode
+    timed_out = outcome == "timeout"
+    stopped = outcome == "stop_on"
+    if stopped:
+        ok, reason = True, "stop_on matched"
+    elif timed_out:
+        ok, reason = False, f"no exit within {timeout_s:g} s: killed"
+    elif outcome.startswith("fatal:"):
+        ok, reason = False, outcome[len("fatal:"):]
+    else:
+        ok = rc == 0
+        reason = "guest powered off" if ok else f"qemu exited {rc}: {_last(err)}"
+    runner.record_external(argv, rc=rc, duration_s=wall, accel=accel, timed_out=timed_out, ok=ok,
+                           reason=reason, serial_lines=len(lines),
+                           serial_log=str(serial_log) if serial_log else None, stderr_tail=err[-2000:])
+    return BootResult(ok, timed_out, rc, accel, wall, lines, serial_log, argv, reason, err, stopped)
+
+
+def _pump(
+    proc: subprocess.Popen[bytes],
+    start: float,
+    timeout_s: float,
+    stop_on: Callable[[str], bool] | None,
+    log: TextIO | None,
+) -> tuple[list[SerialLine], str, str]:
+    """Read stdout (serial) and stderr until exit, timeout, a fatal message or stop_on."""
+    assert proc.stdout is not None and proc.stderr is not None
+    dec = SerialDecoder()
+    lines: list[SerialLine] = []
+    err = bytearray()
+    open_fds = {proc.stdout.fileno(): "out", proc.stderr.fileno(): "err"}
+    deadline = start + timeout_s
+
+    def emit(texts: list[str], now: float) -> bool:
+        for text in texts:
+            line = SerialLine(now - start, text)
+            lines.append(line)
+            if log is not None:
+                log.write(format_line(line))
+                log.flush()
+            if stop_on is not None and stop_on(text):
+                return True
+        return False
+
+    while open_fds:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            emit(dec.flush(), time.monotonic())
+            return lines, _dec(err), "timeout"
+        ready, _, _ = select.select(list(open_fds), [], [], min(remaining, 0.5))
+        for fd in ready:
+            data = os.read(fd, 65536)
+            now = time.monotonic()
+            if not data:
+                del open_fds[fd]
+                continue
+            if open_fds[fd] == "err":
+                err += data
+                fatal = next((m for m in FATAL_STDERR if m.encode() in err), None)
+                if fatal is not None:
+                    emit(dec.flush(), now)
+                    return lines, _dec(err), f"fatal:{fatal} (see stderr)"
+            elif emit(dec.feed(data), now):
+                return lines, _dec(err), "stop_on"
+    emit(dec.flush(), time.monotonic())
+    try:
+        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return lines, _dec(err), "timeout"
+    return lines, _dec(err), "exit"
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=KILL_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
+
+
+def _dec(data: bytes | bytearray) -> str:
+    return bytes(data).decode("utf-8", errors="replace")
+
+
+def _last(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no message)"
+
+
+def choose_accelerator(
+    runner: Runner,
+    candidates: Sequence[str] = ("kvm", "tcg"),
+    *,
+    smoke_timeout: float = 8.0,
+    workdir: Path,
+    ovmf_code: Path = OVMF_CODE,
+    vars_template: Path = OVMF_VARS,
+) -> AccelChoice:
+    """Smoke-boot OVMF (no disk) under each accelerator in turn; take the first that reaches
+    its boot manager on serial. The last candidate gets twice the time (TCG is slow)."""
+    tried: list[tuple[str, bool, str]] = []
+    with runner.step("choose accelerator"):
+        for i, accel in enumerate(candidates):
+            limit = smoke_timeout * (2 if i == len(candidates) - 1 else 1)
+            res = boot(runner, None, ovmf_code=ovmf_code, vars_template=vars_template,
+                       workdir=Path(workdir) / f"smoke-{accel}", accel=accel, memory_mib=128, timeout_s=limit,
+                       stop_on=lambda text: OVMF_MARKER in text)
+            if runner.mode is Mode.PLAN:
+                tried.append((accel, True, "plan mode: not probed"))
+                return AccelChoice(accel, tried)
+            if res.stopped:
+                tried.append((accel, True, f"OVMF reached {OVMF_MARKER} in {res.wall_s:.1f} s"))
+                choice = AccelChoice(accel, tried)
+                if choice.warning:
+                    runner.note(f"warning: {choice.warning}")
+                return choice
+            detail = _last(res.stderr) if res.stderr.strip() else ""
+            why = f"{res.reason} [{detail}]" if detail and detail not in res.reason else res.reason
+            tried.append((accel, False, why))
+            runner.note(f"accelerator {accel} failed the smoke boot: {why}")
+    raise LabkitError(f"no accelerator can boot OVMF here: {tried}",
+                      "check that qemu-system-x86 and ovmf are installed; try candidates=('tcg',)")
+
+
+def host_versions(runner: Runner | None = None) -> dict[str, str]:
+    """QEMU, OVMF, rEFInd and GRUB versions (for environment.json)."""
+    r = runner or Runner(progress=None)
+    out: dict[str, str] = {}
+    res = r.run([QEMU, "--version"], query=True, check=False)
+    m = re.search(r"version (\S+)", res.stdout)
+    out["qemu"] = m.group(1) if m else res.stdout.strip().splitlines()[0] if res.stdout.strip() else "?"
+    for key, pkg in (("qemu_package", "qemu-system-x86"), ("ovmf", "ovmf"), ("refind", "refind"),
+                     ("grub", "grub-efi-amd64-bin"), ("mtools", "mtools"), ("gdisk", "gdisk"),
+                     ("e2fsprogs", "e2fsprogs")):
+        res = r.run(["dpkg-query", "-W", "-f", "${Version}", pkg], query=True, check=False)
+        out[key] = res.stdout.strip() if res.rc == 0 else "not installed"
+    return out

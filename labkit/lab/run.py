@@ -1,0 +1,494 @@
+"""The offline QEMU lab: build the dual-boot image, boot each system N times, measure, report.
+
+One call, :func:`run_lab`, does the whole main job. Its output directory holds::
+
+    transcript.jsonl      every command (argv, cwd, rc, duration, output tail)
+    environment.json      host, tool versions, accelerator, guest kernel, image hash, parameters
+    boots.csv             one row per boot: os, index, ok, reason, wall time, serial log, bundle
+    serial/<os>-<n>.log   serial console, one "<host seconds since QEMU start>\\t<line>" per line
+    bundles/<os>-<n>.txt  the raw probe bundle of each boot
+    results.csv           one row per run/os/boot/metric (value, unit, source)
+    loadcost.csv          the load-cost boots (Alpine-style guest per package set): rows + package_set
+    decompression.json    the host's gzip/zstd decompression limit on the same .apk payloads
+    report.ipynb / .html  the executed report notebook and its HTML export
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from labkit.core.errors import InputError, LabkitError
+from labkit.core.layout import LAB_LAYOUT, Layout, Role
+from labkit.core.runner import Mode, Runner, atomic_write_text
+from labkit.lab import qemu
+from labkit.lab.boot import (
+    BootRecord,
+    LabImage,
+    boot_order,
+    run_boot,
+    write_boots_csv,
+)
+from labkit.measure.environment import capture_environment, write_environment
+from labkit.measure.loadcost import LOADCOST_FILE, decompression_throughput, write_loadcost_csv
+from labkit.measure.results import ResultRow, write_results_csv
+from labkit.measure.stats import ADAPTIVE_METRIC, SPREAD_THRESHOLD, needs_more_boots
+from labkit.phases.alpine_media import AlpineMedia
+from labkit.phases.install import InstallOptions, run_install
+from labkit.rehearsal import GuestBuild
+from labkit.rehearsal.kernel import default_cache_dir
+from labkit.rehearsal.payloads import PACKAGE_SETS
+from labkit.targets.image import ImageInfo, ImageTarget
+
+if TYPE_CHECKING:
+    from labkit.phases.nixos import InstallParams
+    from labkit.systems.nixos.iso import IsoBootFiles
+
+SYSTEMS = ("alpine", "nixos")
+RUN_MARKERS = ("transcript.jsonl", "environment.json", "results.csv", "boots.csv", "run.json")
+
+
+@dataclass(frozen=True)
+class LabParams:
+    """Everything that defines a lab run (recorded in environment.json)."""
+
+    out: Path | None = None  # None: a new runs/<run-id>
+    boots: int = 3
+    warmup: int = 1  # per system: booted first, reported, excluded from the statistics
+    systems: tuple[str, ...] = SYSTEMS
+    world: str = "default"
+    memory_mib: int = 512
+    boot_timeout_s: float = 120.0
+    accel_candidates: tuple[str, ...] = ("kvm", "tcg")
+    report: bool = True
+    keep_image: bool = False
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    max_boots: int | None = None  # adaptive cap per system; None: boots + 2
+    spread_threshold: float = SPREAD_THRESHOLD  # MAD/median of total_to_probe_s that asks for more boots
+    load_cost: bool = True  # boot the Alpine-style guest once per extra package set and fit the load cost
+    load_sets: tuple[str, ...] = ("small", "medium", "large")
+    #: Real-media path: the Alpine partition comes from this ISO (checksum-checked, extracted, labkit's
+    #: apkovl) instead of the rehearsal guest. labkit's own rehearsal ISO works too and stays "rehearsal".
+    alpine_iso: Path | None = None
+    alpine_iso_sha256: str | None = None  # None: the published .sha256 beside the ISO
+    alpine_world: tuple[str, ...] = ()  # Alpine package names; () = the ISO's default (see labkit.phases.alpine_media)
+    #: Real-media path for NixOS: boot this installer ISO's kernel/initrd, install over the serial console
+    #: (:mod:`labkit.lab.nixos_install`), then boot the result. labkit's rehearsal installer ISO stays "rehearsal".
+    nixos_iso: Path | None = None
+    nixos_iso_sha256: str | None = None  # None: the <iso>.sha256 file beside the ISO
+    nixos_ssh_keys: tuple[str, ...] = ()  # the installed system's way in (or a hashed password file)
+    nixos_hashed_password_file: Path | None = None
+    nixos_install_memory_mib: int = 2048
+    nixos_install_timeout_s: float = 3600.0
+
+    @property
+    def boot_cap(self) -> int:
+        return self.boots + 2 if self.max_boots is None else max(self.max_boots, self.boots)
+
+    def validate(self) -> None:
+        if self.boots < 1:
+            raise InputError(f"--boots {self.boots}: at least one boot per system is needed", "use --boots 1 or more")
+        if self.warmup < 0:
+            raise InputError(f"--warmup {self.warmup} is negative", "use 0 or more")
+        bad = [s for s in self.systems if s not in SYSTEMS]
+        if bad or not self.systems:
+            raise InputError(f"unknown system(s) {bad or '(none)'}", f"choose among {', '.join(SYSTEMS)}")
+        if self.world not in PACKAGE_SETS:
+            raise InputError(f"unknown package set {self.world!r}", f"choose among {', '.join(PACKAGE_SETS)}")
+        if self.memory_mib < 256:
+            raise InputError(f"guest memory {self.memory_mib} MiB is too small", "use at least 256 MiB")
+        if self.boot_timeout_s <= 0:
+            raise InputError("the boot timeout must be positive", "use e.g. --boot-timeout 120")
+        bad_sets = [s for s in self.load_sets if s not in PACKAGE_SETS]
+        if bad_sets:
+            raise InputError(f"unknown load-cost package set(s) {bad_sets}", f"choose among {', '.join(PACKAGE_SETS)}")
+        if self.alpine_iso is not None:
+            if "alpine" not in self.systems:
+                raise InputError("--alpine-iso is given but alpine is not among --systems", "add alpine to --systems")
+            if not Path(self.alpine_iso).is_file():
+                raise InputError(f"--alpine-iso {self.alpine_iso} does not exist", "give the path of an alpine-*.iso")
+            if self.alpine_iso_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.alpine_iso_sha256):
+                raise InputError(f"--alpine-iso-sha256 {self.alpine_iso_sha256!r} is not a sha256 (64 hex digits)")
+        elif self.alpine_world:
+            raise InputError("--alpine-world names Alpine packages: it needs --alpine-iso",
+                             "use --world for the rehearsal guest's package set")
+        if self.nixos_iso is not None:
+            if "nixos" not in self.systems:
+                raise InputError("--nixos-iso is given but nixos is not among --systems", "add nixos to --systems")
+            if not Path(self.nixos_iso).is_file():
+                raise InputError(f"--nixos-iso {self.nixos_iso} does not exist",
+                                 "give the path of a nixos-minimal-*.iso")
+            if self.nixos_iso_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.nixos_iso_sha256):
+                raise InputError(f"--nixos-iso-sha256 {self.nixos_iso_sha256!r} is not a sha256 (64 hex digits)")
+            if not self.nixos_ssh_keys and self.nixos_hashed_password_file is None:
+                raise InputError("the installed NixOS would have no way in (no password hash and no SSH key)",
+                                 "give --nixos-ssh-key KEY or --nixos-hashed-password-file FILE")
+        sizes = {tuple(PACKAGE_SETS[s]) for s in (*self.load_sets, self.world)}
+        if self.load_cost and "alpine" in self.systems and self.alpine_iso is None and len(sizes) < 3:
+            raise InputError(
+                f"the load-cost fit needs at least 3 different package sets (have {len(sizes)})",
+                "use e.g. --load-sets small,medium,large, or --no-load-cost",
+            )
+
+    def as_record(self) -> dict[str, object]:
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class LabRun:
+    run_id: str
+    run_dir: Path
+    boots: tuple[BootRecord, ...]
+    rows: tuple[ResultRow, ...]
+    accel: str
+    report: Path | None
+    image: ImageInfo | None
+    loadcost_rows: tuple[dict[str, object], ...] = ()
+
+    @property
+    def failed(self) -> list[BootRecord]:
+        return [b for b in self.boots if not b.ok]
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_run_dir(out: Path | None, runs_root: Path = Path("runs")) -> tuple[str, Path]:
+    """Pick the run directory; never reuse one that holds a run.
+
+    ``out`` given: it must be missing or empty (a directory holding a run is refused, naming
+    the fix). ``out`` None: a new ``runs/<run-id>`` is made (and ``runs/latest`` points at it).
+    """
+    if out is None:
+        run_id = new_run_id()
+        run_dir = runs_root / run_id
+        n = 1
+        while run_dir.exists():
+            n += 1
+            run_dir = runs_root / f"{run_id}-{n}"
+        run_id = run_dir.name
+        run_dir.mkdir(parents=True)
+        latest = runs_root / "latest"
+        try:
+            if latest.is_symlink() or not latest.exists():
+                tmp = runs_root / f".latest-{os.getpid()}"
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(run_id)
+                os.replace(tmp, latest)
+        except OSError:
+            pass
+        return run_id, run_dir
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory", "choose a new directory for the run")
+    if out.is_dir():
+        held = [m for m in RUN_MARKERS if (out / m).exists()]
+        if held:
+            raise InputError(
+                f"--out {out} already holds a lab run ({', '.join(held)}); labkit never overwrites a run",
+                f"choose a new directory (e.g. --out {out}-2), or leave --out away to get a new runs/<run-id>",
+            )
+        if any(out.iterdir()):
+            raise InputError(f"--out {out} is not empty", "choose a new or empty directory for the run")
+    out.mkdir(parents=True, exist_ok=True)
+    return out.resolve().name, out
+
+
+# -- building -------------------------------------------------------------------------------------
+def build_lab_image(
+    runner: Runner,
+    work: Path,
+    *,
+    systems: Sequence[str] = SYSTEMS,
+    world: str = "default",
+    cache_dir: Path,
+    layout: Layout = LAB_LAYOUT,
+    alpine_iso: Path | None = None,
+    alpine_iso_sha256: str | None = None,
+    alpine_world: Sequence[str] = (),
+    nixos_iso: Path | None = None,
+    nixos_iso_sha256: str | None = None,
+    keep_stage: bool = False,
+) -> LabImage:
+    """The lab disk: the install (:func:`labkit.phases.install.run_install`: disk ▸ rEFInd ▸ NixOS ▸
+    Alpine) on an :class:`~labkit.targets.image.ImageTarget` at ``work/disk.img``.
+
+    With ``alpine_iso`` the Alpine partition comes from that ISO (:mod:`labkit.phases.alpine_media`). With
+    ``nixos_iso`` the NixOS partitions stay empty and the ESP gets the NixOS stanza without GRUB: the
+    install over the serial console (:func:`labkit.lab.nixos_install.install_over_serial`) fills them.
+    ``keep_stage`` keeps ``work/stage`` (what each phase staged: the load-cost experiment reads the
+    repository's .apk files there)."""
+    nixos_boot: IsoBootFiles | None = None
+    if "nixos" in systems and nixos_iso is not None:
+        from labkit.systems.nixos.iso import checked_iso, iso_boot_files
+
+        with runner.step(f"NixOS installer ISO {nixos_iso}"):
+            iso = checked_iso(Path(nixos_iso), nixos_iso_sha256)
+            nixos_boot = iso_boot_files(runner, iso, work / "nixos-iso")
+    opts = InstallOptions(systems=tuple(systems), world=world, cache_dir=cache_dir, alpine_iso=alpine_iso,
+                          alpine_iso_sha256=alpine_iso_sha256, alpine_world=tuple(alpine_world),
+                          nixos_from_installer=nixos_boot is not None,
+                          nixos_title=nixos_boot.title if nixos_boot is not None else "NixOS")
+    target = ImageTarget(runner, layout, work / "disk.img", work=work / "image.d")
+    res = run_install(target, opts, work, wipe=True)
+    guests: dict[str, GuestBuild] = {}
+    for name, sc in res.prepared.systems.items():
+        if sc.guest is not None:
+            guests[name] = sc.guest
+    if nixos_boot is not None:
+        from labkit.lab.nixos_install import installed_guest
+
+        guests["nixos"] = installed_guest(nixos_boot)
+    image = target.info()
+    shutil.rmtree(work / "image.d", ignore_errors=True)
+    if not keep_stage:
+        shutil.rmtree(work / "stage", ignore_errors=True)
+    media = res.prepared.systems["alpine"].media if "alpine" in res.prepared.systems else None
+    return LabImage(image, guests, res.prepared.titles, image.offset(Role.ESP),
+                    media if isinstance(media, AlpineMedia) else None, nixos_boot)
+
+
+# -- booting --------------------------------------------------------------------------------------
+def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_root: Path = Path("runs")) -> LabRun:
+    params.validate()
+    run_id, run_dir = prepare_run_dir(params.out, runs_root)
+    runner = Runner(Mode.APPLY, run_dir / "transcript.jsonl", progress=progress)
+    started = time.monotonic()
+    runner.note(f"labkit lab run {run_id} → {run_dir}")
+    work = run_dir / "work"
+    work.mkdir(exist_ok=True)
+    boots: list[BootRecord] = []
+    rows: list[ResultRow] = []
+    loadcost_rows: list[dict[str, object]] = []
+    lab: LabImage | None = None
+    accel_choice: qemu.AccelChoice | None = None
+    try:
+        what = "rehearsal guests" if params.alpine_iso is None else f"Alpine partition from {params.alpine_iso.name}"
+        with runner.step(f"build the lab image ({what})"):
+            lab = build_lab_image(runner, work, systems=params.systems, world=params.world, cache_dir=params.cache_dir,
+                                  alpine_iso=params.alpine_iso, alpine_iso_sha256=params.alpine_iso_sha256,
+                                  alpine_world=params.alpine_world, nixos_iso=params.nixos_iso,
+                                  nixos_iso_sha256=params.nixos_iso_sha256)
+        accel_choice = qemu.choose_accelerator(runner, params.accel_candidates, workdir=work / "accel")
+        if accel_choice.warning:
+            runner.note(f"warning: {accel_choice.warning}")
+        if lab.nixos_boot is not None:
+            install_nixos(runner, params, lab, run_dir=run_dir, accel=accel_choice.accel)
+        order = boot_order(params.systems, params.boots, params.warmup)
+        done = params.boots
+        while order:
+            for n, (os_name, index, warm) in enumerate(order, start=1):
+                runner.note(f"[{n}/{len(order)}]")
+                rec, brows = run_boot(
+                    runner, lab, os_name, index, warm, run_id=run_id, run_dir=run_dir, accel=accel_choice.accel,
+                    memory_mib=params.memory_mib, timeout_s=params.boot_timeout_s,
+                )
+                boots.append(rec)
+                rows.extend(brows)
+                write_boots_csv(boots, run_dir / "boots.csv")  # progress survives an interrupted run
+            order = []
+            samples = {s: [r.value for r in rows if r.os.startswith(s) and r.metric == ADAPTIVE_METRIC and not r.warmup]
+                       for s in params.systems}
+            if needs_more_boots(samples, done=done, cap=params.boot_cap, threshold=params.spread_threshold,
+                                minimum=params.boots):
+                runner.note(f"adaptive: relative spread of {ADAPTIVE_METRIC} above {params.spread_threshold:.0%}: "
+                            f"one more round ({done + 1}/{params.boot_cap})")
+                first = params.warmup + done
+                seq = list(params.systems) if first % 2 == 0 else list(reversed(params.systems))
+                order = [(s, first, False) for s in seq]
+                done += 1
+        write_results_csv(rows, run_dir / "results.csv")
+        if params.load_cost and "alpine" in params.systems and params.alpine_iso is not None:
+            runner.note("load-cost experiment skipped: it rebuilds the rehearsal guest per package set, and the "
+                        "Alpine partition comes from --alpine-iso")
+        elif params.load_cost and "alpine" in params.systems:
+            with runner.step("load-cost experiment (Alpine-style guest per package set)"):
+                loadcost_rows = run_load_cost(runner, params, rows, run_id=run_id, run_dir=run_dir,
+                                              accel=accel_choice.accel, boots=boots)
+            write_boots_csv(boots, run_dir / "boots.csv")
+    finally:
+        extra: dict[str, object] = {
+            "run_id": run_id,
+            "target": "lab",
+            "guest_kind": _guest_kind(lab),
+            "alpine_media": lab.media.record() if lab and lab.media else None,
+            "nixos_media": nixos_media_record(lab.nixos_boot) if lab and lab.nixos_boot else None,
+            "accel": accel_choice.accel if accel_choice else None,
+            "accel_tried": [list(t) for t in accel_choice.tried] if accel_choice else None,
+            "guest_kernel": next(iter(lab.guests.values())).kernel_version if lab and lab.guests else None,
+            "image": (
+                {"sha256": lab.image.content_sha256, "size": lab.image.size, "disk_guid": lab.image.disk_guid,
+                 "build_s": round(lab.image.build_s, 3),
+                 "partitions": [{"number": p.number, "role": p.role.value, "label": p.label,
+                                 "fs_uuid": p.fs_uuid, "size": p.size} for p in lab.image.partitions]}
+                if lab else None
+            ),
+            "guests": (
+                {os_name: {"os_id": g.os_id, "title": g.entry.title, "cmdline": g.entry.cmdline,
+                           "packages": len(g.packages), "installed_bytes": g.installed_size,
+                           "compressed_bytes": g.compressed_size}
+                 for os_name, g in lab.guests.items()}
+                if lab else None
+            ),
+            "qemu_argv_example": None,
+            "load_cost": {"sets": sorted(set(params.load_sets) | {params.world}), "rows": len(loadcost_rows)}
+            if params.load_cost and "alpine" in params.systems and params.alpine_iso is None else None,
+            "boots_ok": sum(b.ok for b in boots),
+            "boots_failed": sum(not b.ok for b in boots),
+            "wall_s": round(time.monotonic() - started, 1),
+        }
+        if lab is not None:
+            extra["qemu_argv_example"] = qemu.qemu_argv(lab.image.path, vars_file=work / "qemu" / "OVMF_VARS.fd",
+                                                        accel=accel_choice.accel if accel_choice else "tcg",
+                                                        memory_mib=params.memory_mib)
+            extra["host_versions"] = qemu.host_versions(runner)
+        write_environment(capture_environment(params.as_record(), extra, runner=runner), run_dir)
+        if lab is not None and not params.keep_image:
+            lab.image.path.unlink(missing_ok=True)
+    report = None
+    if params.report:
+        if not rows:
+            raise LabkitError(
+                "no boot produced a usable bundle; there is nothing to report",
+                f"read {run_dir / 'boots.csv'} and the serial logs in {run_dir / 'serial'}",
+            )
+        from labkit.report.report import render_report
+
+        report = render_report(run_dir, runner=runner)
+        runner.note(f"report: {report}")
+    runner.note(f"done in {time.monotonic() - started:.0f} s: {sum(b.ok for b in boots)}/{len(boots)} boots ok")
+    atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "ok": not [b for b in boots if not b.ok]}))
+    return LabRun(run_id, run_dir, tuple(boots), tuple(rows), accel_choice.accel if accel_choice else "?",
+                  report, lab.image if lab else None, tuple(loadcost_rows))
+
+
+def nixos_install_params(params: LabParams) -> InstallParams:
+    """The installed NixOS's settings for the lab: the user's way in, a tmpfs root of half the RAM."""
+    from labkit.phases.nixos import InstallParams
+    from labkit.systems.nixos.config import NixosSettings, User
+    from labkit.systems.nixos.hashes import read_hash_file
+
+    hashed = read_hash_file(Path(params.nixos_hashed_password_file)) if params.nixos_hashed_password_file else None
+    settings = NixosSettings(user=User(hashed_password=hashed, ssh_keys=tuple(params.nixos_ssh_keys)),
+                             tmpfs_size="50%")
+    return InstallParams(settings, install_timeout_s=params.nixos_install_timeout_s)
+
+
+def install_nixos(runner: Runner, params: LabParams, lab: LabImage, *, run_dir: Path, accel: str) -> None:
+    """Install NixOS from ``lab.nixos_boot`` onto the lab image over the serial console (log in
+    ``run_dir/install``). The real ISO gets a user-mode NIC (nixos-install downloads); the rehearsal none."""
+    from labkit.lab.nixos_install import install_over_serial, serial_actions
+
+    boot = lab.nixos_boot
+    assert boot is not None
+    actions = serial_actions(nixos_install_params(params), guest_memory_mib=params.nixos_install_memory_mib)
+    install_over_serial(runner, boot, lab.image.path, actions, log_dir=run_dir / "install", accel=accel,
+                        memory_mib=params.nixos_install_memory_mib, network=boot.rehearsal is None)
+
+
+def nixos_media_record(boot: IsoBootFiles) -> dict[str, object]:
+    return {"iso": str(boot.iso), "kernel": boot.config.kernel, "initrd": boot.config.initrd,
+            "append": boot.append, "loader_config": boot.config.source, "rehearsal": boot.rehearsal is not None,
+            "os_id": boot.os_id}
+
+
+def _guest_kind(lab: LabImage | None) -> str:
+    """``rehearsal`` when every guest is a rehearsal guest, ``real`` when none is, else ``mixed``."""
+    if lab is None or not lab.guests:
+        return "rehearsal"
+    kinds = {g.os_id.endswith("-rehearsal") for g in lab.guests.values()}
+    return "rehearsal" if kinds == {True} else "real" if kinds == {False} else "mixed"
+
+
+# -- the load-cost experiment -----------------------------------------------------------------------
+def _loadcost_dicts(rows: Sequence[ResultRow], package_set: str) -> list[dict[str, object]]:
+    return [{**asdict(r), "package_set": package_set} for r in rows if r.os.startswith("alpine")]
+
+
+def run_load_cost(
+    runner: Runner,
+    params: LabParams,
+    main_rows: Sequence[ResultRow],
+    *,
+    run_id: str,
+    run_dir: Path,
+    accel: str,
+    boots: list[BootRecord],
+) -> list[dict[str, object]]:
+    """Boot the Alpine-style guest once per extra package set (only its partition's content changes;
+    an Alpine-only image is rebuilt per set), reuse the main run's boots for ``params.world``, measure
+    the host's decompression limit on the largest set's .apk files; write loadcost.csv and
+    decompression.json."""
+    # the main world under the name of the first load set with the same packages ("default" is "medium")
+    world = next((s for s in params.load_sets if PACKAGE_SETS[s] == PACKAGE_SETS[params.world]), params.world)
+    out = _loadcost_dicts([r for r in main_rows if not r.warmup], world)
+    sets = sorted((s for s in dict.fromkeys(params.load_sets) if PACKAGE_SETS[s] != PACKAGE_SETS[params.world]),
+                  key=lambda s: len(PACKAGE_SETS[s]))
+    largest = max(set(params.load_sets) | {params.world}, key=lambda s: len(PACKAGE_SETS[s]))
+    throughput: dict[str, object] | None = None
+    for k, name in enumerate(sets):
+        work = run_dir / "work" / f"loadcost-{name}"
+        work.mkdir(parents=True, exist_ok=True)
+        with runner.step(f"image with package set {name!r}"):
+            lab = build_lab_image(runner, work, systems=("alpine",), world=name, cache_dir=params.cache_dir,
+                                  keep_stage=name == largest)
+            if name == largest:
+                apks = sorted((work / "stage" / "alpine" / "apks").rglob("*.apk"))
+                throughput = decompression_throughput(runner, apks, work / "decomp").record()
+                shutil.rmtree(work / "stage", ignore_errors=True)
+        index = 100 + k  # boots of the load-cost images are numbered apart from the main run's
+        rec, brows = run_boot(runner, lab, "alpine", index, False, run_id=run_id, run_dir=run_dir, accel=accel,
+                              memory_mib=params.memory_mib, timeout_s=params.boot_timeout_s)
+        boots.append(rec)
+        out += _loadcost_dicts(brows, name)
+        lab.image.path.unlink(missing_ok=True)
+    if throughput is None:  # the largest set is the main world: measure on the same payloads, staged alone
+        work = run_dir / "work" / "loadcost-host"
+        from labkit.rehearsal.build import alpine_payloads, resolve_world
+        from labkit.rehearsal.payloads import write_alpine_repo
+
+        write_alpine_repo(alpine_payloads(runner, resolve_world(largest)), work / "repo")
+        throughput = decompression_throughput(runner, sorted((work / "repo" / "apks").rglob("*.apk")),
+                                              work / "decomp").record()
+        shutil.rmtree(work, ignore_errors=True)
+    throughput["package_set"] = largest
+    atomic_write_text(run_dir / "decompression.json", json.dumps(throughput, indent=2) + "\n")
+    write_loadcost_csv(out, run_dir / LOADCOST_FILE)
+    return out
+
+
+def lab_plan(params: LabParams) -> list[str]:
+    """What :func:`run_lab` would do with ``params``, without building or booting anything."""
+    params.validate()
+    lines = [f"build one image: rehearsal guests {', '.join(params.systems)} with package set {params.world!r} "
+             f"({len(PACKAGE_SETS[params.world])} Debian payloads)"
+             if params.alpine_iso is None else
+             f"build one image: Alpine partition from {params.alpine_iso} (checksum, xorriso extraction, labkit's "
+             f"apkovl, world {' '.join(params.alpine_world) or 'the ISO default'})"
+             + (f"; NixOS-style rehearsal with package set {params.world!r}" if "nixos" in params.systems else ""),
+             *([f"NixOS: boot the installer ISO {params.nixos_iso} (checksum, kernel/initrd read with xorriso), "
+                "install over the serial console onto the empty NixOS partitions, then boot through rEFInd -> GRUB"]
+               if params.nixos_iso is not None else []),
+             "boot order (interleaved; warm-up boots reported, not measured): "
+             + ", ".join(f"{s}#{i}{'(w)' if w else ''}" for s, i, w in boot_order(params.systems, params.boots,
+                                                                                  params.warmup)),
+             f"adaptive: up to {params.boot_cap} boots per system while MAD/median of {ADAPTIVE_METRIC} > "
+             f"{params.spread_threshold:.0%}"]
+    if params.load_cost and "alpine" in params.systems and params.alpine_iso is None:
+        extra = [s for s in dict.fromkeys(params.load_sets) if PACKAGE_SETS[s] != PACKAGE_SETS[params.world]]
+        lines.append(f"load cost: reuse the {params.world!r} boots; one Alpine-only image and boot per set "
+                     f"{', '.join(extra) or '(none)'}; host gzip/zstd decompression limit on the largest set")
+    lines.append("report: results.csv, loadcost.csv, tables/*.csv, report.html" if params.report else "no report")
+    return lines

@@ -1,0 +1,462 @@
+"""The probe bundle: find it in a serial log, check it, and parse its raw sections.
+
+The format is fixed in ``docs/contracts.md`` ("The probe bundle")::
+
+    @@LABKIT-BUNDLE-BEGIN v=1 os=<os-id> guest=<rehearsal|real>@@
+    @@SECTION <name>@@
+    <raw lines>
+    ...
+    @@LABKIT-BUNDLE-END sections=<N> md5=<md5 hex of the body>@@
+
+The body is every line strictly between BEGIN and END, each followed by ``\\n``. Raw text in,
+parsing on the host: every section parser here is a pure function that raises
+:class:`SectionError` naming the section and the line when the input is malformed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from labkit.core.console import SerialLine  # the one SerialLine(t, text) (contracts.md, "Serial log")
+from labkit.core.errors import LabkitError
+
+BUNDLE_VERSION = 1
+#: os ids a bundle may carry, and the guest kind each one implies.
+KNOWN_OS: dict[str, str] = {
+    "alpine-rehearsal": "rehearsal",
+    "nixos-rehearsal": "rehearsal",
+    "alpine": "real",
+    "nixos": "real",
+}
+GUEST_KINDS = ("rehearsal", "real")
+
+_BEGIN_RE = re.compile(r"@@LABKIT-BUNDLE-BEGIN v=(?P<v>\S+) os=(?P<os>\S+) guest=(?P<guest>\S+)@@")
+_END_RE = re.compile(r"@@LABKIT-BUNDLE-END sections=(?P<n>\S+) md5=(?P<md5>\S+)@@")
+_SECTION_RE = re.compile(r"^@@SECTION (?P<name>[A-Za-z0-9_.-]+)@@$")
+_MARKER_PREFIX = "@@LABKIT-BUNDLE-"
+
+
+# -- errors ---------------------------------------------------------------------------------------
+class BundleError(LabkitError):
+    """A bundle is missing, truncated, corrupt or malformed."""
+
+
+class SectionError(BundleError):
+    """A section's raw text does not have the expected shape."""
+
+    def __init__(self, section: str, line_no: int | None, line: str | None, problem: str, fix: str | None = None):
+        self.section = section
+        self.line_no = line_no
+        self.line = line
+        where = f"section '{section}'" + (f", line {line_no}" if line_no is not None else "")
+        shown = f": {line!r}" if line is not None else ""
+        super().__init__(f"{where}: {problem}{shown}", fix)
+
+
+class SerialLogError(LabkitError):
+    """A serial log file on disk does not follow the ``<t>\\t<text>`` format."""
+
+
+# -- serial lines ---------------------------------------------------------------------------------
+class TimedLine(Protocol):
+    """Anything with ``.t`` (host seconds since QEMU start) and ``.text`` (one serial line)."""
+
+    @property
+    def t(self) -> float: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+def read_serial_log(path: Path) -> list[SerialLine]:
+    """Read ``serial-<os>-<boot>.log``: one ``<t with 6 decimals>\\t<text>`` per line.
+
+    Like ``labkit.core.console.read_serial_log`` but a malformed line raises :class:`SerialLogError`
+    naming the file and line (and a non-UTF-8 line is read as latin-1).
+    """
+    out: list[SerialLine] = []
+    data = Path(path).read_bytes()
+    for no, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw:
+            continue  # the file's final newline (a serial line is never empty of its timestamp)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("latin-1")
+        t_str, sep, text = line.partition("\t")
+        try:
+            t = float(t_str)
+        except ValueError:
+            t = float("nan")
+        if not sep or t != t:
+            raise SerialLogError(
+                f"{path}: line {no} is not '<seconds>\\t<text>': {line[:80]!r}",
+                "the file must be written by labkit.lab.qemu (serial-<os>-<boot>.log); do not edit it by hand",
+            )
+        out.append(SerialLine(t, text.rstrip("\r")))
+    return out
+
+
+# -- bundles --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bundle:
+    os: str
+    guest: str
+    sections: dict[str, str]
+    t_begin: float | None  # host time of the BEGIN line (None when read from a file)
+    complete: bool  # the END line was seen
+    md5_ok: bool  # the body's md5 matches the END line
+    version: int = BUNDLE_VERSION
+    problems: tuple[str, ...] = field(default=())  # why complete/md5_ok is False (strict=False only)
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and self.md5_ok and not self.problems
+
+    def section(self, name: str) -> str:
+        """The raw text of a section, or a :class:`BundleError` naming what is missing."""
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise BundleError(
+                f"bundle of {self.os} has no section '{name}' (it has: {', '.join(self.sections) or 'none'})",
+                "update the probe in the guest so it writes this section",
+            ) from None
+
+
+def body_md5(body_lines: Iterable[str], encoding: str = "latin-1") -> str:
+    """md5 of the body as the probe computes it: each line followed by ``\\n``.
+
+    Serial text is decoded latin-1 (one char per byte), so ``latin-1`` gives back the guest's
+    bytes; a line that cannot be latin-1 (text read as UTF-8 from a file) is hashed as UTF-8.
+    """
+    h = hashlib.md5()
+    for line in body_lines:
+        try:
+            h.update(line.encode(encoding))
+        except UnicodeEncodeError:
+            h.update(line.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def format_bundle(os_id: str, guest: str, sections: Mapping[str, str]) -> str:
+    """Write a bundle exactly as the probe does (for tests and for the /data copy's reference)."""
+    body: list[str] = []
+    for name, raw in sections.items():
+        body.append(f"@@SECTION {name}@@")
+        body.extend(raw.rstrip("\n").split("\n") if raw else [])
+    lines = [f"@@LABKIT-BUNDLE-BEGIN v={BUNDLE_VERSION} os={os_id} guest={guest}@@", *body]
+    lines.append(f"@@LABKIT-BUNDLE-END sections={len(sections)} md5={body_md5(body)}@@")
+    return "\n".join(lines) + "\n"
+
+
+def _check_header(os_id: str, guest: str, version: str, where: str) -> int:
+    if version != str(BUNDLE_VERSION):
+        raise BundleError(
+            f"{where}: bundle format v={version} is not supported (labkit reads v={BUNDLE_VERSION})",
+            "rebuild the guest's probe with this labkit version",
+        )
+    if os_id not in KNOWN_OS:
+        raise BundleError(
+            f"{where}: unknown os id '{os_id}' in bundle BEGIN line (known: {', '.join(KNOWN_OS)})",
+            "the probe must write one of the os ids listed in docs/contracts.md",
+        )
+    if guest not in GUEST_KINDS:
+        raise BundleError(
+            f"{where}: unknown guest kind '{guest}' in bundle BEGIN line (known: rehearsal, real)",
+            "the probe must write guest=rehearsal or guest=real",
+        )
+    if KNOWN_OS[os_id] != guest:
+        raise BundleError(
+            f"{where}: os id '{os_id}' is a {KNOWN_OS[os_id]} system but the bundle says guest={guest}",
+            "fix the probe's BEGIN line",
+        )
+    return BUNDLE_VERSION
+
+
+def _split_sections(body: Sequence[str], where: str) -> dict[str, str]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for no, line in enumerate(body, start=1):
+        m = _SECTION_RE.match(line)
+        if m:
+            name = m.group("name")
+            if name in sections:
+                raise BundleError(f"{where}: section '{name}' appears twice (body line {no})")
+            current = sections[name] = []
+        elif current is None:
+            raise BundleError(
+                f"{where}: body line {no} comes before the first @@SECTION@@ marker: {line[:80]!r}",
+                "the probe must start every section with '@@SECTION <name>@@'",
+            )
+        elif line.startswith(_MARKER_PREFIX):
+            raise BundleError(f"{where}: stray bundle marker inside the body (body line {no}): {line[:80]!r}")
+        else:
+            current.append(line)
+    return {name: "\n".join(lines) for name, lines in sections.items()}
+
+
+def _finish(
+    header: re.Match[str],
+    body: list[str],
+    end: re.Match[str] | None,
+    t_begin: float | None,
+    where: str,
+    strict: bool,
+) -> Bundle:
+    os_id, guest = header.group("os"), header.group("guest")
+    version = _check_header(os_id, guest, header.group("v"), where)
+    problems: list[str] = []
+    md5_ok = False
+    if end is None:
+        problems.append(
+            f"{where}: bundle of {os_id} is truncated: no END line after {len(body)} body lines"
+            + (f" (last line: {body[-1][:60]!r})" if body else "")
+        )
+    else:
+        got = body_md5(body)
+        want = end.group("md5").lower()
+        md5_ok = got == want or body_md5(body, "utf-8") == want
+        if not md5_ok:
+            problems.append(
+                f"{where}: bundle of {os_id} is corrupt: md5 of the body is {got}, END line says {end.group('md5')}"
+            )
+    try:
+        sections = _split_sections(body, where)
+    except BundleError as exc:
+        if strict or (end is not None and md5_ok):
+            raise
+        problems.append(exc.problem)
+        sections = {}
+    if end is not None and md5_ok and end.group("n") != str(len(sections)):
+        problems.append(f"{where}: END line says sections={end.group('n')} but the body has {len(sections)}")
+    if problems and strict:
+        raise BundleError(
+            "; ".join(problems),
+            "the guest stopped or the serial line dropped bytes before the probe finished; boot it again "
+            "(check the boot timeout and that nothing else writes to the serial console)",
+        )
+    return Bundle(
+        os=os_id,
+        guest=guest,
+        sections=sections,
+        t_begin=t_begin,
+        complete=end is not None,
+        md5_ok=md5_ok,
+        version=version,
+        problems=tuple(problems),
+    )
+
+
+def extract_bundles(lines: Sequence[TimedLine], *, strict: bool = True) -> list[Bundle]:
+    """Every bundle in a serial log, in order; noise before, after and between is ignored.
+
+    ``strict`` (default) raises :class:`BundleError` on a truncated or corrupt bundle; with
+    ``strict=False`` such a bundle is returned with ``complete``/``md5_ok`` False and the reason
+    in ``problems``.
+    """
+    bundles: list[Bundle] = []
+    header: re.Match[str] | None = None
+    t_begin: float | None = None
+    body: list[str] = []
+    begin_no = 0
+    for no, line in enumerate(lines, start=1):
+        text = line.text.rstrip("\r")
+        b = _BEGIN_RE.search(text)
+        if b is not None:
+            if header is not None:  # a new BEGIN before the previous END: the previous is truncated
+                bundles.append(_finish(header, body, None, t_begin, f"serial line {begin_no}", strict))
+            header, t_begin, body, begin_no = b, line.t, [], no
+            continue
+        if header is None:
+            continue
+        e = _END_RE.search(text)
+        if e is not None:
+            bundles.append(_finish(header, body, e, t_begin, f"serial line {begin_no}", strict))
+            header, body = None, []
+            continue
+        body.append(text)
+    if header is not None:
+        bundles.append(_finish(header, body, None, t_begin, f"serial line {begin_no}", strict))
+    return bundles
+
+
+def parse_bundle_text(text: str, *, strict: bool = True) -> Bundle:
+    """Parse exactly one bundle from text (e.g. the copy the probe saves on /data)."""
+    lines = [SerialLine(float("nan"), s) for s in text.split("\n")]
+    if lines and lines[-1].text == "":
+        lines.pop()
+    found = extract_bundles(lines, strict=strict)
+    if not found:
+        raise BundleError(
+            "no @@LABKIT-BUNDLE-BEGIN ...@@ line found in the text",
+            "pass the probe's output (serial log or the bundle file it writes on /data)",
+        )
+    if len(found) > 1:
+        raise BundleError(f"expected one bundle, found {len(found)}", "use extract_bundles() for a whole log")
+    b = found[0]
+    return Bundle(b.os, b.guest, b.sections, None, b.complete, b.md5_ok, b.version, b.problems)
+
+
+# -- section parsers --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Uptime:
+    uptime_s: float
+    idle_s: float
+
+
+def _content_lines(text: str) -> list[tuple[int, str]]:
+    return [(no, ln.rstrip("\r")) for no, ln in enumerate(text.split("\n"), start=1) if ln.strip()]
+
+
+def parse_uptime(text: str) -> Uptime:
+    """``/proc/uptime``: ``"12.34 5.67"`` (seconds up, seconds idle summed over CPUs)."""
+    lines = _content_lines(text)
+    if len(lines) != 1:
+        raise SectionError("uptime", None, None, f"expected one line, found {len(lines)}")
+    no, line = lines[0]
+    parts = line.split()
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        up, idle = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise SectionError("uptime", no, line, "expected '<uptime seconds> <idle seconds>'") from None
+    return Uptime(up, idle)
+
+
+_MEMINFO_RE = re.compile(r"^(?P<key>[A-Za-z0-9_()]+):\s+(?P<val>\d+)(?:\s+(?P<unit>kB))?\s*$")
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """``/proc/meminfo`` → ``{key: value}``; values with a ``kB`` unit are in KiB, others are counts."""
+    out: dict[str, int] = {}
+    for no, line in _content_lines(text):
+        m = _MEMINFO_RE.match(line)
+        if m is None:
+            raise SectionError("meminfo", no, line, "expected '<Key>:  <number> [kB]'")
+        out[m.group("key")] = int(m.group("val"))
+    if "MemTotal" not in out:
+        raise SectionError("meminfo", None, None, "no MemTotal line")
+    return out
+
+
+_DMESG_RE = re.compile(r"^(?:<\d+>)?\[\s*(?P<t>\d+\.\d+)\]\s?(?P<text>.*)$")
+
+
+def parse_dmesg(text: str) -> list[tuple[float, str]]:
+    """``[    1.234567] text`` lines → ``[(1.234567, "text"), ...]``.
+
+    A line without a timestamp continues the previous message (joined with ``\\n``).
+    """
+    out: list[tuple[float, str]] = []
+    for no, line in _content_lines(text):
+        m = _DMESG_RE.match(line)
+        if m is not None:
+            out.append((float(m.group("t")), m.group("text").rstrip()))
+        elif out:
+            t, prev = out[-1]
+            out[-1] = (t, f"{prev}\n{line.rstrip()}")
+        else:
+            raise SectionError(
+                "dmesg",
+                no,
+                line,
+                "the first message has no '[seconds]' timestamp",
+                "boot the guest kernel with printk timestamps (CONFIG_PRINTK_TIME=y or printk.time=1)",
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class DfRow:
+    filesystem: str
+    blocks_k: int
+    used_k: int
+    available_k: int
+    use_pct: int | None  # None when df prints "-"
+    mounted_on: str
+
+
+def _df_row(fields: list[str], no: int, line: str) -> DfRow:
+    if len(fields) < 6:
+        raise SectionError("df", no, line, "expected 6 columns (Filesystem 1K-blocks Used Available Use% Mounted on)")
+    fs, blocks, used, avail, pct = fields[:5]
+    mount = " ".join(fields[5:])
+    try:
+        use_pct = None if pct == "-" else int(pct.rstrip("%"))
+        if pct != "-" and not pct.endswith("%"):
+            raise ValueError
+        return DfRow(fs, int(blocks), int(used), int(avail), use_pct, mount)
+    except ValueError:
+        raise SectionError("df", no, line, "size columns must be whole KiB numbers and Use% like '12%'") from None
+
+
+def parse_df(text: str) -> list[DfRow]:
+    """``df -k`` output (busybox or coreutils); long device names may wrap onto the next line.
+
+    Several ``df -k`` runs may follow each other (the header repeats).
+    """
+    rows: list[DfRow] = []
+    pending: tuple[int, str] | None = None  # a wrapped device name waiting for its numbers
+    seen_header = False
+    for no, line in _content_lines(text):
+        fields = line.split()
+        if fields[0] == "Filesystem":
+            if "1K-blocks" not in fields and "1024-blocks" not in fields:
+                raise SectionError(
+                    "df", no, line, "not 'df -k' output (no 1K-blocks column)", "the probe must run df -k"
+                )
+            if pending is not None:
+                raise SectionError("df", pending[0], pending[1], "device name without its numbers")
+            seen_header = True
+            continue
+        if not seen_header:
+            raise SectionError("df", no, line, "data before the 'Filesystem 1K-blocks ...' header")
+        if pending is not None:
+            rows.append(_df_row([pending[1].strip(), *fields], no, line))
+            pending = None
+        elif len(fields) == 1:
+            pending = (no, line)
+        else:
+            rows.append(_df_row(fields, no, line))
+    if pending is not None:
+        raise SectionError("df", pending[0], pending[1], "device name without its numbers (truncated?)")
+    if not seen_header:
+        raise SectionError("df", None, None, "no 'Filesystem 1K-blocks ...' header")
+    return rows
+
+
+def parse_cmdline(text: str) -> list[tuple[str, str | None]]:
+    """``/proc/cmdline`` → ``[(key, value or None), ...]`` in order (keys may repeat, e.g. console=)."""
+    lines = _content_lines(text)
+    if len(lines) != 1:
+        raise SectionError("cmdline", None, None, f"expected one line, found {len(lines)}")
+    no, line = lines[0]
+    tokens: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    for ch in line.strip():
+        if ch == '"':
+            quoted = not quoted
+        elif ch.isspace() and not quoted:
+            if cur:
+                tokens.append("".join(cur))
+                cur = []
+        else:
+            cur.append(ch)
+    if quoted:
+        raise SectionError("cmdline", no, line, "unbalanced double quote")
+    if cur:
+        tokens.append("".join(cur))
+    out: list[tuple[str, str | None]] = []
+    for tok in tokens:
+        key, sep, val = tok.partition("=")
+        out.append((key, val if sep else None))
+    return out

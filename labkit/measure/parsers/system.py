@@ -1,0 +1,124 @@
+"""Small system formats: busybox/procps ``free``, ``/etc/os-release``, OpenRC ``/var/log/rc.log``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from labkit.measure.bundle import SectionError
+
+
+@dataclass(frozen=True)
+class Free:
+    unit: str  # "KiB" (plain free), "MiB" (free -m), ...
+    mem: dict[str, int]  # total, used, free, shared, buff/cache, available (what is printed)
+    swap: dict[str, int]
+
+
+_FREE_UNITS = {"-k": "KiB", "-m": "MiB", "-g": "GiB", "-b": "B"}
+
+
+def parse_free(text: str, section: str = "free", unit: str = "KiB") -> Free:
+    """``free`` (busybox or procps): header row, ``Mem:`` and ``Swap:`` rows."""
+    header: list[str] | None = None
+    mem: dict[str, int] = {}
+    swap: dict[str, int] = {}
+    for no, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        fields = line.split()
+        if fields[0] in ("total", "used"):
+            header = fields
+            continue
+        if fields[0] in ("Mem:", "Swap:", "Total:", "-/+"):
+            if header is None:
+                raise SectionError(section, no, raw, "a row before the 'total used free ...' header")
+            if fields[0] == "-/+":
+                continue
+            try:
+                values = [int(v) for v in fields[1:]]
+            except ValueError:
+                raise SectionError(section, no, raw, "values must be whole numbers (use plain free or -k/-m)") from None
+            row = dict(zip(header, values, strict=False))
+            if fields[0] == "Mem:":
+                mem = row
+            elif fields[0] == "Swap:":
+                swap = row
+            continue
+        raise SectionError(section, no, raw, "expected 'Mem:'/'Swap:' rows under a header")
+    if not mem:
+        raise SectionError(section, None, None, "no 'Mem:' row")
+    return Free(unit, mem, swap)
+
+
+def parse_os_release(text: str, section: str = "os_release") -> dict[str, str]:
+    """``/etc/os-release``: ``KEY=value`` with optional single/double quotes; comments skipped."""
+    out: dict[str, str] = {}
+    for no, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([A-Z0-9_]+)=(.*)", line)
+        if not m:
+            raise SectionError(section, no, raw, "expected KEY=value")
+        val = m[2]
+        if len(val) >= 2 and val[0] == val[-1] and val[0] in "\"'":
+            val = val[1:-1].replace('\\"', '"').replace("\\$", "$").replace("\\\\", "\\")
+        elif val[:1] in "\"'":
+            raise SectionError(section, no, raw, "unbalanced quote")
+        out[m[1]] = val
+    return out
+
+
+@dataclass(frozen=True)
+class RcLog:
+    runlevels: tuple[tuple[str, datetime, datetime | None], ...]  # (runlevel, started, stopped)
+    services: tuple[tuple[str, str, bool], ...]  # (runlevel, "Starting networking", ok)
+
+    def duration_s(self, runlevel: str) -> float | None:
+        for name, start, stop in self.runlevels:
+            if name == runlevel and stop is not None:
+                return (stop - start).total_seconds()
+        return None
+
+
+_RC_EDGE = re.compile(r"^rc (?P<lvl>\S+) logging (?P<what>started|stopped) at (?P<when>.+)$")
+_RC_SVC = re.compile(r"^\s*\* (?P<msg>.+?)\s*\.\.\.\s*(?:\[ (?P<st>ok|!!) \])?\s*$")
+
+
+def parse_rc_log(text: str, section: str = "rc_log") -> RcLog:
+    """OpenRC's ``rc_logger`` file: ``rc <runlevel> logging started at <ctime>`` ... ``stopped at``,
+    with `` * Starting x ... [ ok ]`` lines between (1 s resolution)."""
+    levels: list[tuple[str, datetime, datetime | None]] = []
+    services: list[tuple[str, str, bool]] = []
+    current: str | None = None
+    for no, raw in enumerate(text.split("\n"), start=1):
+        line = raw.rstrip("\r")
+        if not line.strip():
+            continue
+        m = _RC_EDGE.match(line.strip())
+        if m:
+            try:
+                when = datetime.strptime(" ".join(m["when"].split()), "%a %b %d %H:%M:%S %Y")
+            except ValueError:
+                raise SectionError(section, no, raw, "the time is not ctime() format") from None
+            if m["what"] == "started":
+                levels.append((m["lvl"], when, None))
+                current = m["lvl"]
+            else:
+                for i in range(len(levels) - 1, -1, -1):
+                    if levels[i][0] == m["lvl"] and levels[i][2] is None:
+                        levels[i] = (levels[i][0], levels[i][1], when)
+                        break
+                else:
+                    raise SectionError(section, no, raw, f"runlevel {m['lvl']} stopped without a start")
+                current = None
+            continue
+        s = _RC_SVC.match(line)
+        if s:
+            services.append((current or "?", s["msg"], s["st"] != "!!"))
+    if not levels:
+        raise SectionError(section, None, None, "no 'rc <runlevel> logging started at' line")
+    return RcLog(tuple(levels), tuple(services))

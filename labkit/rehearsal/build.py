@@ -1,0 +1,273 @@
+"""Populate the partition trees of the two rehearsal guests and describe how to boot them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+from labkit.core.data import guest_data
+from labkit.core.errors import InputError
+from labkit.core.runner import Runner, atomic_write_text
+from labkit.rehearsal.initramfs import build_initramfs
+from labkit.rehearsal.kernel import GuestKernel
+from labkit.rehearsal.payloads import (
+    BASE_PACKAGE,
+    PACKAGE_SETS,
+    Payload,
+    alpine_base_payload,
+    busybox_payload,
+    collect,
+    fix_mtimes,
+    nix_base32,
+    write_alpine_repo,
+    write_store_path,
+)
+from labkit.rehearsal.types import BootEntry, GuestBuild, PackageInfo
+from labkit.systems.alpine.apkovl import ApkovlSpec, build_apkovl, write_apkovl
+
+CONSOLE = "console=ttyS0,115200"
+ALPINE_MODULES = "modules=virtio_pci,virtio_blk,ext4"
+
+
+def resolve_world(world: Sequence[str] | str) -> list[str]:
+    """A package-set name (see PACKAGE_SETS) or an explicit list of Debian package names."""
+    if isinstance(world, str):
+        if world not in PACKAGE_SETS:
+            raise InputError(f"unknown package set {world!r}", f"use one of {', '.join(PACKAGE_SETS)}")
+        return list(PACKAGE_SETS[world])
+    return list(dict.fromkeys(world))
+
+
+def _copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def _cmdline(*parts: str) -> str:
+    return " ".join(p for p in parts if p)
+
+
+# -- Alpine ---------------------------------------------------------------------------------------
+LAB_MEDIA = "vda4"  # the Alpine partition in the lab VM (virtio-blk, partition 4): LBU media and repository
+POWEROFF_NAME = "zz-labkit-poweroff.start"
+#: Real Alpine: after the probe, OpenRC's poweroff (QEMU runs with -no-reboot). The rehearsal's stand-in
+#: for OpenRC powers off by itself after /etc/local.d, so the script steps aside there.
+POWEROFF_SCRIPT = b"""#!/bin/sh
+# labkit lab: the probe has printed its bundle; power off (QEMU exits, -no-reboot)
+[ -e /etc/labkit-rehearsal ] || poweroff
+"""
+
+
+def lab_apkovl_spec(
+    hostname: str,
+    world: Sequence[str],
+    *,
+    os_id: str = "alpine",
+    media: str = LAB_MEDIA,
+    root_size: str | None = None,
+    extra: Mapping[str, tuple[bytes, int]] | None = None,
+) -> ApkovlSpec:
+    """labkit's declarative apkovl for the lab: hostname, world, LBU media, the probe as
+    ``etc/local.d/labkit-probe.start`` with the runlevel link, ``etc/labkit-os`` and a poweroff script.
+
+    The same overlay boots real Alpine media and the Alpine-style rehearsal: the init comes from the
+    packages (alpine-base/openrc, or the rehearsal base package), never from the overlay.
+    ``os_id`` is what a real system reports; the rehearsal's base package overrides it with its marker.
+    """
+    files = {"etc/labkit-os": (f"{os_id}\n".encode(), 0o644),
+             f"etc/local.d/{POWEROFF_NAME}": (POWEROFF_SCRIPT, 0o755)}
+    files.update({k.lstrip("/"): v for k, v in (extra or {}).items()})
+    return ApkovlSpec(
+        hostname=hostname,
+        world=tuple(dict.fromkeys(["alpine-base", *world])),
+        media=media,
+        probe=guest_data("probe.sh").decode(),
+        root_size=root_size,
+        extra_files=tuple((path, data, mode) for path, (data, mode) in sorted(files.items())),
+    )
+
+
+def apkovl_bytes(hostname: str, world: Sequence[str], extra: Mapping[str, tuple[bytes, int]] | None = None) -> bytes:
+    """The lab overlay (:func:`lab_apkovl_spec`) as written by :func:`labkit.systems.alpine.apkovl.build_apkovl`."""
+    return build_apkovl(lab_apkovl_spec(hostname, world, extra=extra))
+
+
+def alpine_entry(cmdline_extra: str = "") -> BootEntry:
+    """How rEFInd boots the Alpine-style rehearsal (kernel and initramfs on the Alpine partition)."""
+    return BootEntry(
+        title="Alpine-style rehearsal",
+        partition_role="alpine",
+        kernel="boot/vmlinuz-lts",
+        initrd="boot/initramfs-lts",
+        cmdline=_cmdline(ALPINE_MODULES, CONSOLE, "quiet", cmdline_extra),
+    )
+
+
+def build_alpine_tree(
+    runner: Runner,
+    kernel: GuestKernel,
+    tree: Path,
+    world: Sequence[str] | str = "default",
+    hostname: str = "alpinelab",
+    cmdline_extra: str = "",
+    extra_overlay: Mapping[str, tuple[bytes, int]] | None = None,
+    media: str = LAB_MEDIA,
+) -> GuestBuild:
+    """Fill ``tree`` (the Alpine partition's root) with boot/, apks/ and ``<hostname>.apkovl.tar.gz``.
+
+    ``extra_overlay`` adds files to the apkovl: ``{"etc/local.d/x.start": (data, 0o755)}``.
+    """
+    tree = Path(tree)
+    names = resolve_world(world)
+    with runner.step("rehearsal guest: Alpine-style tree"):
+        _copy(kernel.vmlinuz, tree / "boot" / "vmlinuz-lts")
+        build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts")
+        infos = write_alpine_repo(alpine_payloads(runner, names), tree)
+        spec = lab_apkovl_spec(hostname, [n for n in names if n != BASE_PACKAGE], extra=extra_overlay, media=media)
+        ovl = write_apkovl(spec, tree / spec.filename).name
+    entry = alpine_entry(cmdline_extra)
+    files = (("apkovl", ovl), ("kernel", entry.kernel), ("initrd", entry.initrd), ("repository", "apks"))
+    return GuestBuild("alpine-rehearsal", entry, tuple(infos), kernel.version, files)
+
+
+def alpine_payloads(runner: Runner, names: Sequence[str]) -> list[Payload]:
+    """The rehearsal repository's packages: the base package (busybox + the rehearsal init) first."""
+    return [alpine_base_payload(runner), *collect(runner, [n for n in names if n != BASE_PACKAGE])]
+
+
+# -- NixOS ----------------------------------------------------------------------------------------
+def tree_hash(root: Path, salt: str) -> str:
+    h = hashlib.sha256(salt.encode())
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            h.update(f"L{rel}\0{os.readlink(p)}\0".encode())
+        elif p.is_file():
+            h.update(f"F{rel}\0{os.stat(p).st_mode & 0o777:o}\0".encode() + hashlib.sha256(p.read_bytes()).digest())
+        else:
+            h.update(f"D{rel}\0".encode())
+    return nix_base32(h.digest()[:20])
+
+
+def _add_store_dir(store: Path, name: str, build: Path) -> str:
+    """Move a built directory into the store under its content hash; return the store name."""
+    fix_mtimes(build)
+    full = f"{tree_hash(build, name)}-{name}"
+    final = store / full
+    if final.exists():
+        shutil.rmtree(build)
+    else:
+        os.replace(build, final)
+    return full
+
+
+BIN_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin")
+
+
+def _sw_links(busybox: Payload, bb_store: str, pkgs: Sequence[tuple[Payload, str]]) -> dict[str, str]:
+    links = {PurePosixPath(e.path).name: f"/nix/store/{bb_store}/{e.path}" for e in busybox.entries
+             if str(PurePosixPath(e.path).parent) == "bin"}
+    for payload, store_name in pkgs:  # real packages win over busybox applets, as in a buildEnv
+        for e in payload.entries:
+            if str(PurePosixPath(e.path).parent) in BIN_DIRS:
+                links[PurePosixPath(e.path).name] = f"/nix/store/{store_name}/{e.path}"
+    return links
+
+
+def write_store_sizes(store_tree: Path) -> Path:
+    """Register each store path's size at build time, as Nix does in its database (narSize), so the
+    probe reads one small file instead of walking the store with ``du`` during the measured boot.
+
+    Format: ``du -sk`` lines (``<KiB>\t/nix/store/<name>``, 4 KiB blocks per file, like du on ext4).
+    """
+    lines = []
+    store = store_tree / "store"
+    for path in sorted(store.iterdir()):
+        blocks = 4  # the directory itself
+        for f in path.rglob("*"):
+            st = f.lstat()
+            blocks += 4 * -(-st.st_size // 4096) if f.is_file() and not f.is_symlink() else 0
+            blocks += 4 if f.is_dir() and not f.is_symlink() else 0
+        lines.append(f"{blocks}\t/nix/store/{path.name}")
+    out = store_tree / "var" / "nix" / "labkit-store-sizes"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return out
+
+
+def build_nixos_trees(
+    runner: Runner,
+    kernel: GuestKernel,
+    boot_tree: Path,
+    store_tree: Path,
+    data_tree: Path,
+    packages: Sequence[str] | str = "default",
+    hostname: str = "nixoslab",
+    cmdline_extra: str = "",
+) -> GuestBuild:
+    """Fill the NixOS /boot tree (``kernels/``), the /nix tree (``store/``) and create /data's tree."""
+    boot_tree, store_tree, data_tree = Path(boot_tree), Path(store_tree), Path(data_tree)
+    names = [n for n in resolve_world(packages) if n != "busybox-static"]
+    store = store_tree / "store"
+    with runner.step("rehearsal guest: NixOS-style trees"):
+        store.mkdir(parents=True, exist_ok=True)
+        data_tree.mkdir(parents=True, exist_ok=True)
+        bb = busybox_payload(runner, store_layout=True)
+        bb_info = write_store_path(bb, store)
+        bb_name = PurePosixPath(bb_info.file).name
+        payloads = collect(runner, names)
+        infos: list[PackageInfo] = [bb_info]
+        pkg_names: list[tuple[Payload, str]] = []
+        for p in payloads:
+            info = write_store_path(p, store)
+            infos.append(info)
+            pkg_names.append((p, PurePosixPath(info.file).name))
+        for info in infos:
+            fix_mtimes(store_tree / info.file)
+        with tempfile.TemporaryDirectory(dir=store) as tmp:
+            probe_dir = Path(tmp) / "probe"
+            (probe_dir / "bin").mkdir(parents=True)
+            (probe_dir / "bin" / "labkit-probe").write_bytes(guest_data("probe.sh"))
+            os.chmod(probe_dir / "bin" / "labkit-probe", 0o755)
+            probe_name = _add_store_dir(store, "labkit-probe", probe_dir)
+
+            system = Path(tmp) / "system"
+            (system / "etc").mkdir(parents=True)
+            (system / "sw" / "bin").mkdir(parents=True)
+            (system / "etc" / "labkit-os").write_text("nixos-rehearsal\n")
+            (system / "etc" / "hostname").write_text(f"{hostname}\n")
+            links = _sw_links(bb, bb_name, pkg_names)
+            links["labkit-probe"] = f"/nix/store/{probe_name}/bin/labkit-probe"
+            for link, target in sorted(links.items()):
+                os.symlink(target, system / "sw" / "bin" / link)
+            # The init names its own store path: hash the template with the inputs, like a derivation.
+            template = guest_data("nixos-stage2.sh").decode()
+            drv = hashlib.sha256(f"{template}\0{bb_name}\0{probe_name}\0{sorted(links.items())}".encode())
+            sys_name = f"{nix_base32(drv.digest()[:20])}-labkit-system"
+            init = template.replace("@busybox@", f"/nix/store/{bb_name}").replace("@system@", f"/nix/store/{sys_name}")
+            (system / "init").write_text(init)
+            os.chmod(system / "init", 0o755)
+            fix_mtimes(system)
+            final = store / sys_name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(system, final)
+        write_store_sizes(store_tree)
+        ver = kernel.version
+        _copy(kernel.vmlinuz, boot_tree / "kernels" / f"bzImage-{ver}")
+        build_initramfs(runner, kernel, "nixos", boot_tree / "kernels" / f"initrd-{ver}")
+    entry = BootEntry(
+        title="NixOS-style rehearsal",
+        partition_role="nixos-boot",
+        kernel=f"kernels/bzImage-{ver}",
+        initrd=f"kernels/initrd-{ver}",
+        cmdline=_cmdline(f"init=/nix/store/{sys_name}/init", CONSOLE, "quiet", cmdline_extra),
+    )
+    files = (("system", f"store/{sys_name}"), ("kernel", entry.kernel), ("initrd", entry.initrd),
+             ("probe", f"store/{probe_name}"))
+    return GuestBuild("nixos-rehearsal", entry, tuple(infos), kernel.version, files)

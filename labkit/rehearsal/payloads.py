@@ -1,0 +1,292 @@
+"""Real package payloads, repacked offline from Debian packages installed on the host.
+
+Alpine side: ``apks/.boot_repository`` + ``apks/x86_64/<name>-<version>.apk`` (reproducible gzip
+tarballs) + ``apks/x86_64/LABKIT-INDEX`` (``name version file compressed-bytes installed-bytes``,
+tab separated). Nix side: ``store/<hash>-<name>-<version>/`` with the files unpacked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import stat
+import tarfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from labkit.core.data import GUEST_DIR
+from labkit.core.errors import LabkitError
+from labkit.core.runner import Runner, atomic_write_bytes, atomic_write_text
+from labkit.rehearsal.types import PackageInfo
+
+BASE_PACKAGE = "busybox-static"
+#: Fixed mtime for everything labkit packs (reproducible archives).
+EPOCH = 1_700_000_000
+INDEX_NAME = "LABKIT-INDEX"
+
+_SMALL = [  # ~6 MiB installed: partitioning + filesystem tools
+    "gdisk", "libpopt0", "libuuid1", "dosfstools", "mtools", "e2fsprogs", "libext2fs2", "libcom-err2",
+    "libss2", "xorriso", "libisoburn1", "libburn4", "libisofs6",
+]
+_MEDIUM = [*_SMALL, "cpio", "zstd", "libzstd1", "refind", "ovmf"]  # ~29 MiB
+_LARGE = [*_MEDIUM, "grub-efi-amd64-bin", "shellcheck", "libgmp10", "libffi8"]  # ~66 MiB
+
+#: Named world sets (host Debian packages labkit's setup installs anyway, with their deps).
+PACKAGE_SETS: dict[str, list[str]] = {
+    "base": [],  # only the base package (busybox-static)
+    "small": _SMALL,
+    "medium": _MEDIUM,
+    "large": _LARGE,
+    "default": _MEDIUM,
+}
+
+
+@dataclass(frozen=True)
+class PkgEntry:
+    path: str  # relative, e.g. "usr/bin/sgdisk"
+    kind: str  # "file" | "symlink"
+    mode: int
+    size: int
+    source: Path | None = None  # host file (kind == "file")
+    target: str | None = None  # link target (kind == "symlink")
+    data: bytes | None = None  # the content, for files labkit writes itself (kind == "file", no source)
+
+
+@dataclass(frozen=True)
+class Payload:
+    name: str
+    version: str
+    entries: tuple[PkgEntry, ...]
+
+    @property
+    def installed_size(self) -> int:
+        return sum(e.size for e in self.entries if e.kind == "file")
+
+    @property
+    def fs_version(self) -> str:
+        """The version as used in file names (no epoch colon)."""
+        return self.version.replace(":", "_")
+
+    def content_hash(self) -> str:
+        """Nix-style 32-char base32 hash of the payload's content."""
+        h = hashlib.sha256(f"{self.name}\0{self.version}\0".encode())
+        for e in self.entries:
+            h.update(f"{e.path}\0{e.kind}\0{e.mode:o}\0{e.target or ''}\0".encode())
+            if e.source is not None:
+                h.update(file_sha256(e.source))
+            elif e.data is not None:
+                h.update(hashlib.sha256(e.data).digest())
+        return nix_base32(h.digest()[:20])
+
+
+def file_sha256(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.digest()
+
+
+def nix_base32(data: bytes) -> str:
+    """Nix's base32 (alphabet without e, o, u, t; least significant digit last)."""
+    alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
+    n = len(data) * 8 // 5 + (1 if len(data) * 8 % 5 else 0)
+    out = []
+    for i in range(n - 1, -1, -1):
+        b = i * 5
+        j, k = divmod(b, 8)
+        c = data[j] >> k
+        if j + 1 < len(data):
+            c |= data[j + 1] << (8 - k)
+        out.append(alphabet[c & 0x1F])
+    return "".join(out)
+
+
+def host_package(runner: Runner, name: str) -> Payload:
+    """The files of an installed Debian package (regular files and symlinks that exist)."""
+    q = runner.run(["dpkg-query", "-W", "-f=${Version} ${db:Status-Status}", name], query=True, check=False)
+    fields = q.stdout.split()
+    if q.rc != 0 or len(fields) < 2 or fields[1] != "installed":
+        raise LabkitError(
+            f"Debian package {name!r} is not installed on this host, so it cannot be repacked as a payload",
+            f"install it (apt-get install -y {name}) or drop it from the package set",
+        )
+    listing = runner.run(["dpkg", "-L", name], query=True)
+    paths = [ln for ln in listing.stdout.splitlines() if ln.startswith("/") and ln != "/."]
+    # Directories of the package (on a merged-/usr host /bin, /sbin, /lib are symlinks): skip them.
+    parents = {str(PurePosixPath(p).parent) for p in paths}
+    entries: dict[str, PkgEntry] = {}
+    for line in paths:
+        if line in parents:
+            continue
+        try:
+            st = os.lstat(line)
+        except FileNotFoundError:
+            continue  # excluded by dpkg path-exclude (docs/man in minimal images)
+        rel = line.lstrip("/")
+        if stat.S_ISLNK(st.st_mode):
+            entries[rel] = PkgEntry(rel, "symlink", 0o777, 0, target=os.readlink(line))
+        elif stat.S_ISREG(st.st_mode):
+            entries[rel] = PkgEntry(rel, "file", stat.S_IMODE(st.st_mode), st.st_size, source=Path(line))
+    return Payload(name, fields[0], tuple(entries[k] for k in sorted(entries)))
+
+
+def busybox_payload(runner: Runner, store_layout: bool = False) -> Payload:
+    """busybox-static plus its applet links (absolute /bin/busybox, or flat relative bin/ links for the store)."""
+    pkg = host_package(runner, BASE_PACKAGE)
+    bb = next((e for e in pkg.entries if e.path.endswith("bin/busybox") and e.kind == "file"), None)
+    if bb is None:
+        raise LabkitError("busybox-static ships no bin/busybox here", "reinstall busybox-static")
+    applets = runner.run([str(bb.source), "--list-full"], query=True).stdout.split()
+    have = {e.path for e in pkg.entries}
+    links: dict[str, PkgEntry] = {}
+    for a in applets:
+        rel = f"bin/{PurePosixPath(a).name}" if store_layout else a.strip("/")
+        if rel in have or rel == bb.path:
+            continue
+        target = "busybox" if store_layout else f"/{bb.path}"
+        links[rel] = PkgEntry(rel, "symlink", 0o777, 0, target=target)
+    entries = sorted([*pkg.entries, *links.values()], key=lambda e: e.path)
+    return Payload(pkg.name, pkg.version, tuple(entries))
+
+
+#: The rehearsal's init, shipped in its base package as Alpine ships its init in alpine-base/openrc/
+#: busybox (the apkovl then only carries configuration: etc/local.d/*.start, the runlevel link).
+GUEST_DATA = GUEST_DIR
+REHEARSAL_MARKER = "etc/labkit-rehearsal"
+ALPINE_BASE_FILES = (("etc/inittab", "alpine-inittab", 0o644), ("etc/init.d/labkit-local", "alpine-rc.sh", 0o755))
+
+
+def alpine_base_payload(runner: Runner) -> Payload:
+    """The Alpine-style rehearsal's base package: busybox + applet links, its init (``etc/inittab``,
+    ``etc/init.d/labkit-local``, the stand-in for OpenRC) and ``etc/labkit-rehearsal``, the marker
+    from which the probe reports ``alpine-rehearsal`` whatever the apkovl says (real media: ``alpine``).
+    The initramfs installs it first, whatever the world; a world naming ``alpine-base`` gets it."""
+    bb = busybox_payload(runner)
+    extra = [PkgEntry(path, "file", mode, (GUEST_DATA / src).stat().st_size, source=GUEST_DATA / src)
+             for path, src, mode in ALPINE_BASE_FILES]
+    marker = b"alpine-rehearsal\n"
+    extra.append(PkgEntry(REHEARSAL_MARKER, "file", 0o644, len(marker), data=marker))
+    have = {e.path for e in extra}
+    entries = sorted([*(e for e in bb.entries if e.path not in have), *extra], key=lambda e: e.path)
+    return Payload(bb.name, bb.version, tuple(entries))
+
+
+def collect(runner: Runner, names: Iterable[str]) -> list[Payload]:
+    return [host_package(runner, n) for n in dict.fromkeys(names)]
+
+
+# -- Alpine side ---------------------------------------------------------------------------------
+def _tarinfo(name: str, kind: str, mode: int, size: int = 0, target: str | None = None) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type = {"dir": tarfile.DIRTYPE, "file": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE}[kind]
+    ti.mode = mode
+    ti.size = size
+    ti.mtime = EPOCH
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = "root"
+    if target is not None:
+        ti.linkname = target
+    return ti
+
+
+def reproducible_targz(members: Sequence[tuple[str, str, int, bytes | Path | str | None]], level: int = 6) -> bytes:
+    """A gzip tarball (no gzip timestamp, root-owned, fixed mtimes, parents first, sorted).
+
+    ``members``: ``(path, kind, mode, data)`` with kind file (data = bytes or host Path), symlink
+    (data = target) or dir.
+    """
+    dirs: set[str] = set()
+    for path, kind, _mode, _data in members:
+        parts = PurePosixPath(path).parts
+        for i in range(1, len(parts) + (kind == "dir")):
+            dirs.add("/".join(parts[:i]))
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=level, mtime=0, filename="") as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            explicit = {p: m for p, k, m, _ in members if k == "dir"}
+            items: list[tuple[str, str, int, bytes | Path | str | None]] = [
+                (d, "dir", explicit.get(d, 0o755), None) for d in dirs
+            ]
+            items += [m for m in members if m[1] != "dir"]
+            for path, kind, mode, data in sorted(items, key=lambda m: (m[0].split("/"), m[1] != "dir")):
+                if kind == "dir":
+                    tar.addfile(_tarinfo(path + "/", "dir", mode))
+                elif kind == "symlink":
+                    tar.addfile(_tarinfo(path, "symlink", 0o777, target=str(data)))
+                else:
+                    if isinstance(data, Path):
+                        with open(data, "rb") as fh:
+                            tar.addfile(_tarinfo(path, "file", mode, data.stat().st_size), fh)
+                    else:
+                        raw = data if isinstance(data, bytes) else str(data or "").encode()
+                        tar.addfile(_tarinfo(path, "file", mode, len(raw)), io.BytesIO(raw))
+    return buf.getvalue()
+
+
+def write_apk(payload: Payload, out_dir: Path) -> PackageInfo:
+    members = [
+        (e.path, e.kind, e.mode, (e.data if e.data is not None else e.source) if e.kind == "file" else e.target)
+        for e in payload.entries
+    ]
+    data = reproducible_targz(members)
+    name = f"{payload.name}-{payload.fs_version}.apk"
+    atomic_write_bytes(out_dir / name, data)
+    return PackageInfo(payload.name, payload.version, payload.installed_size, len(data), f"apks/x86_64/{name}")
+
+
+def write_alpine_repo(payloads: Sequence[Payload], tree: Path) -> list[PackageInfo]:
+    """``tree/apks`` with ``.boot_repository``, the .apk files and LABKIT-INDEX."""
+    repo = tree / "apks"
+    arch = repo / "x86_64"
+    arch.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(repo / ".boot_repository", b"")
+    infos = [write_apk(p, arch) for p in payloads]
+    lines = ["# name\tversion\tfile\tcompressed-bytes\tinstalled-bytes\n"]
+    lines += [
+        f"{i.name}\t{i.version}\t{PurePosixPath(i.file).name}\t{i.compressed_size}\t{i.installed_size}\n"
+        for i in infos
+    ]
+    atomic_write_text(arch / INDEX_NAME, "".join(lines))
+    return infos
+
+
+# -- Nix side ------------------------------------------------------------------------------------
+def store_name(payload: Payload) -> str:
+    return f"{payload.content_hash()}-{payload.name}-{payload.fs_version}"
+
+
+def write_store_path(payload: Payload, store: Path) -> PackageInfo:
+    """Unpack ``payload`` into ``store/<hash>-<name>-<version>/`` (skipped when already there)."""
+    name = store_name(payload)
+    final = store / name
+    if not final.is_dir():
+        tmp = store / f".{name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for e in payload.entries:
+            dest = tmp / e.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if e.kind == "symlink":
+                os.symlink(e.target or "", dest)
+            elif e.data is not None:
+                dest.write_bytes(e.data)
+                os.chmod(dest, e.mode)
+            else:
+                assert e.source is not None
+                shutil.copyfile(e.source, dest)
+                os.chmod(dest, e.mode)
+        tmp.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+    return PackageInfo(payload.name, payload.version, payload.installed_size, 0, f"store/{name}")
+
+
+def fix_mtimes(root: Path, mtime: int = EPOCH) -> None:
+    """Set every mtime under ``root`` (symlinks themselves included) to ``mtime``, bottom-up."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for n in [*filenames, *dirnames]:
+            os.utime(os.path.join(dirpath, n), (mtime, mtime), follow_symlinks=False)
+    os.utime(root, (mtime, mtime))

@@ -1,0 +1,705 @@
+"""The comparison report: helpers the notebook calls, and its rendering to HTML.
+
+``notebooks/06_report.ipynb`` stays thin: every table and figure comes from a function here.
+:func:`render_report` runs it with papermill and converts it with nbconvert (figures embedded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from labkit.core.data import NOTEBOOKS_DIR
+from labkit.core.errors import LabkitError
+from labkit.core.runner import Runner, atomic_write_text
+from labkit.measure.environment import ENVIRONMENT_FILE, flatten, labkit_version, load_environment
+from labkit.measure.loadcost import FIREFOX_MB, LOADCOST_FILE, LoadCost, LoadCostError, analyse, load_loadcost
+from labkit.measure.metrics import PHASES, applies, metric_definitions
+from labkit.measure.results import load_results, per_boot_table, summarize
+from labkit.measure.stats import compare_systems, outliers_table, relative_spread
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+REPORT_NOTEBOOK = "06_report.ipynb"
+RESULTS_FILE = "results.csv"
+MISSING = "missing"
+RAM_METRICS = ("ram_used_mib", "shmem_mib", "root_tmpfs_used_mib")
+SIZE_METRICS = ("installed_size_mib", "compressed_size_mib", "closure_size_mib")
+NOT_APPLICABLE = "n/a"
+TABLES_DIR = "tables"
+DECOMPRESSION_FILE = "decompression.json"
+_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+
+
+BOOTS_FILE = "boots.csv"
+
+
+class ReportError(LabkitError):
+    """The report cannot be built (inputs missing, notebook failed)."""
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReportContext:
+    run_dir: Path
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    environment: dict[str, Any]
+    loadcost: pd.DataFrame | None = None
+    decompression: dict[str, Any] | None = None
+    boots: pd.DataFrame | None = None  # boots.csv: every boot with its outcome (failed ones too)
+
+    @property
+    def systems(self) -> list[str]:
+        return sorted(self.results["os"].unique())
+
+    @property
+    def accelerators(self) -> list[str]:
+        return sorted(str(a) for a in self.results["accel"].dropna().unique())
+
+    @property
+    def run_ids(self) -> list[str]:
+        return sorted(str(r) for r in self.results["run_id"].unique())
+
+    @property
+    def origin(self) -> str:
+        """Where the figures come from, read from the data (never assumed)."""
+        return origin_label(self.results, self.environment)
+
+
+def validate_run_dir(run_dir: str | os.PathLike[str]) -> Path:
+    if not str(run_dir):
+        raise ReportError("parameter run_dir is empty", "pass the run directory: -p run_dir runs/<run-id>")
+    path = Path(run_dir).expanduser()
+    if not path.is_dir():
+        raise ReportError(f"run_dir {path} is not a directory", "pass the directory the benchmark wrote")
+    if not (path / RESULTS_FILE).is_file():
+        raise ReportError(
+            f"run_dir {path} has no {RESULTS_FILE}",
+            "run the benchmark into this directory first (it writes results.csv)",
+        )
+    return path
+
+
+def load_report_context(run_dir: str | os.PathLike[str]) -> ReportContext:
+    """Validate ``run_dir`` and read results.csv + environment.json."""
+    path = validate_run_dir(run_dir)
+    results = load_results(path / RESULTS_FILE)
+    if results.empty:
+        raise ReportError(f"{path / RESULTS_FILE} has no rows", "the benchmark recorded no metric; check its log")
+    env = load_environment(path) if (path / ENVIRONMENT_FILE).is_file() else {}
+    lc = load_loadcost(path / LOADCOST_FILE) if (path / LOADCOST_FILE).is_file() else None
+    dec = None
+    if (path / DECOMPRESSION_FILE).is_file():
+        import json
+
+        dec = json.loads((path / DECOMPRESSION_FILE).read_text(encoding="utf-8"))
+    boots = pd.read_csv(path / BOOTS_FILE) if (path / BOOTS_FILE).is_file() else None
+    return ReportContext(path, results, summarize(results), env, lc, dec, boots)
+
+
+def origin_label(results: pd.DataFrame, environment: dict[str, Any]) -> str:
+    """E.g. ``rehearsal guests (not Alpine/NixOS), lab VM, accelerator: tcg``."""
+    kinds = set(results["guest"].unique())
+    if kinds == {"rehearsal"}:
+        guests = "rehearsal guests (not Alpine/NixOS)"
+    elif kinds == {"real"}:
+        guests = "real systems: " + ", ".join(sorted(results["os"].unique()))
+    else:
+        rehearsal = sorted(results.loc[results["guest"] == "rehearsal", "os"].unique())
+        real = sorted(results.loc[results["guest"] != "rehearsal", "os"].unique())
+        guests = f"mixed: rehearsal guests {', '.join(rehearsal)} (not Alpine/NixOS) and real {', '.join(real)}"
+    accels = sorted(str(a) for a in results["accel"].dropna().unique())
+    target = str(environment.get("params", {}).get("target", "") or "")
+    if target == "disk" or (not target and accels and set(accels) <= {"hardware", "none"}):
+        where = "hardware"
+    elif target == "lab" or set(accels) & {"tcg", "kvm"}:
+        where = "lab VM"
+    else:
+        where = target or "unknown target"
+    return f"{guests}, {where}, accelerator: {', '.join(accels) or 'unknown'}"
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def _html_table(df: pd.DataFrame, *, index: bool = False) -> str:
+    return df.to_html(index=index, na_rep=MISSING, float_format=lambda x: f"{x:.3f}", border=0, escape=True)
+
+
+def definitions_table() -> pd.DataFrame:
+    return pd.DataFrame(metric_definitions())
+
+
+def summary_table(ctx: ReportContext) -> pd.DataFrame:
+    """Per system × metric (median, 95 % CI, relative spread); metrics that do not apply to a system
+    are left out, metrics that apply but were not measured stay in as 'missing'."""
+    s = ctx.summary.copy()
+    s = s[[applies(m, o) for m, o in zip(s["metric"], s["os"], strict=True)]].reset_index(drop=True)
+    data = ctx.results[~ctx.results["warmup"]]
+    s["mad_rel"] = [relative_spread(data.loc[(data["os"] == o) & (data["metric"] == m), "value"].to_numpy())
+                    for o, m in zip(s["os"], s["metric"], strict=True)]
+    s["status"] = np.where(s["n"] > 0, "measured", MISSING)
+    return s
+
+
+def wide_summary_table(ctx: ReportContext) -> pd.DataFrame:
+    """One row per metric, one 'median [CI]' column per system; 'n/a' where a metric does not apply."""
+    s = ctx.summary
+    rows = []
+    for metric in dict.fromkeys(s["metric"]):
+        row: dict[str, str] = {"metric": metric}
+        for os_id in ctx.systems:
+            r = s[(s["os"] == os_id) & (s["metric"] == metric)]
+            if not applies(metric, os_id):
+                row[os_id] = NOT_APPLICABLE
+            elif r.empty or int(r.iloc[0]["n"]) == 0:
+                row[os_id] = MISSING
+            else:
+                x = r.iloc[0]
+                ci = "" if np.isnan(x["ci_low"]) else f" [{x['ci_low']:.3g}, {x['ci_high']:.3g}]"
+                row[os_id] = f"{x['median']:.4g}{ci}"
+        row["unit"] = str(s.loc[s["metric"] == metric, "unit"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["metric", *ctx.systems, "unit"])
+
+
+def comparison_table(ctx: ReportContext) -> pd.DataFrame:
+    """Mann–Whitney U and Cliff's delta between the first two systems (empty with one system)."""
+    systems = ctx.systems
+    if len(systems) < 2:
+        return pd.DataFrame()
+    return compare_systems(ctx.results, systems[0], systems[1])
+
+
+def warmup_table(ctx: ReportContext) -> pd.DataFrame:
+    """The warm-up boots (discarded from the statistics, reported here)."""
+    w = ctx.results[ctx.results["warmup"]]
+    if w.empty:
+        return pd.DataFrame(columns=["os", "boot", "metric", "value", "unit"])
+    return w[["os", "boot", "metric", "value", "unit"]].reset_index(drop=True)
+
+
+def loadcost_analysis(ctx: ReportContext) -> LoadCost | None:
+    if ctx.loadcost is None or ctx.loadcost.empty:
+        return None
+    try:
+        return analyse(ctx.loadcost)
+    except LoadCostError:
+        return None
+
+
+def decompression_table(ctx: ReportContext) -> pd.DataFrame:
+    """Guest load rate against the host's gzip/zstd decompression rate on the same payloads."""
+    lc = loadcost_analysis(ctx)
+    d = ctx.decompression or {}
+    rows = []
+    guest = lc.rate_mib_s if lc is not None else float("nan")
+    for tool in ("gzip", "zstd"):
+        host = d.get(f"{tool}_mib_s")
+        host_f = float(host) if host else float("nan")
+        rows.append({"host tool": f"{tool} -t ({d.get('files', '?')} files, {d.get('package_set', '?')} set)",
+                     "host MiB/s": host_f, "guest load MiB/s (1/slope)": guest,
+                     "ratio guest/host": guest / host_f if host_f == host_f and host_f else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def package_mapping_table() -> pd.DataFrame:
+    from labkit.measure.pkgsets import mapping_table
+
+    return pd.DataFrame(mapping_table())
+
+
+def boots_table(ctx: ReportContext) -> pd.DataFrame:
+    """Every boot the run attempted, failed ones included (boots.csv), or an empty table."""
+    if ctx.boots is None:
+        return pd.DataFrame(columns=["os", "boot", "warmup", "ok", "reason", "wall_s", "timed_out", "serial_log"])
+    cols = [c for c in ("os", "boot", "warmup", "ok", "reason", "wall_s", "accel", "timed_out", "serial_log")
+            if c in ctx.boots.columns]
+    return ctx.boots[cols]
+
+
+def failed_boots(ctx: ReportContext) -> pd.DataFrame:
+    t = boots_table(ctx)
+    return t[~t["ok"].astype(bool)] if len(t) else t
+
+
+def report_tables(ctx: ReportContext) -> dict[str, pd.DataFrame]:
+    """Every table of the report, by file stem."""
+    tables = {
+        "metric_definitions": definitions_table(),
+        "summary": summary_table(ctx),
+        "summary_wide": wide_summary_table(ctx),
+        "comparison_mann_whitney": comparison_table(ctx),
+        "outliers": outliers_table(ctx.results),
+        "warmup_boots": warmup_table(ctx),
+        "per_boot": per_boot_table(ctx.results).reset_index(),
+        "boots": boots_table(ctx),
+        "package_sets": package_mapping_table(),
+        "environment": environment_table(ctx),
+    }
+    lc = loadcost_analysis(ctx)
+    if lc is not None:
+        tables["loadcost_points"] = lc.points
+        tables["loadcost_fits"] = lc.fits_table()
+        tables["loadcost_firefox"] = lc.firefox()
+        tables["decompression"] = decompression_table(ctx)
+    return tables
+
+
+def write_tables(ctx: ReportContext, out_dir: Path | None = None) -> list[Path]:
+    """Write every report table as CSV (``<run_dir>/tables/<name>.csv``); missing values stay empty."""
+    out = out_dir or ctx.run_dir / TABLES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, df in report_tables(ctx).items():
+        path = out / f"{name}.csv"
+        atomic_write_text(path, df.to_csv(index=False))
+        paths.append(path)
+    return paths
+
+
+def environment_table(ctx: ReportContext) -> pd.DataFrame:
+    flat = flatten(ctx.environment)
+    return pd.DataFrame({"item": list(flat), "value": list(flat.values())})
+
+
+def threats(ctx: ReportContext) -> list[str]:
+    """Threats to validity that apply to this run, from its data."""
+    out: list[str] = []
+    accels = ctx.accelerators
+    if "tcg" in accels:
+        out.append(
+            "**TCG emulation**: the guest CPU is emulated (no KVM); absolute times are many times slower "
+            "than on hardware and CPU-bound phases are inflated more than I/O-bound ones."
+        )
+    kinds = set(ctx.results["guest"].unique())
+    if "rehearsal" in kinds:
+        out.append(
+            "**Rehearsal guests**: small busybox guests built from the host's Debian kernel that reproduce each "
+            "system's boot *mechanism*; they are not Alpine or NixOS, and their numbers do not predict those systems'."
+        )
+    measured = ctx.results[~ctx.results["warmup"]]
+    n_by_os = measured.groupby("os")["boot"].nunique().to_dict()
+    n_text = ", ".join(f"{k}: n={v}" for k, v in sorted(n_by_os.items())) or "no measured boots"
+    small = any(v < 10 for v in n_by_os.values()) or not n_by_os
+    out.append(
+        f"**Sample size** ({n_text}{', warm-up boots excluded' if ctx.results['warmup'].any() else ''}): "
+        + ("small — the bootstrap intervals are rough and the medians can move between runs." if small
+           else "intervals are percentile bootstrap of the median (fixed seed).")
+    )
+    lc = loadcost_analysis(ctx)
+    if lc is not None:
+        out.append(
+            f"**Load-cost extrapolation**: the fit uses {lc.time_fit.n} boots over "
+            f"{lc.points['installed_size_mib'].min():.0f}-{lc.points['installed_size_mib'].max():.0f} MiB; the Firefox "
+            f"case ({FIREFOX_MB[0]:.0f}-{FIREFOX_MB[1]:.0f} MB) lies outside that range, and the rehearsal payloads "
+            "are Debian packages repacked as gzip .apk files (not Alpine's packages). Extra package sets are booted "
+            "once "
+            "each from an Alpine-only image; the main set's boots come from the two-system image."
+        )
+    elif ctx.loadcost is not None:
+        out.append("**Load cost**: too few load-cost boots for a fit (needs >= 3 boots at >= 2 sizes).")
+    out.append(
+        "**RAM**: read once at probe start, right after the boot (no settle delay); page cache and lazily freed "
+        "memory can still move afterwards."
+    )
+    out.append(
+        "**Timing sources**: firmware/loader and total use host serial timestamps (when a line arrives); the "
+        "other phases use the guest clock (dmesg, /proc/uptime). A missing metric is shown as "
+        f"'{MISSING}', never as 0."
+    )
+    return out
+
+
+# -- figures --------------------------------------------------------------------------------------
+def _stat(summary: pd.DataFrame, os_id: str, metric: str) -> tuple[float, float, float]:
+    row = summary[(summary["os"] == os_id) & (summary["metric"] == metric)]
+    if row.empty:
+        return (np.nan, np.nan, np.nan)
+    r = row.iloc[0]
+    return (float(r["median"]), float(r["ci_low"]), float(r["ci_high"]))
+
+
+def phases_figure(ctx: ReportContext) -> Figure:
+    """Stacked horizontal bars of the boot phases' medians per system; CI of the total as error bar."""
+    import matplotlib.pyplot as plt
+
+    systems = ctx.systems
+    fig, ax = plt.subplots(figsize=(9, 1.8 + 0.9 * len(systems)))
+    for y, os_id in enumerate(systems):
+        left = 0.0
+        missing: list[str] = []
+        for i, phase in enumerate(PHASES):
+            med, _, _ = _stat(ctx.summary, os_id, phase)
+            if np.isnan(med):
+                missing.append(phase)
+                continue
+            ax.barh(y, med, left=left, color=_COLORS[i % len(_COLORS)], edgecolor="white",
+                    label=phase if y == 0 or phase not in ax.get_legend_handles_labels()[1] else None)
+            _, plo, phi = _stat(ctx.summary, os_id, phase)
+            if not np.isnan(plo):  # the phase's own 95 % CI, drawn at the end of its segment
+                ax.errorbar(left + med, y + 0.25, xerr=[[med - plo], [phi - med]], fmt="none",
+                            ecolor=_COLORS[i % len(_COLORS)], capsize=2, elinewidth=1)
+            left += med
+        total, lo, hi = _stat(ctx.summary, os_id, "total_to_probe_s")
+        if not np.isnan(total):
+            xerr = None if np.isnan(lo) else [[total - lo], [hi - total]]
+            ax.errorbar(total, y, xerr=xerr, fmt="|", color="black", markersize=18, capsize=5,
+                        label="total to probe (median, 95 % CI)" if y == 0 else None)
+        pkg, _, _ = _stat(ctx.summary, os_id, "alpine_package_load_s")
+        notes = []
+        if not np.isnan(pkg):
+            notes.append(f"package load {pkg:.2f} s (in initramfs)")
+        if missing:
+            notes.append(f"{MISSING}: {', '.join(missing)}")
+        if notes:
+            ax.text(max(left, total if not np.isnan(total) else 0.0) * 1.02 + 0.05, y, "; ".join(notes),
+                    va="center", fontsize=8)
+    ax.set_yticks(range(len(systems)), systems)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since QEMU start (medians)")
+    ax.set_title(f"Boot phases per system\n{ctx.origin}", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=False))
+    ax.legend(uniq.values(), uniq.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.05 * len(systems)),
+              ncol=3, fontsize=8, frameon=False)
+    xmax = ax.get_xlim()[1]
+    ax.set_xlim(0, xmax * 1.45)
+    fig.tight_layout()
+    return fig
+
+
+def ram_figure(ctx: ReportContext) -> Figure:
+    """RAM per system: medians with 95 % CI; a metric missing on a system is labelled, not drawn as 0."""
+    import matplotlib.pyplot as plt
+
+    systems = ctx.systems
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 1.1 * len(systems)))
+    height = 0.8 / len(RAM_METRICS)
+    for y, os_id in enumerate(systems):
+        for j, metric in enumerate(RAM_METRICS):
+            pos = y - 0.4 + height * (j + 0.5)
+            med, lo, hi = _stat(ctx.summary, os_id, metric)
+            if np.isnan(med):
+                ax.text(0.5, pos, f"{metric}: {MISSING}", va="center", fontsize=8, color="gray")
+                continue
+            xerr = None if np.isnan(lo) else [[med - lo], [hi - med]]
+            ax.barh(pos, med, height=height * 0.9, xerr=xerr, capsize=3, color=_COLORS[j],
+                    label=metric if y == 0 else None)
+    ax.set_yticks(range(len(systems)), systems)
+    ax.invert_yaxis()
+    ax.set_xlabel("MiB (median, error bar: 95 % CI)")
+    ax.set_title(f"RAM (used: after the probe's settle; Shmem, root tmpfs: at probe start)\n{ctx.origin}",
+                 fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=False))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def packages_figure(ctx: ReportContext) -> Figure:
+    """Package count and sizes per system; 'missing' / 'n/a' written where there is no value."""
+    import matplotlib.pyplot as plt
+
+    systems = ctx.systems
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 1.1 * len(systems)))
+    height = 0.8 / len(SIZE_METRICS)
+    for y, os_id in enumerate(systems):
+        count, _, _ = _stat(ctx.summary, os_id, "package_count")
+        for j, metric in enumerate(SIZE_METRICS):
+            pos = y - 0.4 + height * (j + 0.5)
+            med = _stat(ctx.summary, os_id, metric)[0]
+            if np.isnan(med):
+                label = NOT_APPLICABLE if not applies(metric, os_id) else MISSING
+                ax.text(0.5, pos, f"{metric}: {label}", va="center", fontsize=8, color="gray")
+                continue
+            ax.barh(pos, med, height=height * 0.9, color=_COLORS[j], label=metric if metric not in
+                    ax.get_legend_handles_labels()[1] else None)
+            ax.text(med, pos, f" {med:.1f}", va="center", fontsize=8)
+        ax.text(0, y - 0.45, f"{'?' if np.isnan(count) else int(count)} packages", fontsize=8, va="bottom")
+    ax.set_yticks(range(len(systems)), systems)
+    ax.invert_yaxis()
+    ax.set_xlabel("MiB")
+    ax.set_title(f"Packages installed\n{ctx.origin}", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def loadcost_figure(ctx: ReportContext) -> Figure | None:
+    """Load time and tmpfs RAM against installed size: points, OLS fit with 95 % band, Firefox range."""
+    import matplotlib.pyplot as plt
+
+    lc = loadcost_analysis(ctx)
+    if lc is None:
+        return None
+    fits = [lc.time_fit, *([lc.ram_fit] if lc.ram_fit is not None else [])]
+    fig, axes = plt.subplots(1, len(fits), figsize=(5.5 * len(fits), 4.2))
+    axes_list = list(np.atleast_1d(axes))
+    ff = [mb * 1e6 / 1024**2 for mb in FIREFOX_MB]
+    for ax, fit in zip(axes_list, fits, strict=True):
+        pts = lc.points
+        for k, (name, g) in enumerate(pts.groupby("package_set", sort=False)):
+            ax.scatter(g[fit.x_name], g[fit.y_name], color=_COLORS[k % len(_COLORS)], label=f"set {name}", zorder=3)
+        xs = np.linspace(0, ff[1] * 1.05, 100)
+        pred = np.array([fit.predict(x) for x in xs])
+        ax.plot(xs, pred[:, 0], color="black", lw=1,
+                label=f"fit: {fit.slope:.4f} ± {fit.t95 * fit.se_slope:.4f} per MiB (95 %)")
+        ax.fill_between(xs, pred[:, 1], pred[:, 2], color="gray", alpha=0.25, label="95 % CI of the fit")
+        ax.axvspan(ff[0], ff[1], color="#c44e52", alpha=0.12, label="seed's Firefox: 200-400 MB")
+        for x in ff:
+            y, lo, hi = fit.predict(x)
+            ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="s", color="#c44e52", capsize=3)
+        ax.set_xlabel("installed size (MiB)")
+        ax.set_ylabel(fit.y_name)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Alpine-style in-RAM package load cost\n{ctx.origin}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# -- notebook display helpers (thin cells call these) ----------------------------------------------
+def _display_html(html: str) -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(html))
+
+
+def _display_md(md: str) -> None:
+    from IPython.display import Markdown, display
+
+    display(Markdown(md))
+
+
+def _display_fig(fig: Figure) -> None:
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    display(fig)
+    plt.close(fig)
+
+
+def _boots_text(ctx: ReportContext) -> str:
+    r = ctx.results
+    parts = []
+    for os_id in ctx.systems:
+        sub = r[r["os"] == os_id]
+        warm = sub.loc[sub["warmup"], "boot"].nunique()
+        meas = sub.loc[~sub["warmup"], "boot"].nunique()
+        parts.append(f"{os_id}: {meas} measured boot(s)" + (f" + {warm} warm-up" if warm else ""))
+    return ", ".join(parts)
+
+
+def show_title(ctx: ReportContext) -> None:
+    _display_md(
+        f"# Boot time and RAM: {' vs '.join(ctx.systems)}\n\n"
+        f"**Figures from: {ctx.origin}.**\n\n"
+        f"Run {', '.join(ctx.run_ids)}: {_boots_text(ctx)}; "
+        f"labkit {ctx.environment.get('labkit_version', labkit_version())}."
+    )
+
+
+def show_boots(ctx: ReportContext) -> None:
+    """Every boot attempted: a failed or timed-out boot is listed with its reason and serial log."""
+    table = boots_table(ctx)
+    if not len(table):
+        _display_md("_No boots.csv in the run directory: boot outcomes are unknown._")
+        return
+    bad = failed_boots(ctx)
+    if len(bad):
+        _display_md(f"**{len(bad)} of {len(table)} boots failed** and contribute no metric; "
+                    "their partial serial logs are kept in the run directory.")
+    else:
+        _display_md(f"All {len(table)} boots completed with a verified bundle.")
+    _display_html(_html_table(table))
+
+
+def show_definitions() -> None:
+    _display_html(_html_table(definitions_table()))
+
+
+def show_phases(ctx: ReportContext) -> None:
+    _display_fig(phases_figure(ctx))
+
+
+def show_ram(ctx: ReportContext) -> None:
+    _display_fig(ram_figure(ctx))
+
+
+def show_summary(ctx: ReportContext) -> None:
+    _display_html(_html_table(wide_summary_table(ctx)))
+    _display_html(_html_table(summary_table(ctx)))
+
+
+def show_per_boot(ctx: ReportContext) -> None:
+    _display_html(_html_table(per_boot_table(ctx.results).reset_index()))
+
+
+def show_environment(ctx: ReportContext) -> None:
+    if not ctx.environment:
+        _display_md(f"_No {ENVIRONMENT_FILE} in the run directory: the environment is unknown._")
+        return
+    _display_html(_html_table(environment_table(ctx)))
+
+
+def show_packages(ctx: ReportContext) -> None:
+    _display_fig(packages_figure(ctx))
+    _display_html(_html_table(package_mapping_table()))
+
+
+def show_comparison(ctx: ReportContext) -> None:
+    t = comparison_table(ctx)
+    if t.empty:
+        _display_md("_One system only: nothing to compare._")
+        return
+    _display_html(_html_table(t))
+
+
+def show_outliers(ctx: ReportContext) -> None:
+    t = outliers_table(ctx.results)
+    _display_md("_No outliers (robust z > 3.5 by MAD)._" if t.empty else "Outliers (robust z > 3.5 by MAD):")
+    if not t.empty:
+        _display_html(_html_table(t))
+
+
+def show_warmup(ctx: ReportContext) -> None:
+    t = warmup_table(ctx)
+    if t.empty:
+        _display_md("_No warm-up boots in this run._")
+        return
+    _display_html(_html_table(t.pivot_table(index=["os", "boot"], columns="metric", values="value").reset_index()))
+
+
+def show_loadcost(ctx: ReportContext) -> None:
+    lc = loadcost_analysis(ctx)
+    if lc is None:
+        _display_md(f"_Load cost: {MISSING} (no load-cost boots, or too few for a fit)._")
+        return
+    fig = loadcost_figure(ctx)
+    if fig is not None:
+        _display_fig(fig)
+    _display_html(_html_table(lc.fits_table()))
+    _display_md("**The seed's Firefox case** (predicted from the fit; the interval is the fit's 95 % CI):")
+    _display_html(_html_table(lc.firefox()))
+    _display_md("**Measured load rate against the host's decompression limit** (same .apk payloads):")
+    _display_html(_html_table(decompression_table(ctx)))
+
+
+def show_tables_written(ctx: ReportContext) -> None:
+    paths = write_tables(ctx)
+    _display_md("Every table is also a CSV file: " + ", ".join(f"`{TABLES_DIR}/{p.name}`" for p in paths))
+
+
+def show_threats(ctx: ReportContext) -> None:
+    _display_md("\n".join(f"- {t}" for t in threats(ctx)))
+
+
+# -- rendering --------------------------------------------------------------------------------------
+def notebook_path() -> Path:
+    """The report notebook in the repository's notebooks/ (labkit is used from a checkout)."""
+    path = NOTEBOOKS_DIR / REPORT_NOTEBOOK
+    if not path.is_file():
+        raise ReportError(
+            f"report notebook not found at {path}",
+            "install labkit from its repository checkout (pip install -e .): the notebooks live in notebooks/",
+        )
+    return path
+
+
+def _kernel_name() -> str:
+    """``python3``, after checking it runs this interpreter (so the kernel can import labkit)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        raise ReportError(
+            "no 'python3' Jupyter kernel", f"{sys.executable} -m ipykernel install --sys-prefix"
+        ) from None
+    exe = spec.argv[0] if spec.argv else ""
+    if exe not in {"python", "python3", f"python3.{sys.version_info.minor}"} and Path(exe).resolve() != Path(
+        sys.executable
+    ).resolve():
+        raise ReportError(
+            f"the 'python3' Jupyter kernel runs {exe}, not this interpreter ({sys.executable}): it may not see labkit",
+            f"remove the other kernelspec ({spec.resource_dir}) or run {sys.executable} -m ipykernel install "
+            "--sys-prefix",
+        )
+    return "python3"
+
+
+@contextlib.contextmanager
+def _maybe_step(runner: Runner | None, name: str) -> Iterator[None]:
+    if runner is None:
+        yield
+    else:
+        with runner.step(name):
+            yield
+
+
+def render_report(run_dir: Path, *, runner: Runner | None = None, timeout_s: float = 600.0) -> Path:
+    """Execute the report notebook on ``run_dir`` and write ``report.ipynb`` + ``report.html`` there.
+
+    Returns the HTML path. Both files are written atomically.
+    """
+    import nbformat
+    import papermill
+    from nbconvert import HTMLExporter
+
+    run_dir = validate_run_dir(run_dir).resolve()
+    nb_in = notebook_path()
+    kernel = _kernel_name()
+    out_nb = run_dir / "report.ipynb"
+    tmp_nb = run_dir / f".report.tmp-{os.getpid()}.ipynb"
+    html_path = run_dir / "report.html"
+    argv = ["papermill", str(nb_in), str(out_nb), "-p", "run_dir", str(run_dir), "-k", kernel]
+    with _maybe_step(runner, "render report"):
+        start = time.monotonic()
+        try:
+            nb = papermill.execute_notebook(
+                str(nb_in),
+                str(tmp_nb),
+                parameters={"run_dir": str(run_dir)},
+                kernel_name=kernel,
+                progress_bar=False,
+                log_output=False,
+                cwd=str(run_dir),
+                execution_timeout=int(timeout_s),
+            )
+        except papermill.PapermillExecutionError as exc:
+            failed = run_dir / "report-failed.ipynb"
+            if tmp_nb.exists():
+                os.replace(tmp_nb, failed)
+            if runner is not None:
+                runner.record_external(argv, rc=1, duration_s=time.monotonic() - start, error=exc.ename)
+            raise ReportError(
+                f"the report notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}",
+                f"open {failed} to see the traceback; fix the run directory or the notebook",
+            ) from None
+        finally:
+            tmp_nb.unlink(missing_ok=True)
+        executed = time.monotonic() - start
+        atomic_write_text(out_nb, nbformat.writes(nb) + "\n")
+        exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": f"labkit report {run_dir.name}"}})
+        if "data:image/png;base64" not in body:
+            raise ReportError(
+                "the rendered report has no embedded figures", f"open {out_nb} and check the figure cells' outputs"
+            )
+        atomic_write_text(html_path, body)
+        total = time.monotonic() - start
+        if runner is not None:
+            runner.record_external(argv, rc=0, duration_s=total, executed_s=round(executed, 3), html=str(html_path))
+            runner.note(f"report: {html_path} ({total:.1f} s)")
+    return html_path
+

@@ -1,0 +1,222 @@
+"""Read, list, audit and diff apkovls (the real ``lbu commit`` archives and labkit's own).
+
+Structural problems (truncated gzip/tar, absolute names, ``..``, links or entries that leave the
+tree) make :func:`read_apkovl` raise :class:`InputError`; content concerns (private keys, caches,
+large files, a readable shadow) come back as :class:`Finding` records from :func:`audit`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import posixpath
+import re
+import tarfile
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+
+from labkit.core.errors import InputError
+
+DEFAULT_LARGE = 1024 * 1024
+_KIND = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
+         tarfile.LNKTYPE: "hardlink"}
+_HOST_KEY = re.compile(r"^etc/ssh/ssh_host_\w+_key$")
+_PRIV_NAME = re.compile(r"(^|/)(id_(rsa|dsa|ecdsa|ed25519)(_sk)?|[^/]+\.(key|pem|p12|pfx))$")
+_CACHES = (
+    (re.compile(r"(^|/)\.cache(/|$)"), "cache", "a .cache directory (rebuilt at will; bloats every boot)"),
+    (re.compile(r"(^|/)\.(mozilla|thunderbird)(/|$)"), "browser-mail", "a Firefox/Thunderbird profile"),
+    (re.compile(r"(^|/)\.dillo/cache(/|$)"), "browser-mail", "the dillo browser cache"),
+    (re.compile(r"(^|/)(Mail|\.sylpheed-2\.0|\.maildir)(/|$)"), "browser-mail", "a mail store"),
+    (re.compile(r"^var/(spool/)?mail/"), "browser-mail", "a system mailbox"),
+)
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str  # as stored (directories without the trailing slash)
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    owner: str  # "uname/gname" as tar prints it
+    size: int
+    mtime: int
+    target: str
+    sha256: str  # of the data (files), "" otherwise
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # "warning" | "info"
+    rule: str
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Apkovl:
+    members: tuple[Member, ...]
+    compressed_size: int
+
+    @property
+    def total_size(self) -> int:
+        return sum(m.size for m in self.members if m.kind == "file")
+
+    def by_name(self) -> dict[str, Member]:
+        return {m.name: m for m in self.members}
+
+
+def _decompress(data: bytes, label: str) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise InputError(
+            f"{label} is not a complete .tar.gz ({exc}); it is truncated or corrupt",
+            "copy it again from the LBU media (or run 'lbu commit -d' on the live system)",
+        ) from None
+
+
+def _structural(m: tarfile.TarInfo, name: str, symlinks: set[str]) -> str | None:
+    p = PurePosixPath(name)
+    if m.name.startswith("/"):
+        return f"{m.name!r} is an absolute path"
+    if ".." in p.parts:
+        return f"{m.name!r} contains '..'"
+    for i in range(1, len(p.parts)):
+        parent = "/".join(p.parts[:i])
+        if parent in symlinks:
+            return f"{name!r} is written through the symlink {parent!r} (it may land outside the root)"
+    if m.issym() and not m.linkname.startswith("/"):
+        resolved = posixpath.normpath(posixpath.join(str(p.parent), m.linkname))
+        if resolved == ".." or resolved.startswith("../"):
+            return f"symlink {name!r} -> {m.linkname!r} leaves the tree"
+    if m.islnk() and (m.linkname.startswith("/") or ".." in PurePosixPath(m.linkname).parts):
+        return f"hard link {name!r} -> {m.linkname!r} leaves the tree"
+    if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+        return f"{name!r} is a device, fifo or other special file"
+    return None
+
+
+def read_apkovl(source: Path | bytes, label: str | None = None) -> Apkovl:
+    """Parse an apkovl; raise :class:`InputError` naming every structural problem."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    label = label or (str(source) if isinstance(source, Path) else "the apkovl")
+    raw = _decompress(data, label)
+    members: list[Member] = []
+    problems: list[str] = []
+    symlinks: set[str] = set()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+            for m in tar:
+                name = m.name.rstrip("/")
+                if m.isfile() and m.offset_data + m.size > len(raw):
+                    raise tarfile.ReadError(f"data of {name!r} is cut short")
+                problem = _structural(m, name, symlinks)
+                if problem:
+                    problems.append(problem)
+                if m.issym():
+                    symlinks.add(name)
+                body = raw[m.offset_data:m.offset_data + m.size] if m.isfile() else b""
+                members.append(Member(name, _KIND.get(m.type, "other"), m.mode, m.uid, m.gid,
+                                      f"{m.uname}/{m.gname}", m.size if m.isfile() else 0, int(m.mtime),
+                                      m.linkname, hashlib.sha256(body).hexdigest() if m.isfile() else ""))
+    except tarfile.TarError as exc:
+        raise InputError(f"{label}: the tar inside is truncated or corrupt ({exc})",
+                         "copy it again from the LBU media") from None
+    if not members:
+        raise InputError(f"{label} holds no entries", "is this an apkovl? (lbu package - | tar tzf -)")
+    if problems:
+        raise InputError(f"{label} is unsafe to unpack: " + "; ".join(problems),
+                         "rebuild it with labkit alpine apkovl, or with lbu commit from a clean system")
+    return Apkovl(tuple(members), len(data))
+
+
+def audit(ovl: Apkovl, *, large: int = DEFAULT_LARGE, data: dict[str, bytes] | None = None) -> list[Finding]:
+    """Content findings. ``data`` (name -> bytes) lets the PEM check look inside files."""
+    out: list[Finding] = []
+    for m in ovl.members:
+        body = (data or {}).get(m.name, b"")
+        pem = b"PRIVATE KEY-----" in body
+        if m.kind == "file" and (_PRIV_NAME.search(m.name) or pem or _HOST_KEY.match(m.name)):
+            if _HOST_KEY.match(m.name):
+                out.append(Finding("info", "host-key", m.name, "SSH host key (expected: keeps the host identity)"))
+            elif pem or not m.name.endswith(".pub"):
+                out.append(Finding("warning", "private-key", m.name, "a private key is saved in the overlay"))
+        for rx, rule, text in _CACHES:
+            if rx.search(m.name):
+                out.append(Finding("warning", rule, m.name, f"{text}; exclude it with lbu exclude"))
+                break
+        if m.kind == "file" and m.size > large:
+            out.append(Finding("warning", "large-file", m.name, f"{m.size} bytes (over {large}); it is kept in RAM"))
+        if m.name in ("etc/shadow", "etc/shadow-") and m.mode & 0o004:
+            out.append(Finding("warning", "shadow-mode", m.name, f"mode {m.mode:04o} lets everyone read the hashes"))
+    return out
+
+
+def file_data(source: Path | bytes) -> dict[str, bytes]:
+    """The contents of the regular files (call after :func:`read_apkovl` accepted the archive)."""
+    raw = gzip.decompress(source if isinstance(source, bytes) else Path(source).read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        return {m.name: raw[m.offset_data:m.offset_data + m.size] for m in tar if m.isfile()}
+
+
+def audit_file(path: Path, *, large: int = DEFAULT_LARGE) -> tuple[Apkovl, list[Finding]]:
+    ovl = read_apkovl(path)
+    return ovl, audit(ovl, large=large, data=file_data(path))
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    what: tuple[str, ...]  # e.g. ("content", "mode 0644 -> 0600")
+
+
+@dataclass(frozen=True)
+class ApkovlDiff:
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[Change, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+    def lines(self) -> list[str]:
+        return ([f"A {p}" for p in self.added] + [f"D {p}" for p in self.removed]
+                + [f"U {c.path} ({', '.join(c.what)})" for c in self.changed])
+
+
+def diff(a: Apkovl, b: Apkovl, *, mtimes: bool = False) -> ApkovlDiff:
+    """What changed from ``a`` to ``b`` (lbu status letters: A added, D deleted, U updated)."""
+    ma, mb = a.by_name(), b.by_name()
+    changed: list[Change] = []
+    for name in sorted(ma.keys() & mb.keys()):
+        x, y = ma[name], mb[name]
+        what = []
+        if x.kind != y.kind:
+            what.append(f"kind {x.kind} -> {y.kind}")
+        if x.sha256 != y.sha256:
+            what.append(f"content ({x.size} -> {y.size} bytes)")
+        if x.mode != y.mode:
+            what.append(f"mode {x.mode:04o} -> {y.mode:04o}")
+        if (x.uid, x.gid, x.owner) != (y.uid, y.gid, y.owner):
+            what.append(f"owner {x.owner} -> {y.owner}")
+        if x.target != y.target:
+            what.append(f"target {x.target} -> {y.target}")
+        if mtimes and x.mtime != y.mtime:
+            what.append("mtime")
+        if what:
+            changed.append(Change(name, tuple(what)))
+    return ApkovlDiff(tuple(sorted(mb.keys() - ma.keys())), tuple(sorted(ma.keys() - mb.keys())), tuple(changed))
+
+
+def as_json(ovl: Apkovl, findings: list[Finding]) -> dict[str, object]:
+    return {
+        "entries": [asdict(m) for m in ovl.members],
+        "count": len(ovl.members),
+        "total_size": ovl.total_size,
+        "compressed_size": ovl.compressed_size,
+        "findings": [asdict(f) for f in findings],
+    }

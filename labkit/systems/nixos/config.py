@@ -1,0 +1,263 @@
+"""The NixOS configuration as typed settings, rendered to a NixOS module (``labkit.nix``).
+
+The module gives the machine a tmpfs ``/`` (``size=``, ``mode=755``), ``/nix`` and ``/data`` on
+disk (``neededForBoot``), GRUB for EFI on ``/boot/efi`` without touching the EFI variables (rEFInd
+stays first), immutable users with a checked password hash and/or SSH keys, the configuration
+kept on ``/data``, optional impermanence and home-manager, and the probe as a systemd unit that
+runs once the boot is finished.
+
+:func:`check_settings` rejects the inputs that lock a machine out or cannot boot; every error
+names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit.core.errors import InputError
+from labkit.core.layout import LAB_LAYOUT, Layout, Role, human, parse_size
+from labkit.systems.nixos.hashes import check_hash
+from labkit.systems.nixos.nixexpr import Apply, Raw, render
+
+DATA_CONFIG_DIR = "/data/etc/nixos"
+MODULE_NAME = "labkit.nix"
+PROBE_NAME = "labkit-probe.sh"
+IMPERMANENCE_URL = "https://github.com/nix-community/impermanence/archive/master.tar.gz"
+HOME_MANAGER_URL = "https://github.com/nix-community/home-manager/archive/release-24.11.tar.gz"
+
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_TMPFS_RE = re.compile(r"^(?:[0-9]+[kKmMgG]?|[0-9]{1,3}%)$")
+_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+              "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+@dataclass(frozen=True)
+class User:
+    """The one login user (in ``wheel``); root gets no password (``nixos-install --no-root-passwd``)."""
+
+    name: str = "lab"
+    hashed_password: str | None = None
+    ssh_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Devices:
+    """Where the partitions are found at boot (by filesystem label, from the disk layout)."""
+
+    esp: str = "/dev/disk/by-label/ESP"
+    boot: str = "/dev/disk/by-label/nixboot"
+    nix: str = "/dev/disk/by-label/nix"
+    data: str = "/dev/disk/by-label/data"
+
+    @classmethod
+    def from_layout(cls, layout: Layout) -> Devices:
+        def by_label(role: Role) -> str:
+            return f"/dev/disk/by-label/{layout.partition(role).label}"
+
+        return cls(by_label(Role.ESP), by_label(Role.NIXOS_BOOT), by_label(Role.NIX_STORE), by_label(Role.DATA))
+
+
+@dataclass(frozen=True)
+class NixosSettings:
+    user: User = field(default_factory=User)
+    hostname: str = "labkit-nixos"
+    tmpfs_size: str = "2G"  # tmpfs `size=`: bytes with k/m/g suffix, or a percentage of RAM
+    devices: Devices = field(default_factory=lambda: Devices.from_layout(LAB_LAYOUT))
+    serial_console: bool = True
+    probe: bool = True
+    impermanence: bool = False
+    home_manager_user: str | None = None
+    state_version: str = "24.11"
+    config_dir: str = DATA_CONFIG_DIR  # on the installed system
+    impermanence_url: str = IMPERMANENCE_URL
+    home_manager_url: str = HOME_MANAGER_URL
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+def mem_total_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """``MemTotal`` of ``/proc/meminfo`` (a file path, so tests can give their own)."""
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            parts = line.split()
+            return int(parts[1]) * (1024 if parts[2:3] == ["kB"] else 1)
+    raise InputError(f"no MemTotal line in {meminfo}", "give the machine's RAM explicitly")
+
+
+def tmpfs_bytes(size: str, mem_total: int) -> int:
+    if not _TMPFS_RE.match(size):
+        raise InputError(f"tmpfs size {size!r} is not a size tmpfs understands",
+                         "write it like 2G, 512M or 50% (of RAM)")
+    if size.endswith("%"):
+        return mem_total * int(size[:-1]) // 100
+    return parse_size(size.upper() if size[-1].isalpha() else size)
+
+
+def check_ssh_key(key: str) -> str:
+    parts = key.strip().split()
+    fix = "paste one line of an OpenSSH public key file (~/.ssh/id_ed25519.pub)"
+    if len(parts) < 2 or parts[0] not in _KEY_TYPES:
+        raise InputError(f"not an OpenSSH public key: {key[:40]!r}", fix)
+    if "PRIVATE KEY" in key:
+        raise InputError("this is a private key; never put it in a configuration", fix)
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        raise InputError(f"the {parts[0]} key's base64 body is damaged", fix) from None
+    n = int.from_bytes(blob[:4], "big")
+    if blob[4 : 4 + n].decode("ascii", "replace") != parts[0]:
+        raise InputError(f"the key's body does not encode a {parts[0]} key", fix)
+    return " ".join(parts)
+
+
+def check_settings(settings: NixosSettings, *, mem_total: int | None = None) -> NixosSettings:
+    """Raise :class:`InputError` (problem + fix) for a configuration that cannot be used."""
+    u = settings.user
+    if not _USER_RE.match(u.name) or u.name == "root":
+        raise InputError(f"user name {u.name!r} is not usable", "use lowercase letters, digits, - or _ (not root)")
+    if not _HOST_RE.match(settings.hostname):
+        raise InputError(f"host name {settings.hostname!r} is not a valid host name", "use letters, digits and -")
+    if u.hashed_password is None and not u.ssh_keys:
+        raise InputError(
+            f"user {u.name!r} has neither a password hash nor an SSH key: with users.mutableUsers = false "
+            "nobody could log in (the seed's lock-out)",
+            "give --hashed-password-file (mkpasswd -m yescrypt > FILE) and/or --ssh-key",
+        )
+    if u.hashed_password is not None:
+        check_hash(u.hashed_password)
+    for k in u.ssh_keys:
+        check_ssh_key(k)
+    if settings.home_manager_user is not None and settings.home_manager_user != u.name:
+        raise InputError(f"home-manager user {settings.home_manager_user!r} is not the configured user {u.name!r}",
+                         f"use --home-manager {u.name}")
+    if mem_total is not None:
+        size = tmpfs_bytes(settings.tmpfs_size, mem_total)
+        if size > mem_total:
+            raise InputError(
+                f"tmpfs size {settings.tmpfs_size} ({human(size)}) is more than the machine's RAM ({human(mem_total)})",
+                f"choose at most {human(mem_total // 2)} (half the RAM is a sane ceiling) or a percentage like 50%",
+            )
+        if size <= 0:
+            raise InputError(f"tmpfs size {settings.tmpfs_size} is zero", "write a size like 2G")
+    else:
+        tmpfs_bytes(settings.tmpfs_size, 1)
+    for dev in (settings.devices.esp, settings.devices.boot, settings.devices.nix, settings.devices.data):
+        if not dev.startswith("/dev/"):
+            raise InputError(f"device {dev!r} is not under /dev", "use /dev/disk/by-label/<label>")
+    return settings
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+def _fs(device: str, fs_type: str, *, needed: bool = False, options: tuple[str, ...] = ()) -> Apply:
+    body: dict[str | tuple[str, ...], object] = {"device": device, "fsType": fs_type}
+    if options:
+        body["options"] = list(options)
+    if needed:
+        body["neededForBoot"] = True
+    return Apply("lib.mkForce", body)  # wins over hardware-configuration.nix's detected entries
+
+
+def _probe_service(settings: NixosSettings) -> dict[str | tuple[str, ...], object]:
+    script = (
+        "# Type=simple: the start job completes at once, so the probe never holds the boot open;\n"
+        "# it waits until the boot has finished, then writes one bundle.\n"
+        "systemctl is-system-running --wait > /dev/null || true\n"
+        "mkdir -p /data/labkit/bundles\n"
+        "${pkgs.runtimeShell} ${./" + PROBE_NAME + "} | tee \"/data/labkit/bundles/bundle-$(cat "
+        "/proc/sys/kernel/random/boot_id).txt\"\n"
+    )
+    return {
+        "description": "labkit probe: one measurement bundle to /data and the serial console",
+        "wantedBy": ["multi-user.target"],
+        "after": ["multi-user.target"],
+        "path": Raw("with pkgs; [ coreutils gawk gnugrep util-linux procps systemd ]"),
+        "environment": {"LABKIT_PROBE_OUT": "/dev/stdout"},
+        "serviceConfig": {"Type": "simple", "StandardOutput": "tty", "TTYPath": "/dev/ttyS0"},
+        "script": Raw("''\n" + _indent(script, 6) + "    ''"),
+    }
+
+
+def _indent(text: str, n: int) -> str:
+    return "".join(" " * n + line + "\n" for line in text.splitlines())
+
+
+def module_attrs(settings: NixosSettings) -> dict[str | tuple[str, ...], object]:
+    s, u, d = settings, settings.user, settings.devices
+    imports: list[object] = []
+    if s.impermanence:
+        imports.append(Raw(f'"${{builtins.fetchTarball {render(s.impermanence_url)}}}/nixos.nix"'))
+    if s.home_manager_user:
+        imports.append(Raw(f'"${{builtins.fetchTarball {render(s.home_manager_url)}}}/nixos"'))
+    a: dict[str | tuple[str, ...], object] = {}
+    if imports:
+        a["imports"] = imports
+    a[("fileSystems", "/")] = _fs("none", "tmpfs", options=("defaults", f"size={s.tmpfs_size}", "mode=755"))
+    a[("fileSystems", "/nix")] = _fs(d.nix, "ext4", needed=True, options=("noatime",))
+    a[("fileSystems", "/data")] = _fs(d.data, "ext4", needed=True, options=("noatime",))
+    a[("fileSystems", "/boot")] = _fs(d.boot, "ext4")
+    a[("fileSystems", "/boot/efi")] = _fs(d.esp, "vfat", options=("fmask=0077", "dmask=0077"))
+    a[("boot", "loader", "systemd-boot", "enable")] = Apply("lib.mkForce", False)
+    a[("boot", "loader", "grub")] = {"enable": True, "efiSupport": True, "device": "nodev"}
+    a[("boot", "loader", "efi")] = {"efiSysMountPoint": "/boot/efi", "canTouchEfiVariables": False}
+    if s.serial_console:
+        a[("boot", "kernelParams")] = ["console=tty0", "console=ttyS0,115200n8"]
+    a[("networking", "hostName")] = s.hostname
+    a[("users", "mutableUsers")] = False
+    user: dict[str | tuple[str, ...], object] = {"isNormalUser": True, "extraGroups": ["wheel"]}
+    if u.hashed_password is not None:
+        user["hashedPassword"] = u.hashed_password
+    if u.ssh_keys:
+        user[("openssh", "authorizedKeys", "keys")] = list(u.ssh_keys)
+    a[("users", "users", u.name)] = user
+    if u.hashed_password is None:
+        a[("security", "sudo", "wheelNeedsPassword")] = False
+    if u.ssh_keys:
+        a[("services", "openssh")] = {
+            "enable": True,
+            "settings": {"PasswordAuthentication": False, "PermitRootLogin": "no"},
+        }
+    a[("system", "copySystemConfiguration")] = True
+    a[("nix", "nixPath")] = [
+        "nixpkgs=/nix/var/nix/profiles/per-user/root/channels/nixos",
+        f"nixos-config={s.config_dir}/configuration.nix",
+        "/nix/var/nix/profiles/per-user/root/channels",
+    ]
+    a[("environment", "etc", "labkit-os", "text")] = "nixos\n"
+    if s.probe:
+        a[("systemd", "services", "labkit-probe")] = _probe_service(s)
+    if s.impermanence:
+        a[("environment", "persistence", "/data/persist")] = {
+            "hideMounts": True,
+            "directories": ["/var/lib/nixos", "/var/log", "/var/db/sudo/lectured"],
+            "files": ["/etc/machine-id", "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub",
+                      "/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_rsa_key.pub"],
+        }
+    if s.home_manager_user:
+        a[("home-manager", "users", s.home_manager_user)] = {
+            ("home", "stateVersion"): s.state_version,
+            ("programs", "bash", "enable"): True,
+        }
+    a[("system", "stateVersion")] = Apply("lib.mkDefault", s.state_version)
+    return a
+
+
+def render_module(settings: NixosSettings, *, mem_total: int | None = None) -> str:
+    """The checked settings as a NixOS module (the text of ``labkit.nix``)."""
+    check_settings(settings, mem_total=mem_total)
+    header = (
+        "# labkit.nix — written by labkit from typed settings; change the settings, not this file.\n"
+        "# tmpfs root; /nix and /data on disk; GRUB (EFI) behind rEFInd; configuration kept on /data.\n"
+    )
+    return header + "{ config, lib, pkgs, ... }:\n\n" + render(module_attrs(settings)) + "\n"
+
+
+def probe_script() -> bytes:
+    """The probe (``labkit/data/guest/probe.sh``) that the module runs (``./labkit-probe.sh``)."""
+    from labkit.core.data import guest_data
+
+    return guest_data("probe.sh")
