@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_disk(sub)
 
+    from labkit.cli.install import register as register_install
+
+    register_install(sub)
+
     from labkit.cli.run import register as register_run
 
     register_run(sub)

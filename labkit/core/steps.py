@@ -156,6 +156,8 @@ def plan_lines(result: PhaseResult) -> list[str]:
         head = f"# {o.name}" + (f" — ERASES {o.erases}" if o.erases else "") + (
             " (done already)" if o.status == "done already" else "")
         lines.append(head)
+        if o.describe:
+            lines.append(f"#   {o.describe}")
         lines += [c.shell() for c in by_step.get(o.name, [])]
     return lines
 

@@ -15,9 +15,13 @@ from labkit.targets.base import Files, Target, check_relative
 def put_step(target: Target, files: Files, name: str | None = None) -> Step:
     """Copy ``files.tree`` onto its partition; done already when every staged file reads back equal."""
     ext = target.extent(files.role)
+    staged = sorted(p.relative_to(files.tree).as_posix() for p in files.tree.rglob("*")
+                    if not p.is_dir()) if files.tree.is_dir() else []
+    shown = ", ".join(staged[:8]) + (f" and {len(staged) - 8} more files" if len(staged) > 8 else "")
     return Step(name or f"put {files.what} on partition {ext.number} ({ext.partition.label})",
                 lambda: target.put_tree(files), lambda: target.has_tree(files), lambda: target.verify_tree(files),
-                f"{files.what} → partition {ext.number} ({ext.partition.fs.value} {ext.partition.label})")
+                f"{files.what} → partition {ext.number} ({ext.partition.fs.value} {ext.partition.label})"
+                + (f": {shown}" if shown else ""))
 
 
 def stage(dest: Path, files: Mapping[str, bytes | Path | tuple[bytes, int]]) -> Path:

@@ -172,7 +172,17 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions) ->
 
             entry = alpine_entry()
             guest = None
-            if not plan:
+            if plan:  # the small files are pure: staged so the plan names them; the rest is built at apply time
+                from labkit.rehearsal.build import BASE_PACKAGE, lab_apkovl_spec, resolve_world
+                from labkit.systems.alpine.apkovl import write_apkovl
+
+                spec = lab_apkovl_spec(opts.hostname, [n for n in resolve_world(opts.world) if n != BASE_PACKAGE],
+                                       media=opts.alpine_media)
+                stage(tree, {"boot/refind_linux.conf": bootchain.refind_linux_conf(entry).encode()})
+                write_apkovl(spec, tree / spec.filename)
+                runner.note(f"built at apply time: boot/vmlinuz-lts, boot/initramfs-lts and apks/ (the Alpine-style "
+                            f"rehearsal with package set {opts.world!r})")
+            else:
                 from labkit.rehearsal.build import build_alpine_tree
 
                 assert kernel is not None

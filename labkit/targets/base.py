@@ -121,6 +121,10 @@ class Target(ABC):
         if not self.plan and not files.tree.is_dir():
             raise LabkitError(f"nothing staged for {files.what}: {files.tree} is not a directory",
                               "run the phase again (it stages its files first)")
+        if self.plan and files.tree.is_dir():
+            staged = sorted(p.relative_to(files.tree).as_posix() for p in files.tree.rglob("*") if not p.is_dir())
+            self.runner.note(f"{files.what}: " + (", ".join(staged[:12]) + (f" and {len(staged) - 12} more"
+                                                                         if len(staged) > 12 else "")))
         if ext.partition.fs is FsType.VFAT:
             self._put_fat_tree(files)
         else:
@@ -128,21 +132,21 @@ class Target(ABC):
 
     def _put_fat_tree(self, files: Files) -> None:
         spec = self.spec(files.role)
-        entries = [] if self.plan else sorted(files.tree.iterdir())
-        dirs = [] if self.plan else sorted(
-            "::/" + p.relative_to(files.tree).as_posix() for p in files.tree.rglob("*") if p.is_dir())
-        if dirs:
-            self.runner.run(["mmd", "-D", "s", "-i", spec, *dirs], env=MTOOLS_ENV, check=False)
-        if self.plan:
+        if not files.tree.is_dir():  # plan mode, nothing staged
             self.runner.run(["mcopy", "-s", "-o", "-i", spec, f"{files.tree}/*", "::/"], env=MTOOLS_ENV)
             return
-        for e in entries:
-            if e.is_dir():
-                for f in sorted(p for p in e.rglob("*") if p.is_file()):
-                    self.runner.run(["mcopy", "-o", "-i", spec, f, "::/" + f.relative_to(files.tree).as_posix()],
-                                    env=MTOOLS_ENV)
-            elif e.is_file():
-                self.runner.run(["mcopy", "-o", "-i", spec, e, "::/" + e.name], env=MTOOLS_ENV)
+        dirs = sorted("::/" + p.relative_to(files.tree).as_posix() for p in files.tree.rglob("*") if p.is_dir())
+        have = self._fat_dirs(spec) if dirs and not self.plan else set()
+        missing = [d for d in dirs if d.upper() not in have]
+        if missing:
+            self.runner.run(["mmd", "-i", spec, *missing], env=MTOOLS_ENV)
+        for f in sorted(p for p in files.tree.rglob("*") if p.is_file()):
+            self.runner.run(["mcopy", "-o", "-i", spec, f, "::/" + f.relative_to(files.tree).as_posix()],
+                            env=MTOOLS_ENV)
+
+    def _fat_dirs(self, spec: str) -> set[str]:
+        res = self.runner.run(["mdir", "-/", "-b", "-i", spec, "::/"], env=MTOOLS_ENV, query=True, check=False)
+        return {ln.strip().rstrip("/").upper() for ln in res.stdout.splitlines() if ln.strip().endswith("/")}
 
     def tree_problems(self, files: Files) -> list[str]:
         """Every staged file missing or different on the partition (read back without mounting)."""

@@ -324,7 +324,8 @@ class PlanTarget(DeviceTarget):
     def __init__(self, runner: Runner, layout: Layout, device: str = PLACEHOLDER, **kwargs: object) -> None:
         if not runner.mode.value == "plan":
             raise LabkitError("the plan target needs a runner in plan mode", "use Runner(mode=Mode.PLAN)")
+        kwargs.setdefault("confirm", None)
         super().__init__(runner, layout, device or PLACEHOLDER, **kwargs)  # type: ignore[arg-type]
 
     def describe(self) -> str:
-        return f"plan for {super().describe()}"
+        return f"{super().describe()} [plan]"
