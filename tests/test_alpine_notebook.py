@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-from test_alpine_apkindex import make_apkindex
 from test_alpine_extract import make_iso
 
 from labkit.report.report import _kernel_name
@@ -22,16 +21,18 @@ def test_committed_clean_with_one_parameters_cell() -> None:
 
 
 def test_runs_in_plan_mode(tmp_path: Path) -> None:
+    """Plan mode with an ISO: the extraction and the copy onto the Alpine partition are shown on the
+    placeholder disk, the apkovl's entries are listed, nothing is extracted or written."""
     import papermill
 
     iso = make_iso(tmp_path)
-    idx = make_apkindex(tmp_path / "APKINDEX.tar.gz")
-    out = tmp_path / "out"
+    run = tmp_path / "run"
     papermill.execute_notebook(
         str(NOTEBOOK), str(tmp_path / "run.ipynb"), kernel_name=_kernel_name(), progress_bar=False, cwd=str(tmp_path),
-        parameters={"target": "plan", "iso": str(iso), "out_dir": str(out), "apkindex": str(idx), "hostname": "nb"},
+        parameters={"target": "plan", "alpine_iso": str(iso), "run_dir": str(run), "hostname": "nb",
+                    "interactive": False},
     )
-    assert (out / "nb.apkovl.tar.gz").is_file()
-    assert not (out / "partition" / "apks").exists()  # plan: extraction shown, not run
     text = (tmp_path / "run.ipynb").read_text()
-    assert "-extract /apks" in text and "'download_bytes'" in text and "DISKOPTS=none" in text
+    assert "-extract /apks" in text and "/dev/sdX4" in text and "DISKOPTS=none" in text
+    assert "etc/apk/world" in text and "nb" in text
+    assert not list(run.rglob("apks"))  # plan: the extraction is shown, not run

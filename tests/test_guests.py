@@ -15,9 +15,9 @@ import pytest
 
 from labkit.core.data import GUEST_DIR as DATA_DIR
 from labkit.core.errors import LabkitError
+from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Runner
 from labkit.rehearsal import (
-    PACKAGE_SETS,
     GuestKernel,
     build_alpine_tree,
     build_initramfs,
@@ -152,9 +152,9 @@ def test_payloads_are_real_and_reproducible(runner: Runner, tmp_path: Path) -> N
 
 
 def test_package_sets_grow() -> None:
-    small, medium, large = (set(PACKAGE_SETS[n]) for n in ("small", "medium", "large"))
+    small, medium, large = (set(rehearsal_payloads(n)) for n in ("small", "medium", "large"))
     assert small < medium < large
-    assert PACKAGE_SETS["default"] == PACKAGE_SETS["medium"]
+    assert rehearsal_payloads("default") == rehearsal_payloads("medium")
 
 
 def test_guest_scripts_are_shellcheck_clean(tmp_path: Path) -> None:

@@ -168,3 +168,16 @@ def test_no_import_cycles() -> None:
         if m not in state:
             visit(m, [m])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_parameters_cells_are_rendered_from_the_settings_table() -> None:
+    """One declaration: every notebook's parameters cell is exactly what the settings table renders
+    (labkit settings --write-notebooks rewrites them)."""
+    from labkit.core.settings import NOTEBOOKS, OWN_CELL, parameters_cell
+
+    for name in NOTEBOOKS:
+        if name in OWN_CELL:
+            continue
+        cells = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+        src = "".join(next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))["source"])
+        assert src == parameters_cell(name), f"{name}: run `labkit settings --write-notebooks`"

@@ -295,7 +295,7 @@ def test_lab_nixos_iso_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[
     with pytest.raises(InputError, match="not a sha256"):
         LabParams(nixos_iso=iso, nixos_iso_sha256="abc", nixos_ssh_keys=(KEY,)).validate()
     with pytest.raises(InputError, match="does not exist"):
-        LabParams(nixos_iso=tmp_path / "missing.iso", nixos_ssh_keys=(KEY,)).validate()
+        LabParams(nixos_iso=tmp_path / "missing.iso", nixos_ssh_keys=(KEY,)).validate_lab()
     plan = "\n".join(lab_plan(LabParams(nixos_iso=iso, nixos_ssh_keys=(KEY,), load_cost=False)))
     assert "install over the serial console" in plan
     rc = cli.main(["lab", "--out", str(tmp_path / "r"), "--nixos-iso", str(iso), "--no-load-cost"])

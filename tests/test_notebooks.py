@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest_loop import make_loop, needs_loop  # noqa: F401
 
+from labkit.core.settings import Settings
 from labkit.guide.chain import CHAIN, chain_notebooks, run_chain
-from labkit.guide.params import LabkitParams
 
 
 def test_every_notebook_runs_in_plan_mode(tmp_path: Path) -> None:
-    run = run_chain(LabkitParams(target="plan"), out=tmp_path / "run", log=None)
+    run = run_chain(Settings(target="plan"), out=tmp_path / "run", log=None)
     assert run.ok, [(s.name, s.reason, s.traceback) for s in run.steps if s.status == "failed"]
     names = [s.name for s in run.steps]
     assert names == [p.stem for p in chain_notebooks()] and names == [n for n in CHAIN if n in names]
@@ -27,14 +28,18 @@ def test_every_notebook_runs_in_plan_mode(tmp_path: Path) -> None:
     assert "data:image/png;base64" in overview  # the layout diagram
     assert "free space" in overview and "KVM" in overview
     refind = (run.run_dir / "notebooks" / "02_refind.ipynb").read_text()
-    assert "refind-install" in refind and "drivers_x64/ext4_x64.efi" in refind
+    assert "refind-install" in refind and "::/EFI/BOOT/drivers_x64/ext4_x64.efi" in refind
+    disk = (run.run_dir / "notebooks" / "01_disk.ipynb").read_text()
+    assert "sgdisk --clear" in disk and "mkfs.ext4 -q -F -b 4096 -L alpine /dev/sdX4" in disk  # on the placeholder
+    alpine = (run.run_dir / "notebooks" / "04_alpine.ipynb").read_text()
+    assert "/dev/sdX4" in alpine and "alpinelab.apkovl.tar.gz" in alpine
     assert json.loads((run.run_dir / "chain.json").read_text())["ok"] is True
 
 
 @pytest.mark.boot
 def test_chain_in_lab_mode(tmp_path: Path) -> None:
     # one boot per system, no load-cost sets: the whole chain, kept short
-    run = run_chain(LabkitParams(target="lab", boots=1), out=tmp_path / "run", log=None,
+    run = run_chain(Settings(target="lab", boots=1), out=tmp_path / "run", log=None,
                     extra={"05_benchmark.load_sets": []})
     assert run.ok, [(s.name, s.reason, s.traceback) for s in run.steps if s.status == "failed"]
     status = {s.name: s.status for s in run.steps}
@@ -43,9 +48,32 @@ def test_chain_in_lab_mode(tmp_path: Path) -> None:
     assert "rehearsal" in report and "data:image/png;base64" in report
     assert (run.run_dir / "lab" / "results.csv").is_file()
     disk = (run.run_dir / "notebooks" / "01_disk.ipynb").read_text()
-    assert "first run applied: partition table" in disk  # the disk phase, rehearsed on a loop disk
-    assert "second run applied: nothing" in disk
+    assert "mkfs.vfat -F 32 -s 1 -n ESP --offset" in disk  # the disk phase on the lab image
     refind = (run.run_dir / "notebooks" / "02_refind.ipynb").read_text()
-    assert "EFI/BOOT/drivers_x64/ext4_x64.efi" in refind
-    # the output line (the source also holds the words, so match the printed kernel banner)
-    assert "kernel loaded by rEFInd from ext4: [" in refind and "Linux version" in refind
+    assert "ext4 driver on the ESP: yes" in refind
+    alpine = (run.run_dir / "notebooks" / "04_alpine.ipynb").read_text()
+    assert "Alpine-style rehearsal: guest powered off" in alpine  # the installed image booted once
+
+
+@pytest.mark.root
+@pytest.mark.boot
+@needs_loop
+def test_chain_on_a_loop_disk(tmp_path: Path, make_loop) -> None:  # noqa: F811
+    """`labkit run --target disk` on a loop device: 01-04 install through the device target, 05 boots the
+    installed disk in QEMU into both systems, 06 reports."""
+    from labkit.cli.main import main
+    from labkit.core.layout import GiB
+    from labkit.core.runner import Runner
+    from labkit.targets.disks import read_disk
+
+    dev = make_loop(size=3 * GiB)
+    fp = read_disk(Runner(progress=None), dev).fingerprint
+    rc = main(["run", "--target", "disk", "--device", dev, "--confirm", fp, "--out", str(tmp_path / "run"),
+               "-p", "layout=lab", "-p", "wipe=true", "-p", "package_set=base", "-p", "boots=1",
+               "-p", "05_benchmark.load_sets=[]"])
+    chain = json.loads((tmp_path / "run" / "chain.json").read_text())
+    assert rc == 0, [(s["name"], s["reason"]) for s in chain["steps"] if s["status"] == "failed"]
+    assert {s["name"]: s["status"] for s in chain["steps"]}["05_benchmark"] == "ok"
+    rows = (tmp_path / "run" / "lab" / "results.csv").read_text()
+    assert "alpine-rehearsal" in rows and "nixos-rehearsal" in rows
+    assert read_disk(Runner(progress=None), dev).fingerprint != fp  # partitioned

@@ -34,7 +34,9 @@ def test_committed_notebook_has_no_outputs_and_one_parameters_cell() -> None:
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.outputs == [] and c.execution_count is None for c in code)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and params[0].source.strip() == 'run_dir: str = ""'
+    from labkit.core.settings import parameters_cell
+
+    assert len(params) == 1 and params[0].source == parameters_cell("06_report")
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from labkit.core import pkgsets
 from labkit.core.runner import Mode, Runner
-from labkit.measure import pkgsets
 from labkit.measure.loadcost import LoadCostError, analyse, decompression_throughput, fit_line
 from labkit.measure.stats import (
     compare_systems,
@@ -112,9 +112,11 @@ def test_package_sets_declared_once_and_mapped() -> None:
     desktop = pkgsets.package_set("desktop")
     assert set(desktop.nixpkgs) == {"icewm", "pcmanfm", "sylpheed", "dillo"}
     assert desktop.alpine[0] == "alpine-base" and "sylpheed" in desktop.alpine
-    # the Alpine predictor's set covers what it names, except the programs it has no set for
-    assert set(apkindex.package_set(desktop.alpine_predictor)) <= set(desktop.alpine)
+    # the Alpine predictor reads the same table
+    assert apkindex.package_set("desktop") == desktop.alpine
     assert "firefox" in pkgsets.package_set("firefox").nixos_snippet()
-    from labkit.rehearsal.payloads import PACKAGE_SETS
+    # every name the settings accept is a set of the table, and every set has a rehearsal payload
+    from labkit.core.settings import meta
 
-    assert all(s.rehearsal in PACKAGE_SETS for s in pkgsets.SETS.values())
+    assert set(meta("package_set").choices) == set(pkgsets.PACKAGE_SET_NAMES)
+    assert all(isinstance(s.rehearsal, tuple) for s in pkgsets.SETS.values())

@@ -8,16 +8,21 @@ from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from labkit.core.settings import Settings
     from labkit.guide.chain import chain_notebooks, declared_parameters, run_chain, split_assignments
-    from labkit.guide.params import LabkitParams, parse_assignment
+    from labkit.guide.params import parse_assignment
 
     if args.list:
         for nb in chain_notebooks():
             names = ", ".join(f"{k}={v.get('default')}" for k, v in declared_parameters(nb).items())
             print(f"{nb.stem}: {names}")
         return 0
-    base = LabkitParams(target=args.target)
-    params, extra = split_assignments([parse_assignment(p) for p in args.param], base)
+    pairs = [parse_assignment(p) for p in args.param]
+    for name in ("target", "device", "fingerprint"):
+        value = getattr(args, name, None)
+        if value:
+            pairs.insert(0, (name, value))
+    params, extra = split_assignments(pairs, Settings)
     run = run_chain(params, out=Path(args.out) if args.out else None, runs_root=Path(args.runs_root),
                     start_from=args.start_from, extra=extra, timeout_s=args.timeout, log=sys.stderr)
     print(f"run directory: {run.run_dir}")
@@ -31,6 +36,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="execute the notebook chain with papermill into runs/<id>/ (index.html)")
     p.add_argument("--target", default="plan", choices=["plan", "lab", "disk"],
                    help="plan: show every command, change nothing (default); lab: QEMU image; disk: a real device")
+    p.add_argument("--device", help="the disk for --target disk (see `labkit disks`)")
+    p.add_argument("--confirm", dest="fingerprint", help="that disk's fingerprint, typed from `labkit disks`")
     p.add_argument("--out", help="run directory (new or empty; with --from: the run to resume)")
     p.add_argument("--runs-root", default="runs", help="where new run directories go (default runs/)")
     p.add_argument("--from", dest="start_from", metavar="NOTEBOOK",

@@ -28,6 +28,10 @@ class Role(str, Enum):
     DATA = "data"
 
 
+#: The names users give partitions in ``--size ROLE=SIZE`` (role values, '-' read as '_').
+ROLE_KEYS: tuple[str, ...] = tuple(r.value.replace("-", "_") for r in Role)
+
+
 class FsType(str, Enum):
     VFAT = "vfat"
     EXT4 = "ext4"

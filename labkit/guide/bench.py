@@ -1,35 +1,44 @@
-"""The thin layer behind ``notebooks/05_benchmark.ipynb``: parameters → LabParams, plan, run."""
+"""The thin layer behind ``notebooks/05_benchmark.ipynb``: settings → the lab run (or the disk's boots)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from labkit.core.errors import InputError
-from labkit.lab.run import LabParams, LabRun, lab_plan, run_lab
-
-TARGETS = ("plan", "lab")
+from labkit.core.settings import Settings
+from labkit.lab.run import LabRun, lab_plan, run_lab
 
 
-def params(systems: Sequence[str], boots: int, warmup: int, world: str, load_sets: Sequence[str],
-           out: str = "") -> LabParams:
-    """Validate the notebook's parameters at once into a :class:`LabParams`."""
-    p = LabParams(out=Path(out) if out else None, boots=int(boots), warmup=int(warmup), systems=tuple(systems),
-                  world=world, load_cost=bool(load_sets), load_sets=tuple(load_sets) or ("small", "medium", "large"))
-    p.validate()
+def params(s: Settings, *, out: str = "") -> Settings:
+    """The lab run's settings: the notebook's, the run folder set, the lab's own checks passed."""
+    p = replace(s, out=out or s.out, load_cost=s.load_cost and bool(s.load_sets))
+    p.validate_lab()
     return p
 
 
-def show_plan(p: LabParams) -> None:
+def show_plan(p: Settings) -> None:
+    if p.target == "disk":
+        print(f"- boot {p.device} in QEMU through rEFInd into {', '.join(p.systems)}, {p.boots} time(s) each "
+              "(lab VM measurements of the installed disk), then the report")
+        return
     print("\n".join(f"- {line}" for line in lab_plan(p)))
 
 
-def run(target: str, p: LabParams) -> LabRun | None:
-    """``plan``: nothing runs; ``lab``: :func:`labkit.lab.run.run_lab` (report included)."""
-    if target not in TARGETS:
-        raise InputError(f"target {target!r} is not one of {', '.join(TARGETS)}", "use target='plan' or 'lab'")
+def run(target: str, p: Settings) -> LabRun | None:
+    """``plan``: nothing runs; ``lab``: the lab run (report included); ``disk``: the installed disk booted in
+    QEMU (``labkit.lab.diskboot.measure_disk``) and reported."""
     if target == "plan":
         print("target=plan: nothing was built or booted")
+        return None
+    if target == "disk":
+        from labkit.core.runner import Runner
+        from labkit.lab.diskboot import measure_disk
+
+        out = Path(p.out or "runs/disk-benchmark")
+        runner = Runner(transcript=out / "transcript.jsonl", progress=None)
+        done = measure_disk(runner, Path(p.device), p.systems, out, boots=p.boots, accel_candidates=p.accel,
+                            memory_mib=p.memory_mib, timeout_s=p.boot_timeout_s, report=p.report)
+        print(f"{sum(d.record.ok for d in done)}/{len(done)} boots ok; results: {out / 'results.csv'}")
         return None
     result = run_lab(p)
     print(f"run {result.run_id}: {len(result.boots) - len(result.failed)}/{len(result.boots)} boots ok; "

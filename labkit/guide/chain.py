@@ -3,7 +3,7 @@
 ``labkit run`` calls :func:`run_chain`. The order is fixed (:data:`CHAIN`); notebooks not in
 the checkout are left out. Each notebook receives only the parameters its ``parameters`` cell
 declares (read with ``papermill.inspect_notebook``), from one validated
-:class:`~labkit.guide.params.LabkitParams`. The run directory holds::
+:class:`~labkit.guide.params.Settings`. The run directory holds::
 
     chain.json                   the parameters and the status of every step (rewritten after each)
     notebooks/<name>.ipynb       each executed notebook (a failed one keeps its error output)
@@ -30,7 +30,8 @@ from typing import Any, TextIO
 from labkit.core.data import NOTEBOOKS_DIR
 from labkit.core.errors import InputError, LabkitError
 from labkit.core.runner import atomic_write_text
-from labkit.guide.params import LabkitParams, parse_loose
+from labkit.core.settings import Settings
+from labkit.guide.params import parse_loose
 
 CHAIN: tuple[str, ...] = (
     "00_overview", "01_disk", "02_refind", "03_nixos", "04_alpine", "05_benchmark", "06_report",
@@ -65,7 +66,7 @@ class StepResult:
 @dataclass(frozen=True)
 class ChainRun:
     run_dir: Path
-    params: LabkitParams
+    params: Settings
     steps: tuple[StepResult, ...]
 
     @property
@@ -99,7 +100,7 @@ def declared_parameters(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def parameters_for(
-    path: Path, params: LabkitParams, run_dir: Path, extra: Mapping[str, Any] | None = None
+    path: Path, params: Settings, run_dir: Path, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """What ``path`` receives: the shared values it declares, work dirs, then ``extra``.
 
@@ -143,18 +144,23 @@ def check_extra(extra: Mapping[str, Any], notebooks: Sequence[Path]) -> None:
                              "check the spelling (labkit run --list shows every notebook's parameters)")
 
 
-def split_assignments(pairs: Sequence[tuple[str, str]], base: LabkitParams) -> tuple[LabkitParams, dict[str, Any]]:
-    """Command-line ``key=value`` pairs: shared fields go into the params, the rest stay extra."""
-    from labkit.guide.params import field_names
+def split_assignments(pairs: Sequence[tuple[str, str]], base: Settings | type[Settings]) -> tuple[Settings,
+                                                                                                    dict[str, Any]]:
+    """Command-line ``key=value`` pairs: settings go into one :class:`Settings` (validated once, with every
+    value), the rest stay extra (notebook-specific parameters)."""
+    from labkit.core.settings import coerce
+    from labkit.core.settings import names as field_names
 
     shared: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in pairs:
         if key in field_names():
-            shared[key] = value
+            shared[key] = coerce(key, value)
         else:
             extra[key] = parse_loose(value)
-    return base.with_values(**shared), extra
+    if isinstance(base, Settings):
+        return base.with_values(**shared), extra
+    return base(**shared), extra
 
 
 # -- run directory ------------------------------------------------------------------------------
@@ -272,7 +278,7 @@ def run_notebook(path: Path, run_dir: Path, parameters: dict[str, Any], *, kerne
 
 
 def run_chain(
-    params: LabkitParams,
+    params: Settings,
     *,
     out: Path | None = None,
     runs_root: Path = Path("runs"),

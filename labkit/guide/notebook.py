@@ -186,3 +186,30 @@ def read_esp_file(runner: Runner, image: Path, esp_offset: int, path: str) -> st
     from labkit.targets.image import MTOOLS_ENV
 
     return runner.run(["mtype", "-i", f"{image}@@{esp_offset}", f"::/{path}"], env=MTOOLS_ENV, query=True).stdout
+
+
+def disk_bar(layout: Layout) -> Figure:
+    """The partitions side by side, widths ~ sqrt(size) so the small ones stay readable, labels in MiB/GiB
+    inside each box (never overlapping: one box per label)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    rows = layout.extents()
+    fig, ax = plt.subplots(figsize=(11, 1.9))
+    weights = [max(e.size, 1) ** 0.5 for e in rows]
+    scale = 1.0 / sum(weights)
+    x = 0.0
+    for e, w in zip(rows, weights, strict=True):
+        width = w * scale
+        p = e.partition
+        ax.add_patch(FancyBboxPatch((x + 0.004, 0.08), width - 0.008, 0.84, boxstyle="round,pad=0.003",
+                                    fc=_ROLE_COLORS.get(p.role, "#ccc"), ec="black"))
+        ax.text(x + width / 2, 0.5, f"{e.number}: {p.label}\n{human(e.size)}", ha="center", va="center",
+                fontsize=10)
+        x += width
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    ax.set_title(f"layout '{layout.name}' on a {human(layout.disk_size)} disk (box widths ~ sqrt(size))", fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,4 @@
-"""An ipywidgets form that fills the same :class:`~labkit.guide.params.LabkitParams` papermill takes.
+"""An ipywidgets form that fills the same :class:`~labkit.guide.params.Settings` papermill takes.
 
 Only for JupyterLab: the notebooks build it when ``interactive`` is true (the chain passes
 ``interactive=False``), and it never blocks — its values are read when a later cell asks for
@@ -16,7 +16,9 @@ from typing import Any
 import ipywidgets as W
 
 from labkit.core.errors import LabkitError
-from labkit.guide.params import LAYOUT_NAMES, PACKAGE_SET_NAMES, SIZE_ROLES, SYSTEMS, TARGETS, LabkitParams
+from labkit.core.layout import LAYOUTS, ROLE_KEYS
+from labkit.core.pkgsets import PACKAGE_SET_NAMES
+from labkit.core.settings import SYSTEMS, TARGETS, Settings
 
 
 @dataclass(frozen=True)
@@ -53,15 +55,15 @@ def disk_choices(layout_name: str = "seed", disks: Sequence[Any] | None = None) 
 class ParamsForm:
     """The form. ``form.widget`` is displayed; ``form.params`` validates the current values."""
 
-    def __init__(self, initial: LabkitParams | None = None, *, disks: Sequence[DiskChoice] | None = None) -> None:
-        p = initial or LabkitParams()
+    def __init__(self, initial: Settings | None = None, *, disks: Sequence[DiskChoice] | None = None) -> None:
+        p = initial or Settings()
         self.disks = list(disks) if disks is not None else disk_choices(p.layout_name)
         style = {"description_width": "9em"}
         lay = W.Layout(width="34em")
         self.target = W.ToggleButtons(options=list(TARGETS), value=p.target, description="target", style=style)
         # all (label, value) pairs: ipywidgets reads a mixed list as bare values ("" would not be one)
         self.layout = W.Dropdown(options=[("auto: lab for target lab, else seed", ""),
-                                          *((n, n) for n in LAYOUT_NAMES)],
+                                          *((n, n) for n in tuple(LAYOUTS))],
                                  value=p.layout, description="layout",
                                  style=style, layout=lay)
         self.device = W.Dropdown(options=[("(no disk)", "")] + [(c.label, c.path) for c in self.disks],
@@ -72,7 +74,7 @@ class ParamsForm:
                                   style=style, layout=lay)
         self.wipe = W.Checkbox(value=p.wipe, description="wipe existing partitions", indent=False)
         self.sizes = {role: W.Text(value=p.sizes.get(role, ""), description=role, placeholder="layout default",
-                                   style=style, layout=lay) for role in SIZE_ROLES}
+                                   style=style, layout=lay) for role in ROLE_KEYS}
         self.boots = W.BoundedIntText(value=p.boots, min=1, max=50, description="boots", style=style, layout=lay)
         self.systems = W.SelectMultiple(options=list(SYSTEMS), value=tuple(p.systems), description="systems",
                                         style=style, layout=lay, rows=2)
@@ -111,9 +113,9 @@ class ParamsForm:
         }
 
     @property
-    def params(self) -> LabkitParams:
+    def params(self) -> Settings:
         """The current values, validated (raises :class:`~labkit.core.errors.InputError` with the fix)."""
-        return LabkitParams.from_mapping(self.values())
+        return Settings.from_mapping(self.values())
 
     def chosen_disk(self) -> DiskChoice | None:
         return next((c for c in self.disks if c.path == self.device.value), None)
@@ -134,7 +136,7 @@ class ParamsForm:
         else:
             self.refusals.value = f"<span style='color:#070'>no refusal; fingerprint {d.fingerprint}</span>"
         try:
-            p = LabkitParams.from_mapping(self.values())
+            p = Settings.from_mapping(self.values())
         except LabkitError as exc:
             self.status.value = f"<span style='color:#a00'>✗ {_esc(exc.problem)} — {_esc(exc.fix or '')}</span>"
             return
@@ -150,7 +152,7 @@ def _esc(text: str) -> str:
     return html.escape(text)
 
 
-def params_form(initial: LabkitParams | None = None, **kw: Any) -> ParamsForm:
+def params_form(initial: Settings | None = None, **kw: Any) -> ParamsForm:
     """Build and display the form (call it only when ``interactive``)."""
     from IPython.display import display
 

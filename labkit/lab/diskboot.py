@@ -83,13 +83,9 @@ def _check_disk_free(runner: Runner, disk: Path) -> None:
                          f"detach it first: losetup -d {res.stdout.strip().split(':')[0]}")
 
 
-def boot_disk(runner: Runner, disk: Path, system: str, out: Path, *, accel_candidates: tuple[str, ...] = ("kvm", "tcg"),
-              memory_mib: int = 512, timeout_s: float = 120.0, index: int = 0) -> DiskBoot:
-    """Boot ``disk`` (an image file or a block device) into ``system`` once; write ``out/results.csv``,
-    ``out/boots.csv``, ``out/serial/``, ``out/bundles/``, ``out/environment.json``."""
+def _prepare(runner: Runner, disk: Path, system: str) -> tuple[LabImage, str, int]:
     if system not in SYSTEMS:
         raise InputError(f"--system {system!r}", f"choose {' or '.join(SYSTEMS)}")
-    disk = Path(disk)
     if not disk.exists():
         raise InputError(f"{disk} does not exist", "give the disk image file or block device labkit installed")
     if runner.mode is Mode.PLAN:
@@ -102,30 +98,66 @@ def boot_disk(runner: Runner, disk: Path, system: str, out: Path, *, accel_candi
     info = ImageInfo(disk, size, read_gpt(disk).disk_guid, "", (
         PartitionInfo(1, Role.ESP, "", "ef00", esp, 0, "", FsType.VFAT, "ESP", "", None),))
     guest = GuestBuild(os_id, BootEntry(title, Role.ESP.value, "", "", ""), (), "?")
-    lab = LabImage(info, {system: guest}, {system: title}, esp)
+    return LabImage(info, {system: guest}, {system: title}, esp), title, esp
+
+
+def measure_disk(runner: Runner, disk: Path, systems: tuple[str, ...], out: Path, *, boots: int = 1,
+                 accel_candidates: tuple[str, ...] = ("kvm", "tcg"), memory_mib: int = 512,
+                 timeout_s: float = 120.0, report: bool = False) -> list[DiskBoot]:
+    """Boot ``disk`` into each of ``systems``, ``boots`` times each (interleaved), and write the lab's run
+    files in ``out`` (results.csv, boots.csv, serial/, bundles/, environment.json; report.html with
+    ``report``). The ESP's refind.conf is put back as it was after every boot."""
+    disk = Path(disk)
     out.mkdir(parents=True, exist_ok=True)
+    prepared = {s: _prepare(runner, disk, s) for s in systems}
+    esp = next(iter(prepared.values()))[2]
     original = runner.run(["mtype", "-i", f"{disk}@@{esp}", f"::/{bootchain.ESP_REFIND_CONF}"], env=MTOOLS_ENV,
                           query=True).stdout
     started = time.monotonic()
+    done: list[DiskBoot] = []
+    accel = qemu.choose_accelerator(runner, accel_candidates, workdir=out / "work" / "accel")
     try:
-        accel = qemu.choose_accelerator(runner, accel_candidates, workdir=out / "work" / "accel")
-        rec, rows = run_boot(runner, lab, system, index, False, run_id=out.resolve().name, run_dir=out,
-                             accel=accel.accel, memory_mib=memory_mib, timeout_s=timeout_s)
+        for i in range(boots):
+            for system in (systems if i % 2 == 0 else tuple(reversed(systems))):
+                lab, title, _ = prepared[system]
+                try:
+                    rec, rows = run_boot(runner, lab, system, i, False, run_id=out.resolve().name, run_dir=out,
+                                         accel=accel.accel, memory_mib=memory_mib, timeout_s=timeout_s)
+                finally:
+                    _restore_conf(runner, disk, esp, original, out)
+                done.append(DiskBoot(rec, tuple(rows), out, title))
+                write_boots_csv([d.record for d in done], out / "boots.csv")
     finally:
-        _restore_conf(runner, disk, esp, original, out)
-    write_boots_csv([rec], out / "boots.csv")
-    write_results_csv(rows, out / "results.csv")
-    extra = {"target": "disk" if not disk.is_file() else "image", "disk": str(disk), "system": system,
-             "entry": title, "guest_kind": "rehearsal" if os_id.endswith("-rehearsal") else "real",
-             "accel": accel.accel, "accel_tried": [list(t) for t in accel.tried],
-             "wall_s": round(time.monotonic() - started, 1), "host_versions": qemu.host_versions(runner)}
-    write_environment(capture_environment({"disk": str(disk), "system": system, "memory_mib": memory_mib},
-                                          extra, runner=runner), out)
-    atomic_write_text(out / "run.json", json.dumps({"run_id": out.resolve().name, "ok": rec.ok}) + "\n")
-    if not rec.ok:
-        raise LabkitError(f"the {system} boot of {disk} failed: {rec.reason}",
-                          f"read the serial log {out / rec.serial_log}")
-    return DiskBoot(rec, tuple(rows), out, title)
+        write_results_csv([r for d in done for r in d.rows], out / "results.csv")
+        kinds = {"rehearsal" if lab.guests[s].os_id.endswith("-rehearsal") else "real"
+                 for s, (lab, _t, _e) in prepared.items()}
+        extra = {"run_id": out.resolve().name, "target": "image" if disk.is_file() else "disk", "disk": str(disk),
+                 "systems": list(systems), "entries": {s: t for s, (_l, t, _e) in prepared.items()},
+                 "guest_kind": kinds.pop() if len(kinds) == 1 else "mixed", "accel": accel.accel,
+                 "accel_tried": [list(t) for t in accel.tried], "wall_s": round(time.monotonic() - started, 1),
+                 "boots_ok": sum(d.record.ok for d in done), "boots_failed": sum(not d.record.ok for d in done),
+                 "host_versions": qemu.host_versions(runner)}
+        write_environment(capture_environment({"disk": str(disk), "systems": list(systems), "boots": boots,
+                                               "memory_mib": memory_mib}, extra, runner=runner), out)
+        atomic_write_text(out / "run.json", json.dumps({"run_id": out.resolve().name,
+                                                        "ok": all(d.record.ok for d in done)}) + "\n")
+    if report and any(d.rows for d in done):
+        from labkit.report.report import render_report
+
+        render_report(out, runner=runner)
+    return done
+
+
+def boot_disk(runner: Runner, disk: Path, system: str, out: Path, *, accel_candidates: tuple[str, ...] = ("kvm", "tcg"),
+              memory_mib: int = 512, timeout_s: float = 120.0) -> DiskBoot:
+    """Boot ``disk`` (an image file or a block device) into ``system`` once; write ``out/results.csv``,
+    ``out/boots.csv``, ``out/serial/``, ``out/bundles/``, ``out/environment.json``."""
+    res = measure_disk(runner, Path(disk), (system,), out, accel_candidates=accel_candidates, memory_mib=memory_mib,
+                       timeout_s=timeout_s)[0]
+    if not res.record.ok:
+        raise LabkitError(f"the {system} boot of {disk} failed: {res.record.reason}",
+                          f"read the serial log {out / res.record.serial_log}")
+    return res
 
 
 def _restore_conf(runner: Runner, disk: Path, esp: int, original: str, out: Path) -> None:

@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from labkit.core.errors import InputError, LabkitError
 from labkit.core.layout import LAB_LAYOUT, Layout, Role
+from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Mode, Runner, atomic_write_text
+from labkit.core.settings import Settings
 from labkit.lab import qemu
 from labkit.lab.boot import (
     BootRecord,
@@ -41,12 +42,11 @@ from labkit.lab.boot import (
 from labkit.measure.environment import capture_environment, write_environment
 from labkit.measure.loadcost import LOADCOST_FILE, decompression_throughput, write_loadcost_csv
 from labkit.measure.results import ResultRow, write_results_csv
-from labkit.measure.stats import ADAPTIVE_METRIC, SPREAD_THRESHOLD, needs_more_boots
+from labkit.measure.stats import ADAPTIVE_METRIC, needs_more_boots
 from labkit.phases.alpine_media import AlpineMedia
 from labkit.phases.install import InstallOptions, run_install
 from labkit.rehearsal import GuestBuild
 from labkit.rehearsal.kernel import default_cache_dir
-from labkit.rehearsal.payloads import PACKAGE_SETS
 from labkit.targets.image import ImageInfo, ImageTarget
 
 if TYPE_CHECKING:
@@ -57,91 +57,9 @@ SYSTEMS = ("alpine", "nixos")
 RUN_MARKERS = ("transcript.jsonl", "environment.json", "results.csv", "boots.csv", "run.json")
 
 
-@dataclass(frozen=True)
-class LabParams:
-    """Everything that defines a lab run (recorded in environment.json)."""
-
-    out: Path | None = None  # None: a new runs/<run-id>
-    boots: int = 3
-    warmup: int = 1  # per system: booted first, reported, excluded from the statistics
-    systems: tuple[str, ...] = SYSTEMS
-    world: str = "default"
-    memory_mib: int = 512
-    boot_timeout_s: float = 120.0
-    accel_candidates: tuple[str, ...] = ("kvm", "tcg")
-    report: bool = True
-    keep_image: bool = False
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    max_boots: int | None = None  # adaptive cap per system; None: boots + 2
-    spread_threshold: float = SPREAD_THRESHOLD  # MAD/median of total_to_probe_s that asks for more boots
-    load_cost: bool = True  # boot the Alpine-style guest once per extra package set and fit the load cost
-    load_sets: tuple[str, ...] = ("small", "medium", "large")
-    #: Real-media path: the Alpine partition comes from this ISO (checksum-checked, extracted, labkit's
-    #: apkovl) instead of the rehearsal guest. labkit's own rehearsal ISO works too and stays "rehearsal".
-    alpine_iso: Path | None = None
-    alpine_iso_sha256: str | None = None  # None: the published .sha256 beside the ISO
-    alpine_world: tuple[str, ...] = ()  # Alpine package names; () = the ISO's default (see labkit.phases.alpine_media)
-    #: Real-media path for NixOS: boot this installer ISO's kernel/initrd, install over the serial console
-    #: (:mod:`labkit.lab.nixos_install`), then boot the result. labkit's rehearsal installer ISO stays "rehearsal".
-    nixos_iso: Path | None = None
-    nixos_iso_sha256: str | None = None  # None: the <iso>.sha256 file beside the ISO
-    nixos_ssh_keys: tuple[str, ...] = ()  # the installed system's way in (or a hashed password file)
-    nixos_hashed_password_file: Path | None = None
-    nixos_install_memory_mib: int = 2048
-    nixos_install_timeout_s: float = 3600.0
-
-    @property
-    def boot_cap(self) -> int:
-        return self.boots + 2 if self.max_boots is None else max(self.max_boots, self.boots)
-
-    def validate(self) -> None:
-        if self.boots < 1:
-            raise InputError(f"--boots {self.boots}: at least one boot per system is needed", "use --boots 1 or more")
-        if self.warmup < 0:
-            raise InputError(f"--warmup {self.warmup} is negative", "use 0 or more")
-        bad = [s for s in self.systems if s not in SYSTEMS]
-        if bad or not self.systems:
-            raise InputError(f"unknown system(s) {bad or '(none)'}", f"choose among {', '.join(SYSTEMS)}")
-        if self.world not in PACKAGE_SETS:
-            raise InputError(f"unknown package set {self.world!r}", f"choose among {', '.join(PACKAGE_SETS)}")
-        if self.memory_mib < 256:
-            raise InputError(f"guest memory {self.memory_mib} MiB is too small", "use at least 256 MiB")
-        if self.boot_timeout_s <= 0:
-            raise InputError("the boot timeout must be positive", "use e.g. --boot-timeout 120")
-        bad_sets = [s for s in self.load_sets if s not in PACKAGE_SETS]
-        if bad_sets:
-            raise InputError(f"unknown load-cost package set(s) {bad_sets}", f"choose among {', '.join(PACKAGE_SETS)}")
-        if self.alpine_iso is not None:
-            if "alpine" not in self.systems:
-                raise InputError("--alpine-iso is given but alpine is not among --systems", "add alpine to --systems")
-            if not Path(self.alpine_iso).is_file():
-                raise InputError(f"--alpine-iso {self.alpine_iso} does not exist", "give the path of an alpine-*.iso")
-            if self.alpine_iso_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.alpine_iso_sha256):
-                raise InputError(f"--alpine-iso-sha256 {self.alpine_iso_sha256!r} is not a sha256 (64 hex digits)")
-        elif self.alpine_world:
-            raise InputError("--alpine-world names Alpine packages: it needs --alpine-iso",
-                             "use --world for the rehearsal guest's package set")
-        if self.nixos_iso is not None:
-            if "nixos" not in self.systems:
-                raise InputError("--nixos-iso is given but nixos is not among --systems", "add nixos to --systems")
-            if not Path(self.nixos_iso).is_file():
-                raise InputError(f"--nixos-iso {self.nixos_iso} does not exist",
-                                 "give the path of a nixos-minimal-*.iso")
-            if self.nixos_iso_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.nixos_iso_sha256):
-                raise InputError(f"--nixos-iso-sha256 {self.nixos_iso_sha256!r} is not a sha256 (64 hex digits)")
-            if not self.nixos_ssh_keys and self.nixos_hashed_password_file is None:
-                raise InputError("the installed NixOS would have no way in (no password hash and no SSH key)",
-                                 "give --nixos-ssh-key KEY or --nixos-hashed-password-file FILE")
-        sizes = {tuple(PACKAGE_SETS[s]) for s in (*self.load_sets, self.world)}
-        if self.load_cost and "alpine" in self.systems and self.alpine_iso is None and len(sizes) < 3:
-            raise InputError(
-                f"the load-cost fit needs at least 3 different package sets (have {len(sizes)})",
-                "use e.g. --load-sets small,medium,large, or --no-load-cost",
-            )
-
-    def as_record(self) -> dict[str, object]:
-        d = asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+#: A lab run's parameters are the settings table (:mod:`labkit.core.settings`): one declaration for the CLI,
+#: the notebooks, the widget form and the lab.
+LabParams = Settings
 
 
 @dataclass(frozen=True)
@@ -261,9 +179,14 @@ def build_lab_image(
 
 
 # -- booting --------------------------------------------------------------------------------------
+def cache_dir(params: Settings) -> Path:
+    return Path(params.cache_dir) if params.cache_dir else default_cache_dir()
+
+
 def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_root: Path = Path("runs")) -> LabRun:
     params.validate()
-    run_id, run_dir = prepare_run_dir(params.out, runs_root)
+    params.validate_lab()
+    run_id, run_dir = prepare_run_dir(params.path("out"), runs_root)
     runner = Runner(Mode.APPLY, run_dir / "transcript.jsonl", progress=progress)
     started = time.monotonic()
     runner.note(f"labkit lab run {run_id} → {run_dir}")
@@ -275,12 +198,13 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
     lab: LabImage | None = None
     accel_choice: qemu.AccelChoice | None = None
     try:
-        what = "rehearsal guests" if params.alpine_iso is None else f"Alpine partition from {params.alpine_iso.name}"
+        what = "rehearsal guests" if not params.alpine_iso else f"Alpine partition from {Path(params.alpine_iso).name}"
         with runner.step(f"build the lab image ({what})"):
-            lab = build_lab_image(runner, work, systems=params.systems, world=params.world, cache_dir=params.cache_dir,
-                                  alpine_iso=params.alpine_iso, alpine_iso_sha256=params.alpine_iso_sha256,
-                                  alpine_world=params.alpine_world, nixos_iso=params.nixos_iso,
-                                  nixos_iso_sha256=params.nixos_iso_sha256)
+            lab = build_lab_image(runner, work, systems=params.systems, world=params.world, cache_dir=cache_dir(params),
+                                  alpine_iso=params.path("alpine_iso"),
+                                  alpine_iso_sha256=params.alpine_iso_sha256 or None,
+                                  alpine_world=params.alpine_world, nixos_iso=params.path("nixos_iso"),
+                                  nixos_iso_sha256=params.nixos_iso_sha256 or None)
         accel_choice = qemu.choose_accelerator(runner, params.accel_candidates, workdir=work / "accel")
         if accel_choice.warning:
             runner.note(f"warning: {accel_choice.warning}")
@@ -310,7 +234,7 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
                 order = [(s, first, False) for s in seq]
                 done += 1
         write_results_csv(rows, run_dir / "results.csv")
-        if params.load_cost and "alpine" in params.systems and params.alpine_iso is not None:
+        if params.load_cost and "alpine" in params.systems and params.alpine_iso:
             runner.note("load-cost experiment skipped: it rebuilds the rehearsal guest per package set, and the "
                         "Alpine partition comes from --alpine-iso")
         elif params.load_cost and "alpine" in params.systems:
@@ -344,7 +268,7 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
             ),
             "qemu_argv_example": None,
             "load_cost": {"sets": sorted(set(params.load_sets) | {params.world}), "rows": len(loadcost_rows)}
-            if params.load_cost and "alpine" in params.systems and params.alpine_iso is None else None,
+            if params.load_cost and "alpine" in params.systems and not params.alpine_iso else None,
             "boots_ok": sum(b.ok for b in boots),
             "boots_failed": sum(not b.ok for b in boots),
             "wall_s": round(time.monotonic() - started, 1),
@@ -432,17 +356,18 @@ def run_load_cost(
     the host's decompression limit on the largest set's .apk files; write loadcost.csv and
     decompression.json."""
     # the main world under the name of the first load set with the same packages ("default" is "medium")
-    world = next((s for s in params.load_sets if PACKAGE_SETS[s] == PACKAGE_SETS[params.world]), params.world)
+    main = rehearsal_payloads(params.world)
+    world = next((s for s in params.load_sets if rehearsal_payloads(s) == main), params.world)
     out = _loadcost_dicts([r for r in main_rows if not r.warmup], world)
-    sets = sorted((s for s in dict.fromkeys(params.load_sets) if PACKAGE_SETS[s] != PACKAGE_SETS[params.world]),
-                  key=lambda s: len(PACKAGE_SETS[s]))
-    largest = max(set(params.load_sets) | {params.world}, key=lambda s: len(PACKAGE_SETS[s]))
+    sets = sorted((s for s in dict.fromkeys(params.load_sets) if rehearsal_payloads(s) != main),
+                  key=lambda s: len(rehearsal_payloads(s)))
+    largest = max(set(params.load_sets) | {params.world}, key=lambda s: len(rehearsal_payloads(s)))
     throughput: dict[str, object] | None = None
     for k, name in enumerate(sets):
         work = run_dir / "work" / f"loadcost-{name}"
         work.mkdir(parents=True, exist_ok=True)
         with runner.step(f"image with package set {name!r}"):
-            lab = build_lab_image(runner, work, systems=("alpine",), world=name, cache_dir=params.cache_dir,
+            lab = build_lab_image(runner, work, systems=("alpine",), world=name, cache_dir=cache_dir(params),
                                   keep_stage=name == largest)
             if name == largest:
                 apks = sorted((work / "stage" / "alpine" / "apks").rglob("*.apk"))
@@ -472,22 +397,24 @@ def run_load_cost(
 def lab_plan(params: LabParams) -> list[str]:
     """What :func:`run_lab` would do with ``params``, without building or booting anything."""
     params.validate()
+    params.validate_lab()
     lines = [f"build one image: rehearsal guests {', '.join(params.systems)} with package set {params.world!r} "
-             f"({len(PACKAGE_SETS[params.world])} Debian payloads)"
-             if params.alpine_iso is None else
+             f"({len(rehearsal_payloads(params.world))} Debian payloads)"
+             if not params.alpine_iso else
              f"build one image: Alpine partition from {params.alpine_iso} (checksum, xorriso extraction, labkit's "
              f"apkovl, world {' '.join(params.alpine_world) or 'the ISO default'})"
              + (f"; NixOS-style rehearsal with package set {params.world!r}" if "nixos" in params.systems else ""),
              *([f"NixOS: boot the installer ISO {params.nixos_iso} (checksum, kernel/initrd read with xorriso), "
                 "install over the serial console onto the empty NixOS partitions, then boot through rEFInd -> GRUB"]
-               if params.nixos_iso is not None else []),
+               if params.nixos_iso else []),
              "boot order (interleaved; warm-up boots reported, not measured): "
              + ", ".join(f"{s}#{i}{'(w)' if w else ''}" for s, i, w in boot_order(params.systems, params.boots,
                                                                                   params.warmup)),
              f"adaptive: up to {params.boot_cap} boots per system while MAD/median of {ADAPTIVE_METRIC} > "
              f"{params.spread_threshold:.0%}"]
-    if params.load_cost and "alpine" in params.systems and params.alpine_iso is None:
-        extra = [s for s in dict.fromkeys(params.load_sets) if PACKAGE_SETS[s] != PACKAGE_SETS[params.world]]
+    if params.load_cost and "alpine" in params.systems and not params.alpine_iso:
+        main = rehearsal_payloads(params.world)
+        extra = [s for s in dict.fromkeys(params.load_sets) if rehearsal_payloads(s) != main]
         lines.append(f"load cost: reuse the {params.world!r} boots; one Alpine-only image and boot per set "
                      f"{', '.join(extra) or '(none)'}; host gzip/zstd decompression limit on the largest set")
     lines.append("report: results.csv, loadcost.csv, tables/*.csv, report.html" if params.report else "no report")

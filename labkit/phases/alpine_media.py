@@ -115,13 +115,7 @@ def prepare_alpine_partition(
         ovl = write_apkovl(spec, tree / spec.filename)
         atomic_write_text(tree / "boot" / "refind_linux.conf",
                           refind_linux_conf(flavor, lab=True, extra=tuple(spec.kernel_args()), title=title))
-    entry = BootEntry(
-        title=f"{title} ({flavor})",
-        partition_role="alpine",
-        kernel=f"boot/vmlinuz-{flavor}",
-        initrd=f"boot/initramfs-{flavor}",
-        cmdline=kernel_options(lab=True, extra=tuple(spec.kernel_args())),
-    )
+    entry = _entry(title, flavor, tuple(spec.kernel_args()))
     packages = tuple(PackageInfo(p.name, p.version, p.installed_size, p.size, f"apks/x86_64/{p.name}-{p.version}.apk")
                      for p in prediction.packages)
     kernel_version = f"{flavor} from {'the labkit rehearsal ISO' if rehearsal else 'Alpine ' + info.release}"
@@ -135,3 +129,21 @@ def prepare_alpine_partition(
     runner.note(f"Alpine partition from {'REHEARSAL ISO ' if rehearsal else ''}{iso.name}: world "
                 f"{' '.join(names)} ({len(packages)} packages, {prediction.installed_bytes / 2**20:.1f} MiB in RAM)")
     return guest, record
+
+
+def _entry(title: str, flavor: str, kernel_args: tuple[str, ...]) -> BootEntry:
+    """rEFInd's stanza for Alpine from the ISO: its own kernel and initramfs, Alpine's diskless line."""
+    return BootEntry(title=f"{title} ({flavor})", partition_role="alpine", kernel=f"boot/vmlinuz-{flavor}",
+                     initrd=f"boot/initramfs-{flavor}", cmdline=kernel_options(lab=True, extra=kernel_args))
+
+
+def iso_entry(runner: Runner, iso: Path, *, hostname: str = "alpinelab", media: str = LAB_MEDIA,
+              root_size: str | None = None) -> tuple[BootEntry, bool]:
+    """The boot entry :func:`prepare_alpine_partition` will write, read off the ISO without extracting it
+    (its release and kernel flavour, with xorriso); and whether it is labkit's rehearsal ISO."""
+    from labkit.systems.alpine.extract import inspect_iso
+
+    info = inspect_iso(runner, Path(iso))
+    rehearsal = is_rehearsal_release(info.release)
+    spec = lab_apkovl_spec(hostname, [], os_id="alpine", media=media, root_size=root_size)
+    return _entry(REHEARSAL_TITLE if rehearsal else REAL_TITLE, info.flavors[0], tuple(spec.kernel_args())), rehearsal

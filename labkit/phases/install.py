@@ -33,7 +33,7 @@ from pathlib import Path
 
 from labkit.core.errors import InputError
 from labkit.core.layout import Layout, Role
-from labkit.core.runner import Mode, Runner, atomic_write_text
+from labkit.core.runner import Mode, PlannedCommand, Runner, atomic_write_text
 from labkit.core.steps import PhaseResult, Step, run_steps
 from labkit.phases.disk import disk_steps, verify_layout
 from labkit.phases.files import put_step, stage
@@ -101,6 +101,7 @@ class InstallResult:
     target: Target
     prepared: Prepared
     phases: tuple[PhaseResult, ...] = field(default=())
+    staging: tuple[PlannedCommand, ...] = ()  # what staging the content ran (or would run) on this host
 
     @property
     def planned(self) -> list[str]:
@@ -108,17 +109,19 @@ class InstallResult:
 
 
 # -- staging ------------------------------------------------------------------------------------------
-def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions) -> Prepared:
-    """Stage every partition's content under ``work/stage`` (plan mode: name the paths, build nothing)."""
+def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
+            phases: Sequence[str] = ("disk", "refind", "nixos", "alpine")) -> Prepared:
+    """Stage the content of ``phases`` under ``work/stage`` (plan mode: name the paths, build nothing heavy).
+    The ESP's rEFInd stanzas come from each system's boot entry, known without building the system."""
     opts.validate()
     started = time.monotonic()
     st = work / "stage"
     plan = runner.mode is Mode.PLAN
     systems: dict[str, SystemContent] = {}
     kernel = None
-    rehearsal_needed = ("nixos" in opts.systems and not opts.nixos_from_installer) or (
-        "alpine" in opts.systems and opts.alpine_iso is None)
-    if rehearsal_needed and not plan:
+    build_nixos = not plan and "nixos" in phases and "nixos" in opts.systems and not opts.nixos_from_installer
+    build_alpine = not plan and "alpine" in phases and "alpine" in opts.systems
+    if build_nixos or (build_alpine and opts.alpine_iso is None):
         from labkit.rehearsal.kernel import default_cache_dir, obtain_kernel
 
         with runner.step("guest kernel"):
@@ -136,7 +139,7 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions) ->
                      Files(Role.DATA, st / "data", "/data"))
             entry = BootEntry(NIXOS_REHEARSAL_TITLE, Role.NIXOS_BOOT.value, "", "", "")
             guest = None
-            if not plan:
+            if build_nixos:
                 from labkit.rehearsal.build import build_nixos_trees
 
                 assert kernel is not None
@@ -154,12 +157,14 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions) ->
         if opts.alpine_iso is not None:
             from labkit.phases.alpine_media import prepare_alpine_partition
 
-            if plan:
-                entry = BootEntry("Alpine Linux (lts)", Role.ALPINE.value, "boot/vmlinuz-lts", "boot/initramfs-lts",
-                                  "(from the ISO)")
-                runner.run(["xorriso", "-osirrox", "on", "-indev", opts.alpine_iso, "-extract", "/apks",
-                            tree / "apks", "-extract", "/boot", tree / "boot"])
-                systems["alpine"] = SystemContent("alpine", entry, afiles, None, rehearsal=False)
+            if not build_alpine:
+                from labkit.phases.alpine_media import iso_entry
+
+                entry, rehearsal = iso_entry(runner, opts.alpine_iso, hostname=opts.hostname, media=opts.alpine_media)
+                if plan:
+                    runner.run(["xorriso", "-osirrox", "on", "-indev", opts.alpine_iso, "-extract", "/apks",
+                                tree / "apks", "-extract", "/boot", tree / "boot"])
+                systems["alpine"] = SystemContent("alpine", entry, afiles, None, rehearsal=rehearsal)
             else:
                 stage(tree, {})
                 guest, media = prepare_alpine_partition(runner, opts.alpine_iso, tree, sha256=opts.alpine_iso_sha256,
@@ -182,7 +187,7 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions) ->
                 write_apkovl(spec, tree / spec.filename)
                 runner.note(f"built at apply time: boot/vmlinuz-lts, boot/initramfs-lts and apks/ (the Alpine-style "
                             f"rehearsal with package set {opts.world!r})")
-            else:
+            elif build_alpine:
                 from labkit.rehearsal.build import build_alpine_tree
 
                 assert kernel is not None
@@ -201,6 +206,10 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions) ->
                                   grub_efi=grub_efi if grub_efi is not None else Path("/dev/null"))
     if grub_efi is None:
         esp_map.pop(bootchain.ESP_GRUB, None)
+        nixos = systems.get("nixos")
+        if nixos is not None and nixos.files:  # the rehearsal: GRUB is built with its phase; named in a plan
+            systems["nixos"] = SystemContent("nixos", nixos.entry, (*nixos.files, Files(
+                Role.ESP, st / "esp-grub", "GRUB for NixOS (EFI/NixOS/grubx64.efi)")), nixos.guest)
     else:  # GRUB belongs to the NixOS phase
         esp_map.pop(bootchain.ESP_GRUB)
         systems["nixos"] = SystemContent("nixos", systems["nixos"].entry,
@@ -231,9 +240,11 @@ def run_install(target: Target, opts: InstallOptions, work: Path, *, wipe: bool 
     """Stage the content, then run each phase on ``target`` (plan mode: record every command)."""
     runner = target.runner
     with runner.step(f"install on {target.describe()}"):
+        first = len(runner.planned)
         if prepared is None:
             with runner.step("stage what each phase puts on the disk"):
-                prepared = prepare(runner, target.layout, work, opts)
+                prepared = prepare(runner, target.layout, work, opts, phases)
+        staging = tuple(c for c in runner.planned[first:] if not c.query)
         results = []
         for name, steps in phase_steps(target, prepared, wipe=wipe):
             if name not in phases:
@@ -241,7 +252,7 @@ def run_install(target: Target, opts: InstallOptions, work: Path, *, wipe: bool 
             check = (lambda: verify_layout(target)) if name == "disk" else None
             results.append(run_steps(runner, f"{name} phase", steps, verify=check,
                                      state_dir=None if runner.mode is Mode.PLAN else work))
-    return InstallResult(target, prepared, tuple(results))
+    return InstallResult(target, prepared, tuple(results), staging)
 
 
 def build_image(runner: Runner, layout: Layout, out: Path, trees: dict[Role, Path | None],

@@ -108,6 +108,11 @@ class InstallPlan:
         return iter(self.steps)
 
 
+def on_nixos_installer(root: Path = Path("/")) -> bool:
+    """This machine is a NixOS system with ``nixos-install`` (the live installer): the real install can run."""
+    return (root / "etc" / "NIXOS").exists() and which("nixos-install") is not None
+
+
 def rebuild_command(settings: NixosSettings) -> list[str]:
     """How to change the installed system later (run on it, as root)."""
     return ["nixos-rebuild", "switch", "-I", f"nixos-config={settings.config_dir}/configuration.nix"]

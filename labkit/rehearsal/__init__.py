@@ -4,13 +4,12 @@ apkovl + packages installed into a tmpfs root) and NixOS (tmpfs root, read-only 
 from labkit.rehearsal.build import build_alpine_tree, build_nixos_trees, resolve_world
 from labkit.rehearsal.initramfs import BOOT_MODULES, build_initramfs
 from labkit.rehearsal.kernel import GuestKernel, module_closure, obtain_kernel, read_modules_dep
-from labkit.rehearsal.payloads import BASE_PACKAGE, PACKAGE_SETS, Payload, host_package
+from labkit.rehearsal.payloads import BASE_PACKAGE, Payload, host_package
 from labkit.rehearsal.types import BootEntry, GuestBuild, PackageInfo
 
 __all__ = [
     "BASE_PACKAGE",
     "BOOT_MODULES",
-    "PACKAGE_SETS",
     "BootEntry",
     "GuestBuild",
     "GuestKernel",

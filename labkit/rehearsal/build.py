@@ -10,13 +10,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from labkit.core.data import guest_data
-from labkit.core.errors import InputError
+from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.rehearsal.initramfs import build_initramfs
 from labkit.rehearsal.kernel import GuestKernel
 from labkit.rehearsal.payloads import (
     BASE_PACKAGE,
-    PACKAGE_SETS,
     Payload,
     alpine_base_payload,
     busybox_payload,
@@ -34,11 +33,10 @@ ALPINE_MODULES = "modules=virtio_pci,virtio_blk,ext4"
 
 
 def resolve_world(world: Sequence[str] | str) -> list[str]:
-    """A package-set name (see PACKAGE_SETS) or an explicit list of Debian package names."""
+    """A package-set name (:mod:`labkit.core.pkgsets`: its rehearsal payload) or an explicit list of Debian
+    package names."""
     if isinstance(world, str):
-        if world not in PACKAGE_SETS:
-            raise InputError(f"unknown package set {world!r}", f"use one of {', '.join(PACKAGE_SETS)}")
-        return list(PACKAGE_SETS[world])
+        return list(rehearsal_payloads(world))
     return list(dict.fromkeys(world))
 
 

@@ -28,23 +28,6 @@ BASE_PACKAGE = "busybox-static"
 EPOCH = 1_700_000_000
 INDEX_NAME = "LABKIT-INDEX"
 
-_SMALL = [  # ~6 MiB installed: partitioning + filesystem tools
-    "gdisk", "libpopt0", "libuuid1", "dosfstools", "mtools", "e2fsprogs", "libext2fs2", "libcom-err2",
-    "libss2", "xorriso", "libisoburn1", "libburn4", "libisofs6",
-]
-_MEDIUM = [*_SMALL, "cpio", "zstd", "libzstd1", "refind", "ovmf"]  # ~29 MiB
-_LARGE = [*_MEDIUM, "grub-efi-amd64-bin", "shellcheck", "libgmp10", "libffi8"]  # ~66 MiB
-
-#: Named world sets (host Debian packages labkit's setup installs anyway, with their deps).
-PACKAGE_SETS: dict[str, list[str]] = {
-    "base": [],  # only the base package (busybox-static)
-    "small": _SMALL,
-    "medium": _MEDIUM,
-    "large": _LARGE,
-    "default": _MEDIUM,
-}
-
-
 @dataclass(frozen=True)
 class PkgEntry:
     path: str  # relative, e.g. "usr/bin/sgdisk"

@@ -213,7 +213,7 @@ def decompression_table(ctx: ReportContext) -> pd.DataFrame:
 
 
 def package_mapping_table() -> pd.DataFrame:
-    from labkit.measure.pkgsets import mapping_table
+    from labkit.core.pkgsets import mapping_table
 
     return pd.DataFrame(mapping_table())
 

@@ -18,24 +18,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.core import pkgsets
 from labkit.core.errors import InputError
 
-_X = ("xorg-server", "xinit", "xf86-input-libinput", "xf86-video-fbdev", "font-dejavu", "eudev")
-#: Named world sets; each adds to the one before it, as in the seed's experiments.
-PACKAGE_SETS: dict[str, tuple[str, ...]] = {
-    "base": ("alpine-base",),
-    "dillo": ("alpine-base", *_X, "dillo"),
-    "sylpheed": ("alpine-base", *_X, "dillo", "sylpheed"),
-    "firefox": ("alpine-base", *_X, "dillo", "sylpheed", "firefox"),  # the seed's "too heavy" case
-}
 _OP = re.compile(r"[<>=~]")
 
 
 def package_set(name: str) -> tuple[str, ...]:
-    key = name.lstrip("+")
-    if key not in PACKAGE_SETS:
-        raise InputError(f"unknown package set {name!r}", f"choose one of {sorted(PACKAGE_SETS)}")
-    return PACKAGE_SETS[key]
+    """The Alpine world of a package set (:mod:`labkit.core.pkgsets`); ``+name`` is accepted too."""
+    return pkgsets.package_set(name.lstrip("+")).alpine
 
 
 def world_file(names: Iterable[str]) -> str:
