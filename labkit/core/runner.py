@@ -80,6 +80,8 @@ TOOL_PACKAGES: dict[str, str] = {
 }
 
 TAIL_CHARS = 2000
+#: How long a process labkit stops gets between SIGTERM and SIGKILL.
+KILL_GRACE_S = 2.0
 
 
 class Mode(str, Enum):
@@ -325,6 +327,39 @@ class Runner:
             raise CommandFailed(self._redact_argv(args), proc.returncode, self._redact(stderr or stdout))
         return CommandResult(tuple(args), cwd_s, proc.returncode, dur, stdout, stderr, executed=True)
 
+    @contextlib.contextmanager
+    def spawn(self, argv: Sequence[str | os.PathLike[str]], *, stdin: int | None = subprocess.DEVNULL,
+              stderr: int | None = subprocess.PIPE, kill_grace_s: float = KILL_GRACE_S,
+              **extra: object) -> Iterator[Spawned]:
+        """Start a long-running process labkit drives itself (QEMU), in its own process group; yield it;
+        whatever happens, stop it (SIGTERM to the group, then SIGKILL after ``kill_grace_s``) and record it
+        in the transcript with its return code and duration. Plan mode records it and starts nothing
+        (``Spawned.proc`` is None). The one place a process is started in the background."""
+        args = [os.fspath(a) for a in argv]
+        if not args:
+            raise ValueError("empty argv")
+        if self.mode is Mode.PLAN:
+            self.record_external(args, rc=None, duration_s=0.0, executed=False, **extra)
+            yield Spawned(args, None, 0.0)
+            return
+        require_tool(args[0])
+        start = time.monotonic()
+        proc = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+        handle = Spawned(args, proc, start)
+        try:
+            yield handle
+        finally:
+            if proc.poll() is None:
+                handle.killed = True
+                stop_group(proc, kill_grace_s)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            if handle.record:
+                self.record_external(args, rc=proc.returncode, duration_s=time.monotonic() - start,
+                                     killed=handle.killed, **{**extra, **handle.extra})
+
     def record_external(self, argv: Sequence[str], *, rc: int | None, duration_s: float, **extra: object) -> None:
         """Record a process that labkit drives itself (for example a QEMU boot read live)."""
         args = [os.fspath(a) for a in argv]
@@ -382,6 +417,35 @@ class Runner:
             self.transcript.parent.mkdir(parents=True, exist_ok=True)
             with open(self.transcript, "a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
+
+
+@dataclass
+class Spawned:
+    """A process :meth:`Runner.spawn` started (``proc`` None in plan mode)."""
+
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None
+    start: float
+    killed: bool = False
+    record: bool = True  # False: the caller records it itself (with more detail) via record_external
+    extra: dict[str, object] = field(default_factory=dict)  # added to the transcript record at the end
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = KILL_GRACE_S) -> None:
+    """The one kill policy: SIGTERM to the process group, SIGKILL after ``grace_s``, then reap."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
 
 
 def _decode(data: bytes | str | None) -> str:

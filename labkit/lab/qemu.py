@@ -11,7 +11,6 @@ import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from typing import TextIO
 
 from labkit.core.console import SerialDecoder, SerialLine, format_line
 from labkit.core.errors import LabkitError
-from labkit.core.runner import Mode, Runner, require_tool
+from labkit.core.runner import Mode, Runner, stop_group
 
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -30,7 +29,6 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_MARKER = "BdsDxe"
 #: stderr lines after which QEMU will never make progress (it pauses the guest and hangs).
 FATAL_STDERR = ("KVM internal error", "failed to initialize kvm", "Could not access KVM")
-KILL_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -107,20 +105,21 @@ def boot(
     if runner.mode is Mode.PLAN:
         runner.run(argv)
         return BootResult(False, False, None, accel, 0.0, [], serial_log, argv, "plan mode: not booted")
-    require_tool(QEMU)
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(vars_template, vars_file)  # fresh NVRAM every boot
     log = open(serial_log, "w", encoding="utf-8") if serial_log is not None else None
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        lines, err, outcome = _pump(proc, start, timeout_s, stop_on, log)
-    finally:
-        if proc.poll() is None:
-            _kill_group(proc)
-        if log is not None:
-            log.close()
+    with runner.spawn(argv) as spawned:
+        spawned.record = False  # recorded below, with the outcome
+        proc = spawned.proc
+        assert proc is not None
+        start = spawned.start
+        try:
+            lines, err, outcome = _pump(proc, start, timeout_s, stop_on, log)
+        finally:
+            if proc.poll() is None:
+                stop_group(proc)
+            if log is not None:
+                log.close()
     wall = time.monotonic() - start
     rc = proc.returncode
     timed_out = outcome == "timeout"
@@ -192,20 +191,6 @@ def _pump(
     except subprocess.TimeoutExpired:
         return lines, _dec(err), "timeout"
     return lines, _dec(err), "exit"
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=KILL_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-    proc.wait()
 
 
 def _dec(data: bytes | bytearray) -> str:

@@ -248,20 +248,7 @@ def spawn_serial(runner: Runner, argv: Sequence[str], *, prompt: str = DEFAULT_P
 
     The process is recorded in the runner's transcript when it ends (killed if still running).
     """
-    args = [os.fspath(a) for a in argv]
-    start = time.monotonic()
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    shell = SerialShell(PipeTransport(proc), runner=runner, prompt=prompt)
-    rc: int | None = None
-    try:
-        yield shell
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        rc = proc.wait(timeout=10)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        runner.record_external(args, rc=rc, duration_s=time.monotonic() - start, serial="driven")
+    with runner.spawn(argv, stdin=subprocess.PIPE, stderr=subprocess.STDOUT, serial="driven") as spawned:
+        if spawned.proc is None:
+            raise LabkitError("a serial shell cannot be driven in plan mode", "run it in apply mode")
+        yield SerialShell(PipeTransport(spawned.proc), runner=runner, prompt=prompt)
