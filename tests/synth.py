@@ -156,7 +156,7 @@ def make_run_dir(run_dir: Path, *, boots: int = 4, accel: str = "tcg", run_id: s
         ):
             log = serial_log(bundle_lines(os_id, "rehearsal", sections), t_begin=t_begin)
             path = write_serial_log(run_dir / f"serial-{os_id}-{boot}.log", log)
-            from labkit.measure.bundle import read_serial_log
+            from labkit.core.console import read_serial_log
 
             (bundle,) = extract_bundles(read_serial_log(path))
             bundles.append(bundle)

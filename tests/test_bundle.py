@@ -11,11 +11,11 @@ import pytest
 import synth
 from paths import ALPINE_FIXTURES
 
+from labkit.core.console import SerialLogError, read_serial_log
 from labkit.measure.bundle import (
     BundleError,
     SectionError,
     SerialLine,
-    SerialLogError,
     extract_bundles,
     format_bundle,
     parse_bundle_text,
@@ -24,7 +24,6 @@ from labkit.measure.bundle import (
     parse_dmesg,
     parse_meminfo,
     parse_uptime,
-    read_serial_log,
 )
 
 BUSYBOX = ALPINE_FIXTURES / "busybox-free-df-meminfo.txt"

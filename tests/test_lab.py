@@ -29,7 +29,7 @@ def test_run_dir_holding_a_run_is_refused(tmp_path: Path) -> None:
     (out / "results.csv").write_text("run_id\n")
     with pytest.raises(InputError) as exc:
         prepare_run_dir(out)
-    assert "already holds a lab run" in str(exc.value) and "--out" in str(exc.value)
+    assert "already holds a run" in str(exc.value) and "--out" in str(exc.value)
     assert (out / "results.csv").read_text() == "run_id\n"  # untouched
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -67,7 +67,7 @@ def test_cli_reports_a_run_dir_conflict(tmp_path: Path, capsys: pytest.CaptureFi
     rc = cli.main(["lab", "--out", str(out), "--boots", "1"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "already holds a lab run" in err and "fix:" in err
+    assert "already holds a run" in err and "fix:" in err
 
 
 def test_missing_tool_stops_the_lab_and_names_the_package(

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.core.errors import LabkitError
+
 #: CSI (ESC [ params intermediates final), OSC (ESC ] ... BEL/ST), charset selection, 2-char escapes.
 ANSI_RE = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"
@@ -60,11 +62,35 @@ def format_line(line: SerialLine) -> str:
     return f"{line.t:.6f}\t{line.text}\n"
 
 
+class SerialLogError(LabkitError):
+    """A serial log file on disk does not follow the ``<t>\\t<text>`` format."""
+
+
+
 def read_serial_log(path: Path) -> list[SerialLine]:
-    """Read a ``serial-<os>-<boot>.log`` back (UTF-8 file holding the latin-1-decoded text)."""
+    """Read ``serial-<os>-<boot>.log``: one ``<t with 6 decimals>\\t<text>`` per line.
+
+    A malformed line raises :class:`SerialLogError` naming the file and line (a non-UTF-8 line is read as
+    latin-1).
+    """
     out: list[SerialLine] = []
-    with open(path, encoding="utf-8", newline="\n") as fh:
-        for ln in fh:
-            t, _, text = ln.rstrip("\n").partition("\t")
-            out.append(SerialLine(float(t), text))
+    data = Path(path).read_bytes()
+    for no, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw:
+            continue  # the file's final newline (a serial line is never empty of its timestamp)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("latin-1")
+        t_str, sep, text = line.partition("\t")
+        try:
+            t = float(t_str)
+        except ValueError:
+            t = float("nan")
+        if not sep or t != t:
+            raise SerialLogError(
+                f"{path}: line {no} is not '<seconds>\\t<text>': {line[:80]!r}",
+                "the file must be written by labkit.lab.qemu (serial-<os>-<boot>.log); do not edit it by hand",
+            )
+        out.append(SerialLine(t, text.rstrip("\r")))
     return out

@@ -90,10 +90,6 @@ def _media(v: str) -> str | None:
         f"{v!r} is not a kernel partition name (like sda4, nvme0n1p4, vda4)"
 
 
-def _tmpfs(v: str) -> str | None:
-    return None if re.fullmatch(r"\d+(\.\d+)?[KMG]|\d{1,3}%", v) else f"{v!r} is not a tmpfs size (like 2G or 50%)"
-
-
 # Scopes: "lab" (labkit lab), "install" (labkit install), "boot" (labkit boot), "nb" (the notebooks).
 @dataclass(frozen=True)
 class Settings:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,7 +160,3 @@ def plan_lines(result: PhaseResult) -> list[str]:
             lines.append(f"#   {o.describe}")
         lines += [c.shell() for c in by_step.get(o.name, [])]
     return lines
-
-
-def all_mutating(results: Sequence[PhaseResult]) -> list[PlannedCommand]:
-    return [c for r in results for c in r.mutating]

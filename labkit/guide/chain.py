@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -169,15 +168,9 @@ def prepare_run_dir(out: Path | None, runs_root: Path, *, resume: bool) -> Path:
     if out is None:
         if resume:
             raise InputError("resuming needs the run directory", "pass --out runs/<id> with --from")
-        from labkit.lab.run import new_run_id
+        from labkit.core.runfolder import prepare_run_dir as new_folder
 
-        base = runs_root / new_run_id()
-        run_dir, n = base, 1
-        while run_dir.exists():
-            n += 1
-            run_dir = base.with_name(f"{base.name}-{n}")
-        run_dir.mkdir(parents=True)
-        return run_dir.resolve()
+        return new_folder(None, runs_root)[1].resolve()
     out = Path(out)
     if resume:
         if not (out / CHAIN_FILE).is_file():
@@ -396,7 +389,3 @@ vertical-align:top}}tr.failed{{background:#fdd}}tr.skipped{{color:#777}}tr.ok td
 """
     atomic_write_text(run.index, page)
     return run.index
-
-
-def resume_hint(run_dir: Path, name: str) -> str:
-    return f"labkit run --out {os.fspath(run_dir)} --from {name}"

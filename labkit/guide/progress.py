@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, TextIO, TypeVar
 
 from tqdm import std as tqdm_std
@@ -59,22 +59,6 @@ def bar(iterable: Iterable[T] | None = None, *, total: float | None = None, desc
             pass
     return tqdm_std.tqdm(iterable, total=total, desc=desc, unit=unit, file=file or sys.stderr,
                          dynamic_ncols=False, ncols=100, mininterval=0.5, **kw)
-
-
-def track(iterable: Iterable[T], desc: str, *, total: int | None = None, unit: str = "it") -> Iterator[T]:
-    """``for x in track(items, "boots"):`` — iterate with a bar."""
-    yield from bar(iterable, total=total, desc=desc, unit=unit)
-
-
-def download_bar(total_bytes: int | None, desc: str) -> tqdm_std.tqdm:
-    """A byte bar for downloads and copies (``b.update(n)`` per chunk)."""
-    return bar(total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
-
-
-def boots_total(systems: int, boots: int, warmup: int = 0) -> int:
-    """Ticks of a :func:`labkit.lab.run.run_lab` run seen through :class:`StepProgress`:
-    the image build, the accelerator choice, and every boot."""
-    return 2 + systems * (boots + warmup)
 
 
 class StepProgress(io.TextIOBase):

@@ -27,6 +27,8 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 #: First text OVMF prints on serial (its boot manager); the accelerator smoke boot waits for it.
 OVMF_MARKER = "BdsDxe"
+#: The smoke boot's limit for the last (fallback) accelerator.
+LAST_SMOKE_TIMEOUT_S = 60.0
 #: stderr lines after which QEMU will never make progress (it pauses the guest and hangs).
 FATAL_STDERR = ("KVM internal error", "failed to initialize kvm", "Could not access KVM")
 
@@ -216,7 +218,9 @@ def choose_accelerator(
     tried: list[tuple[str, bool, str]] = []
     with runner.step("choose accelerator"):
         for i, accel in enumerate(candidates):
-            limit = smoke_timeout * (2 if i == len(candidates) - 1 else 1)
+            # the last candidate is the fallback (TCG): it stops at the first OVMF line, so a long limit costs
+            # nothing on a quiet host and keeps a busy one (OVMF at 3x its speed) from failing for nothing
+            limit = max(smoke_timeout * 2, LAST_SMOKE_TIMEOUT_S) if i == len(candidates) - 1 else smoke_timeout
             res = boot(runner, None, ovmf_code=ovmf_code, vars_template=vars_template,
                        workdir=Path(workdir) / f"smoke-{accel}", accel=accel, memory_mib=128, timeout_s=limit,
                        stop_on=lambda text: OVMF_MARKER in text)

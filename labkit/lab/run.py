@@ -16,19 +16,18 @@ One call, :func:`run_lab`, does the whole main job. Its output directory holds::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from labkit.core.errors import InputError, LabkitError
+from labkit.core.errors import LabkitError
 from labkit.core.layout import LAB_LAYOUT, Layout, Role
 from labkit.core.pkgsets import rehearsal_payloads
+from labkit.core.runfolder import prepare_run_dir
 from labkit.core.runner import Mode, Runner, atomic_write_text
 from labkit.core.settings import Settings
 from labkit.lab import qemu
@@ -54,7 +53,6 @@ if TYPE_CHECKING:
     from labkit.systems.nixos.iso import IsoBootFiles
 
 SYSTEMS = ("alpine", "nixos")
-RUN_MARKERS = ("transcript.jsonl", "environment.json", "results.csv", "boots.csv", "run.json")
 
 
 #: A lab run's parameters are the settings table (:mod:`labkit.core.settings`): one declaration for the CLI,
@@ -76,52 +74,6 @@ class LabRun:
     @property
     def failed(self) -> list[BootRecord]:
         return [b for b in self.boots if not b.ok]
-
-
-def new_run_id(now: datetime | None = None) -> str:
-    now = now or datetime.now(UTC)
-    return now.strftime("%Y%m%d-%H%M%S")
-
-
-def prepare_run_dir(out: Path | None, runs_root: Path = Path("runs")) -> tuple[str, Path]:
-    """Pick the run directory; never reuse one that holds a run.
-
-    ``out`` given: it must be missing or empty (a directory holding a run is refused, naming
-    the fix). ``out`` None: a new ``runs/<run-id>`` is made (and ``runs/latest`` points at it).
-    """
-    if out is None:
-        run_id = new_run_id()
-        run_dir = runs_root / run_id
-        n = 1
-        while run_dir.exists():
-            n += 1
-            run_dir = runs_root / f"{run_id}-{n}"
-        run_id = run_dir.name
-        run_dir.mkdir(parents=True)
-        latest = runs_root / "latest"
-        try:
-            if latest.is_symlink() or not latest.exists():
-                tmp = runs_root / f".latest-{os.getpid()}"
-                tmp.unlink(missing_ok=True)
-                tmp.symlink_to(run_id)
-                os.replace(tmp, latest)
-        except OSError:
-            pass
-        return run_id, run_dir
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a directory", "choose a new directory for the run")
-    if out.is_dir():
-        held = [m for m in RUN_MARKERS if (out / m).exists()]
-        if held:
-            raise InputError(
-                f"--out {out} already holds a lab run ({', '.join(held)}); labkit never overwrites a run",
-                f"choose a new directory (e.g. --out {out}-2), or leave --out away to get a new runs/<run-id>",
-            )
-        if any(out.iterdir()):
-            raise InputError(f"--out {out} is not empty", "choose a new or empty directory for the run")
-    out.mkdir(parents=True, exist_ok=True)
-    return out.resolve().name, out
 
 
 # -- building -------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from labkit.core.console import SerialLine  # the one SerialLine(t, text) (contracts.md, "Serial log")
@@ -58,10 +57,6 @@ class SectionError(BundleError):
         super().__init__(f"{where}: {problem}{shown}", fix)
 
 
-class SerialLogError(LabkitError):
-    """A serial log file on disk does not follow the ``<t>\\t<text>`` format."""
-
-
 # -- serial lines ---------------------------------------------------------------------------------
 class TimedLine(Protocol):
     """Anything with ``.t`` (host seconds since QEMU start) and ``.text`` (one serial line)."""
@@ -71,35 +66,6 @@ class TimedLine(Protocol):
 
     @property
     def text(self) -> str: ...
-
-
-def read_serial_log(path: Path) -> list[SerialLine]:
-    """Read ``serial-<os>-<boot>.log``: one ``<t with 6 decimals>\\t<text>`` per line.
-
-    Like ``labkit.core.console.read_serial_log`` but a malformed line raises :class:`SerialLogError`
-    naming the file and line (and a non-UTF-8 line is read as latin-1).
-    """
-    out: list[SerialLine] = []
-    data = Path(path).read_bytes()
-    for no, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw:
-            continue  # the file's final newline (a serial line is never empty of its timestamp)
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = raw.decode("latin-1")
-        t_str, sep, text = line.partition("\t")
-        try:
-            t = float(t_str)
-        except ValueError:
-            t = float("nan")
-        if not sep or t != t:
-            raise SerialLogError(
-                f"{path}: line {no} is not '<seconds>\\t<text>': {line[:80]!r}",
-                "the file must be written by labkit.lab.qemu (serial-<os>-<boot>.log); do not edit it by hand",
-            )
-        out.append(SerialLine(t, text.rstrip("\r")))
-    return out
 
 
 # -- bundles --------------------------------------------------------------------------------------

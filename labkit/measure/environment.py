@@ -83,10 +83,6 @@ def guest_kernels(bundles: Iterable[Bundle]) -> dict[str, str]:
     return {b.os: b.sections["kernel"].strip() for b in bundles if "kernel" in b.sections}
 
 
-def guest_cmdlines(bundles: Iterable[Bundle]) -> dict[str, str]:
-    return {b.os: b.sections["cmdline"].strip() for b in bundles if "cmdline" in b.sections}
-
-
 def capture_environment(
     params: Mapping[str, Any],
     extra: Mapping[str, Any],

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from labkit.measure.metrics import METRICS, applies
-from labkit.measure.results import bootstrap_median_ci
 
 #: |x − median| / (1.4826 · MAD) above this is an outlier (Iglewicz & Hoaglin's 3.5 on the modified z).
 OUTLIER_Z = 3.5
@@ -133,15 +132,6 @@ def compare_systems(df: pd.DataFrame, a: str, b: str, metrics: Sequence[str] | N
         })
     cols = ["metric", "a", "b", "n_a", "n_b", "median_a", "median_b", "U", "p_value", "cliffs_delta", "effect"]
     return pd.DataFrame(rows, columns=cols)
-
-
-def median_ci(values: Sequence[float] | np.ndarray, seed: int | None = None) -> tuple[float, float, float]:
-    """(median, ci_low, ci_high) with the percentile bootstrap of :mod:`labkit.measure.results`."""
-    v = _clean(values)
-    if v.size == 0:
-        return (float("nan"),) * 3  # type: ignore[return-value]
-    lo, hi = bootstrap_median_ci(v) if seed is None else bootstrap_median_ci(v, seed=seed)
-    return (float(np.median(v)), lo, hi)
 
 
 def outliers_table(df: pd.DataFrame, z: float = OUTLIER_Z) -> pd.DataFrame:

@@ -22,7 +22,6 @@ from labkit.core.steps import PhaseResult, Step, run_steps
 from labkit.targets.base import Target
 from labkit.targets.device import DeviceTarget
 from labkit.targets.disks import DiskRecord, read_disk
-from labkit.targets.loop import loop_disk
 
 PHASE = "disk phase"
 
@@ -175,38 +174,6 @@ def unmount_install(runner: Runner, mounted: list[Path]) -> None:
                 first = first or exc
     if first is not None:
         raise first
-
-
-# -- the rehearsal on a disposable loop disk ------------------------------------------------
-@dataclass(frozen=True)
-class Rehearsal:
-    device: str
-    image: Path
-    fingerprint: str  # of the blank disk, as the user would confirm it
-    plan: tuple[str, ...]  # the destructive commands shown before anything ran
-    ran: tuple[str, ...]  # steps the first run applied
-    ran_again: tuple[str, ...]  # steps the second run applied (none: the phase is idempotent)
-    destructive_again: tuple[PlannedCommand, ...]
-    disk: DiskRecord  # the disk read back afterwards
-
-
-def rehearse_disk_phase(runner: Runner, layout: Layout, workdir: Path) -> Rehearsal:
-    """The whole disk phase on a fresh loop disk: fingerprint, plan, apply, then a second run that
-    must execute no destructive command. The loop device is released afterwards (the image stays)."""
-    image = workdir / "rehearsal-disk.img"
-    if runner.mode is Mode.APPLY:
-        image.unlink(missing_ok=True)  # a fresh blank disk each time (the file is labkit's own)
-    with loop_disk(runner, image, layout.disk_size) as device:
-        disk = read_disk(runner, device)
-        params = DiskParams(device, layout, disk.fingerprint, state_path=workdir / "disk-state.json")
-        plan = plan_disk_phase(params)
-        with runner.step(f"disk phase on {device} (rehearsal disk {image.name})"):
-            first = run_disk_phase(runner, params)
-        again = run_disk_phase(runner, DiskParams(device, layout, disk.fingerprint,
-                                                  state_path=workdir / "disk-state.json"))
-        after = read_disk(runner, device)
-    return Rehearsal(device, image, disk.fingerprint, tuple(c.shell() for c in plan.mutating), first.ran,
-                     again.ran, again.mutating, after)
 
 
 def _node(runner: Runner, device: str, number: int) -> str:
