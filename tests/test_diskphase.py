@@ -98,8 +98,15 @@ def test_killed_without_state_file_needs_the_new_fingerprint(tmp_path: Path, mak
     with pytest.raises(Refused) as info:
         run_disk_phase(Runner(transcript=t, progress=None), DiskParams(dev, LAB_LAYOUT, confirmed))
     assert info.value.codes == {Code.FINGERPRINT_MISMATCH} and mutating_executed(t) == []
-    res = run_disk_phase(Runner(transcript=t, progress=None), DiskParams(dev, LAB_LAYOUT, fp(dev)))
-    assert res.skipped == ("partition table",) and res.disk is not None
+    # with the new fingerprint the table is accepted, but nothing proves labkit wrote it (the state file is
+    # gone): its empty partitions may be damaged data, so formatting them needs --wipe
+    t2 = tmp_path / "t2.jsonl"
+    with pytest.raises(Refused) as again:
+        run_disk_phase(Runner(transcript=t2, progress=None), DiskParams(dev, LAB_LAYOUT, fp(dev)))
+    assert again.value.codes == {Code.FOREIGN_FILESYSTEM}
+    assert [e["argv"][0] for e in mutating_executed(t2)] in ([], ["partx", "partx"])  # nodes only, no mkfs
+    res = run_disk_phase(Runner(transcript=t2, progress=None), DiskParams(dev, LAB_LAYOUT, fp(dev), wipe=True))
+    assert res.skipped[:1] == ("partition table",) and res.disk is not None
 
 
 def test_wipe_replaces_foreign_partitions(tmp_path: Path, make_loop) -> None:  # noqa: F811

@@ -21,7 +21,7 @@ from labkit.core.runner import Mode, PlannedCommand, Runner
 from labkit.core.steps import PhaseResult, Step, run_steps
 from labkit.targets.base import Target
 from labkit.targets.device import DeviceTarget
-from labkit.targets.disks import DiskRecord, read_disk
+from labkit.targets.disks import DiskRecord, partition_node, read_disk
 
 PHASE = "disk phase"
 
@@ -179,7 +179,7 @@ def unmount_install(runner: Runner, mounted: list[Path]) -> None:
 def _node(runner: Runner, device: str, number: int) -> str:
     """A partition's node through sysfs (never the disk's path with a number appended)."""
     if runner.mode is Mode.PLAN and not os.path.exists(device):
-        return f"{device}{'p' if device[-1:].isdigit() else ''}{number}"
+        return partition_node(device, number)
     part = read_disk(runner, device).partition(number)
     if part is None:
         raise LabkitError(f"{device} has no partition {number}", f"run the disk phase on {device} first")

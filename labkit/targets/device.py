@@ -36,7 +36,7 @@ from labkit.core.errors import LabkitError, VerifyFailed
 from labkit.core.layout import Extent, FsType, Layout, Role
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.targets.base import Files, Target
-from labkit.targets.disks import DiskRecord, blkid, fingerprint_of, read_disk
+from labkit.targets.disks import DiskRecord, blkid, fingerprint_of, partition_node, read_disk
 from labkit.targets.gpt import read_gpt, table_problems
 from labkit.targets.image import fs_problems, mke2fs_argv, mkfs_vfat_argv, sgdisk_args
 from labkit.targets.safety import Code, Finding, Refused, check_disk, layout_matches_table
@@ -59,6 +59,7 @@ class DiskState:
     version: int = 1
     fingerprint_blank: str = ""  # after a --wipe, before the new table: also this run's disk
     formatted: tuple[str, ...] = ()  # UUIDs of the filesystems this run created (and only those)
+    formatted_parts: tuple[int, ...] = ()  # partition numbers labkit formatted under this table
 
 
 def udev_running() -> bool:
@@ -113,6 +114,7 @@ class DeviceTarget(Target):
         try:
             data = json.loads(sp.read_text())
             data["formatted"] = tuple(data.get("formatted", ()))
+            data["formatted_parts"] = tuple(data.get("formatted_parts", ()))
             return DiskState(**data)
         except (ValueError, TypeError):
             return None
@@ -158,11 +160,11 @@ class DeviceTarget(Target):
     def node(self, ext: Extent) -> str:
         """The partition's device node, found through sysfs (plan on a placeholder: its usual name)."""
         if self.disk is None:
-            return f"{self.device}{'p' if self.device[-1:].isdigit() else ''}{ext.number}"
+            return partition_node(self.device, ext.number)
         disk = self.disk if self.disk.partition(ext.number) else read_disk(self.runner, self.device)
         part = disk.partition(ext.number)
         if part is None and self.plan:  # planned after a planned sgdisk: the name the kernel will give it
-            return f"/dev/{disk.name}{'p' if disk.name[-1:].isdigit() else ''}{ext.number}"
+            return partition_node(f"/dev/{disk.name}", ext.number)
         if part is None:
             raise LabkitError(f"{self.device} has no partition {ext.number} (the kernel does not list it)",
                               f"run `partx -a {self.device}` (or `udevadm settle`) and the phase again")
@@ -234,25 +236,44 @@ class DeviceTarget(Target):
         self.wipe = wipe
         disk = self.guard()
         node = self.node(ext)
-        if disk is not None and os.path.exists(node):
-            info = blkid(self.runner, node)
-            found = info.get("TYPE", "")
-            st = self.load_state()
-            # only a filesystem this labkit run recorded as its own may be formatted again without
-            # --wipe; anything else on the partition (even under labkit's partition table) is data
-            ours = st is not None and st.disk_guid == disk.ptuuid and info.get("UUID", "") in st.formatted
-            if found and not ours and not wipe:
-                self._refuse([Finding(Code.FOREIGN_FILESYSTEM,
-                                      f"{node} holds a {found} filesystem {info.get('LABEL', '')!r} that labkit did "
-                                      "not create",
-                                      f"back it up, then pass --wipe --confirm {disk.fingerprint} to format it")])
+        if disk is not None and os.path.exists(node) and not wipe:
+            self._check_ours(disk, ext, node)
         argv = mkfs_vfat_argv(ext, node) if ext.partition.fs is FsType.VFAT else mke2fs_argv(ext, node)
         self.runner.run(argv)
         if not self.plan and disk is not None:
             made = blkid(self.runner, node).get("UUID", "")
             st = self.load_state()
             if made and st is not None and st.disk_guid == disk.ptuuid:
-                self.save_state(dataclasses.replace(st, formatted=(*st.formatted, made)))
+                self.save_state(dataclasses.replace(st, formatted=(*st.formatted, made),
+                                                    formatted_parts=tuple(sorted({*st.formatted_parts, ext.number}))))
+
+    def _check_ours(self, disk: DiskRecord, ext: Extent, node: str) -> None:
+        """Without --wipe, labkit formats only a partition it can prove is its own and untouched: it wrote this
+        very partition table (the state file holds the table's GUID) and has never formatted the partition
+        since (a partition it formatted and that now carries no readable filesystem was damaged: its data
+        may be recoverable, so it is not formatted again). Anything else — a filesystem, a signature, or an
+        empty partition under a table labkit did not write — is treated as data."""
+        info = blkid(self.runner, node)
+        st = self.load_state()
+        fix = f"back it up, then pass --wipe --confirm {disk.fingerprint} to format it"
+        ours_table = st is not None and st.disk_guid == disk.ptuuid
+        if info.get("TYPE"):
+            what = f"a {info['TYPE']} filesystem {info.get('LABEL', '')!r}"
+            mine = ours_table and st is not None and info.get("UUID", "") in st.formatted
+            why = "that does not match the layout any more (changed since labkit made it)" if mine else \
+                "that labkit did not create"
+            self._refuse([Finding(Code.FOREIGN_FILESYSTEM, f"{node} holds {what} {why}", fix)])
+        if not ours_table:
+            self._refuse([Finding(Code.FOREIGN_FILESYSTEM,
+                                  f"{node} carries no readable filesystem, and labkit did not write this partition "
+                                  "table (no state file of this disk): it may hold data whose signature is damaged",
+                                  fix + " (or run labkit again with the --out of the run that partitioned it)")])
+        if st is not None and ext.number in st.formatted_parts:
+            self._refuse([Finding(Code.FOREIGN_FILESYSTEM,
+                                  f"{node} held a filesystem labkit made, and its signature is gone (damaged "
+                                  "superblock?): its data may still be recoverable",
+                                  "try `e2fsck -b 32768` (ext4) or `fsck.vfat` first; to start over pass "
+                                  f"--wipe --confirm {disk.fingerprint}")])
 
     def layout_problems(self) -> list[str]:
         disk = read_disk(self.runner, self.device)

@@ -186,8 +186,9 @@ def by_id_links() -> dict[str, tuple[str, ...]]:
 
 
 def partition_node(disk_path: str, number: int) -> str:
-    """/dev/sda + 1 -> /dev/sda1; /dev/loop0 + 1 -> /dev/loop0p1; /dev/nvme0n1 -> /dev/nvme0n1p1."""
-    return f"{disk_path}{'p' if disk_path[-1].isdigit() else ''}{number}"
+    """The name the kernel gives partition ``number`` of ``disk_path`` (/dev/sda1, /dev/loop0p1,
+    /dev/nvme0n1p1) — for plans only: labkit writes a partition only through the node sysfs lists for it."""
+    return f"{disk_path}{'p' if disk_path[-1:].isdigit() else ''}{number}"
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -209,15 +210,28 @@ def _holders(sysdir: Path) -> tuple[str, ...]:
         return ()
 
 
+def node_matches(node: str, dev: str) -> bool:
+    """``node`` is a block device node with major:minor ``dev`` (never a regular file of the same name)."""
+    try:
+        st = os.stat(node)
+    except OSError:
+        return False
+    return stat.S_ISBLK(st.st_mode) and f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" == dev
+
+
 def _partitions(runner: Runner, disk_path: str, sysdir: Path, ctx: _Context) -> tuple[PartitionRecord, ...]:
+    """The disk's partitions as the kernel lists them in sysfs; a node that is not the kernel's block device
+    (missing, or a file of that name) counts as absent."""
     parts = []
     for child in sorted(sysdir.iterdir()):
         if not (child / "partition").is_file():
             continue
         number = _int(child / "partition")
         node = f"/dev/{child.name}"
-        info = blkid(runner, node) if os.path.exists(node) else {}
         dev = _read(child / "dev")
+        if not node_matches(node, dev):
+            continue
+        info = blkid(runner, node)
         bs = info.get("BLOCK_SIZE")
         parts.append(PartitionRecord(
             path=node, name=child.name, number=number,
@@ -305,9 +319,17 @@ def read_disk(runner: Runner, path: str | os.PathLike[str]) -> DiskRecord:
     if (sysdir / "partition").is_file():
         raise NotABlockDevice(f"{p} is a partition, not a whole disk",
                               f"give the disk it belongs to: /dev/{sysdir.parent.name}")
+    # the disk's own node: /dev/<kernel name> when it is this very device (an alias node someone made, a
+    # symlink, a bind: the same disk, but labkit writes and names partitions through the kernel's node)
+    canonical = f"/dev/{sysdir.name}"
+    try:
+        cst = os.stat(canonical)
+        node = canonical if stat.S_ISBLK(cst.st_mode) and cst.st_rdev == st.st_rdev else p
+    except OSError:
+        node = p
     udev = next((u for u in udev_disks() if u.sys_name == sysdir.name),
-                UdevDevice(sysdir.name, p, ()))
-    return _record(runner, UdevDevice(udev.sys_name, p, udev.properties), _context())
+                UdevDevice(sysdir.name, node, ()))
+    return _record(runner, UdevDevice(udev.sys_name, node, udev.properties), _context())
 
 
 def device_of_path(path: str | os.PathLike[str]) -> str | None:

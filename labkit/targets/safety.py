@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class Code(str, Enum):
     NOT_CONFIRMED = "not-confirmed"
     FOREIGN_FILESYSTEM = "foreign-filesystem"
     BUSY = "busy"
+    IN_USE = "in-use"  # a loop device is backed by it, or a process holds it open
 
 
 @dataclass(frozen=True)
@@ -162,13 +164,76 @@ def check_disk(
     if disk.removable and not allow_removable:
         f.append(Finding(Code.REMOVABLE, f"{disk.path} is a removable disk",
                          "pass --allow-removable if you really mean to install on it"))
-    if not mounted and not any(d.swap or d.holders for d in devices):
-        busy = busy_nodes([disk.path, *(p.path for p in disk.partitions)])
+    nodes = [disk.path, *(p.path for p in disk.partitions)]
+    users = loop_users(nodes) + open_handles(nodes)
+    if users:
+        f.append(Finding(Code.IN_USE, "in use: " + "; ".join(users),
+                         "stop what uses it (losetup -d the loop device, end the process: `fuser -vm` / `lsof` show "
+                         "it) or pick another disk"))
+    if not mounted and not users and not any(d.swap or d.holders for d in devices):
+        busy = busy_nodes(nodes)
         if busy:
             f.append(Finding(Code.BUSY, "the kernel reports in use (exclusive open refused): " + ", ".join(busy),
                              "something mounted or holds it that labkit cannot see (btrfs, FUSE, a VM?): "
                              "find it with `fuser -vm` / `lsof`, stop it, or pick another disk"))
     return f
+
+
+def _rdev(path: str) -> int | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_rdev if stat.S_ISBLK(st.st_mode) else None
+
+
+def loop_users(paths: Iterable[str]) -> list[str]:
+    """Loop devices whose backing file is one of ``paths`` (a block device): ``/dev/loop3 (backed by /dev/sdb2)``.
+    A loop device over a partition is invisible to mountinfo, holders and the exclusive open."""
+    wanted = {r: p for p in paths if (r := _rdev(p)) is not None}
+    found: list[str] = []
+    for loop in sorted(SYS_BLOCK.glob("loop*")):
+        backing = loop / "loop" / "backing_file"
+        try:
+            target = backing.read_text().strip()
+        except OSError:
+            continue
+        r = _rdev(target)
+        if r is not None and r in wanted:
+            found.append(f"/dev/{loop.name} (backed by {wanted[r]})")
+    return found
+
+
+def open_handles(paths: Iterable[str]) -> list[str]:
+    """Processes (other than this one) holding one of ``paths`` open: ``pid 1234 (dd) has /dev/sdb1 open``.
+    Read from /proc/<pid>/fd like fuser; a process we may not inspect is skipped."""
+    wanted = {r: p for p in paths if (r := _rdev(p)) is not None}
+    if not wanted:
+        return []
+    me = os.getpid()
+    found: list[str] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue
+        hits = set()
+        for fd in fds:
+            try:
+                st = os.stat(fd)
+            except OSError:
+                continue
+            if stat.S_ISBLK(st.st_mode) and st.st_rdev in wanted:
+                hits.add(wanted[st.st_rdev])
+        if hits:
+            try:
+                comm = (proc / "comm").read_text().strip()
+            except OSError:
+                comm = "?"
+            found.append(f"pid {proc.name} ({comm}) has {', '.join(sorted(hits))} open")
+    return found
 
 
 def busy_nodes(paths: Iterable[str]) -> list[str]:
