@@ -173,3 +173,18 @@ def test_other_bad_inputs() -> None:
         render_module(NixosSettings(user=User(ssh_keys=(KEY,)), home_manager_user="bob"), mem_total=MEM)
     with pytest.raises(InputError, match="host name"):
         render_module(NixosSettings(user=User(ssh_keys=(KEY,)), hostname="bad_host!"), mem_total=MEM)
+
+
+@needs_nix
+def test_probe_unit_path_holds_the_systems_nix(tmp_path: Path) -> None:
+    """Evaluated by the real nix-instantiate: the probe unit's path ends with config.nix.package (the module's
+    config, not pkgs.config), so the probe finds `nix` and measures the closure of /run/current-system."""
+    f = tmp_path / "labkit.nix"
+    f.write_text(render_module(NixosSettings(user=User(ssh_keys=(KEY,))), mem_total=MEM))
+    tools = ["coreutils", "gawk", "gnugrep", "util-linux", "procps", "systemd"]
+    pkgs = "{ config = { nix.package = \"pkgs.config: wrong\"; }; " + " ".join(f'{t} = "{t}";' for t in tools) + " }"
+    expr = (f"(import {f} {{ config = {{ nix.package = \"the system's nix\"; }}; "
+            f"lib = {{ mkForce = x: x; mkDefault = x: x; }}; pkgs = {pkgs}; }}).systemd.services.labkit-probe.path")
+    proc = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True,
+                          text=True, check=True)
+    assert json.loads(proc.stdout) == [*tools, "the system's nix"]

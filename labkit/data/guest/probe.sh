@@ -105,15 +105,17 @@ have() {
 		nix --extra-experimental-features nix-command path-info -rS "$SYSTEM" 2>&1
 	elif have nix-store; then
 		section nix_closure_du
-		if CLOSURE=$(nix-store -qR "$SYSTEM" 2>&1); then
+		# stdout only: nix-store's warnings on stderr are not store paths
+		if CLOSURE=$(nix-store -qR "$SYSTEM" 2> "$TMP.err"); then
 			set --
 			for p in $CLOSURE; do
 				set -- "$@" "$R$p"
 			done
 			du -sk "$@" 2>&1
 		else
-			echo "error: nix-store -qR $SYSTEM: $CLOSURE"
+			echo "error: nix-store -qR $SYSTEM failed: $(awk 1 "$TMP.err")"
 		fi
+		rm -f "$TMP.err"
 	elif [ -f "$R/nix/var/nix/labkit-store-sizes" ]; then
 		# rehearsal store: sizes registered at build time, as Nix's database holds them
 		section nix_store_du

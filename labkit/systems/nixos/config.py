@@ -175,7 +175,10 @@ def _probe_service(settings: NixosSettings) -> dict[str | tuple[str, ...], objec
         "description": "labkit probe: one measurement bundle to /data and the serial console",
         "wantedBy": ["multi-user.target"],
         "after": ["multi-user.target"],
-        "path": Raw("with pkgs; [ coreutils gawk gnugrep util-linux procps systemd ]"),
+        # nixpkgs nixos/lib/systemd-lib.nix (L624-641, L685-695): PATH = this list, then coreutils,
+        # findutils, gnugrep, gnused and systemd; without config.nix.package the probe has no `nix` and
+        # cannot measure the closure of /run/current-system
+        "path": Raw("(with pkgs; [ coreutils gawk gnugrep util-linux procps systemd ]) ++ [ config.nix.package ]"),
         "environment": {"LABKIT_PROBE_OUT": "/dev/stdout"},
         "serviceConfig": {"Type": "simple", "StandardOutput": "tty", "TTYPath": "/dev/ttyS0"},
         "script": Raw("''\n" + _indent(script, 6) + "    ''"),
