@@ -4,7 +4,9 @@ closure of the system it is given — with `nix path-info -rS` when `nix` is on 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -103,3 +105,31 @@ def test_probe_without_nix_uses_du_over_the_closure(tmp_path: Path) -> None:
     assert "nix-store -qR" in v["closure_size_mib"].source
     # busybox du -sk: one 4 KiB block per small file
     assert v["closure_size_mib"].value == pytest.approx(3 * 4 / 1024)
+
+
+def test_module_keeps_itself_and_the_probe_in_the_system(tmp_path: Path) -> None:
+    """copySystemConfiguration keeps configuration.nix only: labkit.nix's extraSystemBuilderCmds link it, the
+    probe and hardware-configuration.nix into the system. Evaluated with the real Nix (files copied to a store)."""
+    from labkit.systems.nixos.config import MODULE_NAME, PROBE_NAME, NixosSettings, User, render_module
+
+    env = _nix_env(tmp_path)
+    cfg = tmp_path / "data" / "etc" / "nixos"
+    cfg.mkdir(parents=True)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA lab@demo"
+    (cfg / MODULE_NAME).write_text(render_module(NixosSettings(user=User(ssh_keys=(key,))), mem_total=4 << 30))
+    (cfg / PROBE_NAME).write_bytes(guest_data("probe.sh"))
+    lib = ("{ mkForce = x: x; mkDefault = x: x; optionalString = c: s: if c then s else \"\"; "
+           "concatMapStrings = f: l: builtins.concatStringsSep \"\" (map f l); }")
+    expr = (f"(import {cfg / MODULE_NAME} {{ config = {{ nix.package = null; }}; lib = {lib}; pkgs = {{}}; }})"
+            ".system.extraSystemBuilderCmds")
+
+    def links() -> list[str]:
+        out = subprocess.run(["nix-instantiate", "--eval", "--read-write-mode", "--json", "-E", expr],
+                             env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
+        return [ln.strip() for ln in json.loads(out).splitlines() if ln.strip()]
+
+    got = links()  # no hardware-configuration.nix beside it (labkit nixos config --out): skipped, no error
+    assert [ln.split()[-1] for ln in got] == [f"$out/{MODULE_NAME}", f"$out/{PROBE_NAME}"]
+    assert all(re.fullmatch(r"ln -s /nix/store/[a-z0-9]{32}-\S+ \$out/\S+", ln) for ln in got), got
+    (cfg / "hardware-configuration.nix").write_text("{ ... }: { }\n")
+    assert links()[-1].endswith("-hardware-configuration.nix $out/hardware-configuration.nix")

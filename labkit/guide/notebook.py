@@ -153,11 +153,16 @@ def refind_install_plan(esp_mount: str = ESP_MOUNT, *, alpine_dev: str = "/dev/s
     sees an ext4 ``/boot``, which a live system does not have — hence the explicit copy.
     """
     r = Runner(mode=Mode.PLAN, progress=None)
-    with r.step("install rEFInd on the ESP"):
+    # the seed runs this from the NixOS live system under `nix-shell -p refind`: the driver comes from that
+    # package ($out/share/refind/drivers_x64/), not from Debian's /usr/share/refind/refind/drivers_x64/
+    found = bootchain.refind_ext4_driver(which("refind-install"))
+    driver = str(found) if found is not None and found.is_relative_to("/nix/store") else \
+        bootchain.REFIND_NIX_EXT4_PLACEHOLDER
+    with r.step("install rEFInd on the ESP (nix-shell -p refind)"):
         r.run(["refind-install"])
     with r.step("the seed's pitfall: add the ext4 driver refind-install left out"):
         r.run(["mkdir", "-p", f"{esp_mount}/EFI/refind/drivers_x64"])
-        r.run(["cp", str(bootchain.REFIND_EXT4), f"{esp_mount}/{REFIND_INSTALLED_DRIVER}"])
+        r.run(["cp", driver, f"{esp_mount}/{REFIND_INSTALLED_DRIVER}"])
     with r.step("check: the driver and refind.conf are on the ESP"):
         r.run(["ls", "-l", f"{esp_mount}/EFI/refind/drivers_x64/", f"{esp_mount}/EFI/refind/refind.conf"])
     with r.step("Alpine's kernel options, read by rEFInd from the Alpine partition"):
