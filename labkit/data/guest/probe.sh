@@ -111,7 +111,7 @@ have() {
 			for p in $CLOSURE; do
 				set -- "$@" "$R$p"
 			done
-			du -sk "$@" 2>&1
+			if [ $# -gt 0 ]; then du -sk "$@" 2>&1; else echo "error: nix-store -qR $SYSTEM printed no path"; fi
 		else
 			echo "error: nix-store -qR $SYSTEM failed: $(awk 1 "$TMP.err")"
 		fi
