@@ -168,3 +168,10 @@ def make_run_dir(run_dir: Path, *, boots: int = 4, accel: str = "tcg", run_id: s
     )
     write_environment(env, run_dir)
     return run_dir
+
+
+#: an impermanence pin as a user would give it (labkit ships none): master of 2026-01-27, its hash computed as
+#: `nix hash path` over `git archive` of that commit (the method that reproduces home-manager's published
+#: flake.lock narHashes, and that Nix 2.8's fetchTarball accepted for home-manager 2777de38)
+IMPERMANENCE_PIN_REV = "7b1d382faf603b6d264f58627330f9faa5cba149"
+IMPERMANENCE_PIN_SHA256 = "sha256-03+JxvzmfwRu+5JafM0DLbxgHttOQZkUtDWBmeUkN8Y="

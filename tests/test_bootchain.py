@@ -91,3 +91,23 @@ def test_default_selection_round_trip(tmp_path: Path, runner: Runner) -> None:
     bootchain.set_default_selection(plan, info.path, esp, ALPINE.title)
     assert bootchain.default_selection(runner, info.path, esp) == NIXOS.title  # plan changed nothing
     assert [c.argv[0] for c in plan.planned] == ["mtype", "mcopy"]
+
+
+def test_refind_ext4_driver_in_both_package_layouts(tmp_path: Path) -> None:
+    """nixpkgs' refind (nix-shell -p refind): $out/bin/refind-install, $out/share/refind/drivers_x64/;
+    Debian's: /usr/sbin/refind-install, /usr/share/refind/refind/drivers_x64/."""
+    nix = tmp_path / "abc-refind-0.14.2"
+    (nix / "bin").mkdir(parents=True)
+    (nix / "share/refind/drivers_x64").mkdir(parents=True)
+    (nix / "share/refind/drivers_x64/ext4_x64.efi").write_bytes(b"MZ")
+    assert bootchain.refind_ext4_driver(nix / "bin/refind-install") == nix / "share/refind/drivers_x64/ext4_x64.efi"
+    deb = tmp_path / "usr"
+    (deb / "sbin").mkdir(parents=True)
+    (deb / "share/refind/refind/drivers_x64").mkdir(parents=True)
+    (deb / "share/refind/refind/drivers_x64/ext4_x64.efi").write_bytes(b"MZ")
+    assert bootchain.refind_ext4_driver(deb / "sbin/refind-install") == deb / "share/refind/refind/drivers_x64/" \
+        "ext4_x64.efi"
+    assert bootchain.refind_ext4_driver(tmp_path / "nothing/bin/refind-install") is None
+    assert bootchain.refind_ext4_driver(None) is None
+    assert bootchain.refind_binary_beside("EFI/refind/drivers_x64/ext4_x64.efi") == "EFI/refind/refind_x64.efi"
+    assert bootchain.refind_binary_beside("EFI/BOOT/drivers_x64/ext4_x64.efi") == "EFI/BOOT/BOOTX64.EFI"

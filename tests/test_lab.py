@@ -126,12 +126,16 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     assert common <= by_os["alpine-rehearsal"] and common <= by_os["nixos-rehearsal"]
     assert "alpine_package_load_s" in by_os["alpine-rehearsal"]
     assert "alpine_package_load_s" not in by_os["nixos-rehearsal"]
-    # every metric of the table that applies to a system is there
+    # every metric of the table that applies to a system is there, or each boot says why it is missing
     from labkit.measure.metrics import METRICS, applies
 
     for os_id, names in by_os.items():
         want = {m.name for m in METRICS if applies(m.name, os_id)}
-        assert want <= names, (os_id, want - names)
+        for b in boots:
+            if b["ok"] == "True" and os_id.startswith(b["os"]):
+                why = json.loads(b["missing"] or "{}")
+                assert want <= names | set(why), (os_id, want - names - set(why))
+                assert all(why.values()), why
     # the warm-up boots are in the results, flagged, and reported apart from the statistics
     assert {r["warmup"] for r in rows if r["boot"] == "0"} == {"True"}
     warm = (d / "tables" / "warmup_boots.csv").read_text()
@@ -139,8 +143,8 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     # probe cost: the timing part under 1 % of the boot it measures
     with open(d / "tables" / "summary.csv") as fh:
         summary = list(csv.DictReader(fh))
-    for r in summary:  # every applicable metric of both systems: a median and a 95 % CI
-        assert r["median"] and r["ci_low"] and r["ci_high"], r
+    for r in summary:  # every applicable metric of both systems: a median and a 95 % CI, or why it is missing
+        assert (r["median"] and r["ci_low"] and r["ci_high"]) or (r["status"] == "missing" and r["why"]), r
     assert {r["os"] for r in summary} == {"alpine-rehearsal", "nixos-rehearsal"}
     probe = {r["os"]: float(r["value"]) for r in rows if r["metric"] == "probe_timing_s"}
     total = {r["os"]: float(r["value"]) for r in rows if r["metric"] == "total_to_probe_s"}

@@ -89,12 +89,17 @@ def test_without_host_time_host_metrics_are_absent() -> None:
     assert v["kernel_s"] == pytest.approx(2.356789)
 
 
-def test_real_alpine_without_switch_root_marker() -> None:
+def test_real_alpine_ends_the_initramfs_at_its_last_kmsg_line() -> None:
+    """Real Alpine has no rehearsal marker: its initramfs ends at 'Installing packages ...: ok.'."""
     sections = synth.alpine_sections()
     sections["dmesg"] = "\n".join(ln for ln in sections["dmesg"].split("\n") if "labkit-rehearsal" not in ln)
     v = _values(metrics_from_bundle(_bundle("alpine", sections)))
-    assert "initramfs_s" not in v and "userspace_to_probe_s" not in v
+    assert v["initramfs_s"] == pytest.approx(3.5 + 1.75 - 2.356789)
+    assert v["userspace_to_probe_s"] == pytest.approx(7.12 - 3.5 - 1.75)
     assert v["alpine_package_load_s"] == pytest.approx(1.75) and "kernel_s" in v
+    # a rehearsal guest without its own marker stays missing (its rule is its marker, nothing else)
+    v = _values(metrics_from_bundle(_bundle("alpine-rehearsal", sections)))
+    assert "initramfs_s" not in v and "userspace_to_probe_s" not in v
 
 
 def test_incomplete_bundle_is_refused() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import synth
 
 from labkit.cli.main import main
 
@@ -29,7 +32,8 @@ def test_config_writes_a_parsable_module(tmp_path: Path, meminfo: Path, capsys: 
     pub.write_text(KEY + "\n")
     out = tmp_path / "cfg" / "labkit.nix"
     rc = main(["nixos", "config", "--out", str(out), "--hashed-password-file", str(h), "--ssh-key", str(pub),
-               "--tmpfs-size", "1G", "--impermanence", "--home-manager", "lab", "--meminfo", str(meminfo)])
+               "--tmpfs-size", "1G", "--impermanence", "--home-manager", "lab", "--meminfo", str(meminfo),
+               "--impermanence-pin", synth.IMPERMANENCE_PIN_REV, synth.IMPERMANENCE_PIN_SHA256])
     assert rc == 0
     text = out.read_text()
     assert SHA512 in text and KEY in text and "size=1G" in text and "environment.persistence" in text
@@ -63,8 +67,11 @@ def test_install_plan_prints_the_steps(tmp_path: Path, meminfo: Path, capsys: py
     text = capsys.readouterr().out.replace(str(root), "/mnt")
     golden = (Path(__file__).parent / "golden" / "nixos" / "plan-lab-sshkey.txt").read_text()
 
-    def stable(t: str) -> list[str]:  # the CLI also searches the host's /nix/store for GRUB
-        return [ln for ln in t.splitlines() if "looked in:" not in ln and "--directory=" not in ln
+    def stable(t: str) -> list[str]:
+        # the CLI also searches the host's /nix/store for GRUB, and looks the labels up on this host (another
+        # disk here may carry them); the golden plan is for the installer (resolve_labels=False)
+        return [re.sub(r"(mount -t \S+) /dev/\S+", r"\1 DEV", ln) for ln in t.splitlines()
+                if "looked in:" not in ln and "--directory=" not in ln and "$ blkid " not in ln
                 and "] # plan: " not in ln and "] # install disk: " not in ln]
 
     assert stable(text) == stable(golden)
@@ -95,3 +102,28 @@ def test_notebook_runs_in_plan_mode(tmp_path: Path, meminfo: Path) -> None:
     assert "environment.persistence" in text and "nixos-install --root" in text
     assert "nixos-rebuild switch -I nixos-config=/data/etc/nixos/configuration.nix" in text
     assert log.is_file() and not (tmp_path / "mnt").exists()
+    # no key, no hash, no pin (the defaults): the refusals are findings of the plan, not a crash
+    assert "Finding: the install would be refused." in text
+    assert "neither a password hash nor an SSH key" in text and "impermanence would be fetched without" in text
+    assert "PLAN ONLY, NOT INSTALLABLE" in text
+
+
+def test_notebook_takes_a_key_file_and_a_pin(tmp_path: Path, meminfo: Path) -> None:
+    import papermill
+
+    from labkit.report.report import _kernel_name
+
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_text(f"# my key\n{KEY}\n")
+    out = tmp_path / "03_nixos.out.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name=_kernel_name(), progress_bar=False,
+                               parameters={"root": str(tmp_path / "mnt"), "meminfo": str(meminfo),
+                                           "ssh_key_file": str(pub), "impermanence": True,
+                                           "impermanence_pin": f"{synth.IMPERMANENCE_PIN_REV} "
+                                                               f"{synth.IMPERMANENCE_PIN_SHA256}"},
+                               cwd=str(tmp_path), execution_timeout=120)
+    import nbformat
+
+    outputs = json.dumps([o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])])
+    assert "Finding:" not in outputs and "PLAN ONLY" not in outputs
+    assert "lab@demo" in outputs and synth.IMPERMANENCE_PIN_SHA256 in outputs

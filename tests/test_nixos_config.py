@@ -9,10 +9,22 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import synth
 
 from labkit.core.errors import InputError
 from labkit.core.layout import SEED_LAYOUT, GiB
-from labkit.systems.nixos.config import Devices, NixosSettings, User, check_ssh_key, mem_total_bytes, render_module
+from labkit.systems.nixos.config import (
+    HOME_MANAGER_PINS,
+    IMPERMANENCE_REPO,
+    Devices,
+    NeedsUserInput,
+    NixosSettings,
+    Pin,
+    User,
+    check_ssh_key,
+    mem_total_bytes,
+    render_module,
+)
 from labkit.systems.nixos.hashes import check_hash, hash_kind, hash_password, read_hash_file, verify_password
 from labkit.systems.nixos.nixexpr import nix_string
 
@@ -20,6 +32,7 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
 SHA512 = ("$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86)
 YESCRYPT = "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$" + "X" * 43
 MEM = 4 * GiB
+IMPERMANENCE = Pin(IMPERMANENCE_REPO, synth.IMPERMANENCE_PIN_REV, synth.IMPERMANENCE_PIN_SHA256)
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-instantiate (nix-bin) missing")
 
@@ -41,7 +54,7 @@ COMBOS = list(itertools.product(AUTH, [False, True], [False, True], [False, True
 def test_every_combination_parses(tmp_path: Path, auth: str, impermanence: bool, home_manager: bool, probe: bool,
                                   serial: bool) -> None:
     s = NixosSettings(user=AUTH[auth], impermanence=impermanence, home_manager_user="lab" if home_manager else None,
-                      probe=probe, serial_console=serial)
+                      probe=probe, serial_console=serial, impermanence_pin=IMPERMANENCE)
     text = render_module(s, mem_total=MEM)
     f = tmp_path / "labkit.nix"
     f.write_text(text)
@@ -173,3 +186,57 @@ def test_other_bad_inputs() -> None:
         render_module(NixosSettings(user=User(ssh_keys=(KEY,)), home_manager_user="bob"), mem_total=MEM)
     with pytest.raises(InputError, match="host name"):
         render_module(NixosSettings(user=User(ssh_keys=(KEY,)), hostname="bad_host!"), mem_total=MEM)
+
+
+@needs_nix
+def test_probe_unit_path_holds_the_systems_nix(tmp_path: Path) -> None:
+    """Evaluated by the real nix-instantiate: the probe unit's path ends with config.nix.package (the module's
+    config, not pkgs.config), so the probe finds `nix` and measures the closure of /run/current-system."""
+    f = tmp_path / "labkit.nix"
+    f.write_text(render_module(NixosSettings(user=User(ssh_keys=(KEY,))), mem_total=MEM))
+    tools = ["coreutils", "gawk", "gnugrep", "util-linux", "procps", "systemd"]
+    pkgs = "{ config = { nix.package = \"pkgs.config: wrong\"; }; " + " ".join(f'{t} = "{t}";' for t in tools) + " }"
+    expr = (f"(import {f} {{ config = {{ nix.package = \"the system's nix\"; }}; "
+            f"lib = {{ mkForce = x: x; mkDefault = x: x; }}; pkgs = {pkgs}; }}).systemd.services.labkit-probe.path")
+    proc = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True,
+                          text=True, check=True)
+    assert json.loads(proc.stdout) == [*tools, "the system's nix"]
+
+
+def test_fetches_are_pinned_or_refused() -> None:
+    """impermanence: no verified pin exists, so the user gives one or the render is refused; home-manager:
+    labkit's verified pin for the release (24.11 here), never a branch tarball without a hash."""
+    with pytest.raises(NeedsUserInput, match="impermanence would be fetched without a pinned revision") as exc:
+        render_module(NixosSettings(user=User(ssh_keys=(KEY,)), impermanence=True), mem_total=MEM)
+    assert "nix-prefetch-url --unpack https://github.com/nix-community/impermanence/archive/<commit>.tar.gz" in str(
+        exc.value.fix) and "--impermanence-pin" in str(exc.value.fix)
+    text = render_module(NixosSettings(user=User(ssh_keys=(KEY,)), impermanence=True, impermanence_pin=IMPERMANENCE,
+                                       home_manager_user="lab"), mem_total=MEM)
+    hm = HOME_MANAGER_PINS["24.11"]
+    assert f'url = "{IMPERMANENCE.url}"; sha256 = "{IMPERMANENCE.sha256}";' in text
+    assert f'url = "{hm.url}"; sha256 = "{hm.sha256}";' in text
+    assert "master.tar.gz" not in text and "release-24.11.tar.gz" not in text
+    with pytest.raises(NeedsUserInput, match=r"no verified pin for it with NixOS 25\.05"):
+        render_module(NixosSettings(user=User(ssh_keys=(KEY,)), home_manager_user="lab", state_version="25.05"),
+                      mem_total=MEM)
+    for bad, message in ((Pin(IMPERMANENCE_REPO, "master", IMPERMANENCE.sha256), "not a 40-hex commit"),
+                         (Pin(IMPERMANENCE_REPO, IMPERMANENCE.rev, "0000"), "is not a sha256")):
+        with pytest.raises(InputError, match=message):
+            render_module(NixosSettings(user=User(ssh_keys=(KEY,)), impermanence=True, impermanence_pin=bad),
+                          mem_total=MEM)
+
+
+def test_plan_mode_turns_what_only_the_user_can_give_into_findings(tmp_path: Path) -> None:
+    findings: list[NeedsUserInput] = []
+    text = render_module(NixosSettings(user=User(), impermanence=True), mem_total=MEM, findings=findings)
+    assert [f.problem.split(":")[0] for f in findings] == [
+        "user 'lab' has neither a password hash nor an SSH key",
+        "impermanence would be fetched without a pinned revision and hash (builtins.fetchTarball of a branch "
+        "changes under the configuration); labkit has no verified pin for it with NixOS 24.11 (verified pins"]
+    assert "# PLAN ONLY, NOT INSTALLABLE" in text and text.count("assertion = false;") == 2
+    assert "(throw " in text and "fetchTarball {" not in text  # the unpinned fetch is never written
+    with pytest.raises(InputError, match="not usable"):  # anything else still raises
+        render_module(NixosSettings(user=User(name="root")), mem_total=MEM, findings=[])
+    if shutil.which("nix-instantiate"):
+        (tmp_path / "labkit.nix").write_text(text)
+        nix_parse(tmp_path / "labkit.nix")

@@ -7,12 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+import synth
 
 from labkit.core.errors import VerifyFailed
 from labkit.core.layout import SEED_LAYOUT
 from labkit.core.runner import Mode, Runner, read_transcript
 from labkit.phases.nixos import (
     REFIND_EXT4_DRIVER,
+    SYSTEM_COPIES,
     GrubModulesMissing,
     InstallParams,
     build_plan,
@@ -20,13 +22,22 @@ from labkit.phases.nixos import (
     rebuild_command,
     run_plan,
 )
-from labkit.systems.nixos.config import MODULE_NAME, PROBE_NAME, NixosSettings, User, render_module
+from labkit.systems.nixos.config import (
+    IMPERMANENCE_REPO,
+    MODULE_NAME,
+    PROBE_NAME,
+    NixosSettings,
+    Pin,
+    User,
+    render_module,
+)
 from labkit.targets.mounts import mount_table, require_mounted
 
 GOLDEN = Path(__file__).parent / "golden" / "nixos"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA lab@demo"
 SHA512 = "$6$rounds=5000$saltsaltsaltsalt$" + "a" * 86
 MOUNTS = ("/nix", "/boot", "/boot/efi", "/data")
+IMPERMANENCE = Pin(IMPERMANENCE_REPO, synth.IMPERMANENCE_PIN_REV, synth.IMPERMANENCE_PIN_SHA256)
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +78,7 @@ def params(tmp: Path, settings: NixosSettings, **kw: object) -> InstallParams:
     (tmp / "meminfo").write_text("MemTotal:        4000000 kB\n")
     if not (tmp / "mountinfo").exists():
         write_mountinfo(tmp / "mountinfo", tmp / "mnt", {})
+    kw.setdefault("resolve_labels", False)  # a plan for the installer, not for this machine's block devices
     return InstallParams(settings, root=tmp / "mnt", mountinfo=tmp / "mountinfo", meminfo=tmp / "meminfo",
                          store_dirs=(tmp / "mnt" / "nix" / "store",), **kw)  # type: ignore[arg-type]
 
@@ -81,7 +93,8 @@ def plan_of(tmp: Path, p: InstallParams) -> str:
 @pytest.mark.parametrize(("name", "settings", "layout"), [
     ("plan-lab-sshkey.txt", NixosSettings(user=User(ssh_keys=(KEY,))), None),
     ("plan-seed-password-impermanence.txt", NixosSettings(user=User(hashed_password=SHA512), tmpfs_size="1G",
-                                                          impermanence=True), SEED_LAYOUT),
+                                                          impermanence=True, impermanence_pin=IMPERMANENCE),
+     SEED_LAYOUT),
 ])
 def test_plan_golden(tmp_path: Path, name: str, settings: NixosSettings, layout: object) -> None:
     p = params(tmp_path, settings, **({"layout": layout} if layout else {}))
@@ -134,13 +147,21 @@ def _installed_root(tmp: Path, settings: NixosSettings, *, grub_modules: bool) -
     (cfgdir / MODULE_NAME).write_text(render_module(settings, mem_total=4000000 * 1024))
     (cfgdir / "configuration.nix").write_text("{ imports = [ ./hardware-configuration.nix ./labkit.nix ]; }\n")
     (cfgdir / PROBE_NAME).write_text("#!/bin/sh\n")
+    # the system profile as nixos-install leaves it: absolute links into the store, which hold the system's
+    # copies (configuration.nix by copySystemConfiguration, labkit.nix and the probe by labkit.nix)
     (root / "nix/var/nix/profiles").mkdir(parents=True)
     (root / "nix/var/nix/profiles/system").symlink_to("system-1-link")
+    (root / "nix/var/nix/profiles/system-1-link").symlink_to("/nix/store/abc-nixos-system-labkit-nixos-24.11")
+    system = root / "nix/store/abc-nixos-system-labkit-nixos-24.11"
+    system.mkdir(parents=True)
+    for i, name in enumerate(SYSTEM_COPIES):
+        (root / f"nix/store/h{i}-{name}").write_bytes((cfgdir / name).read_bytes())
+        (system / name).symlink_to(f"/nix/store/h{i}-{name}")
     (root / "boot/grub").mkdir(parents=True)
     (root / "boot/grub/grub.cfg").write_text('menuentry "NixOS - Default" {\n}\n')
     (root / "boot/efi" / REFIND_EXT4_DRIVER).parent.mkdir(parents=True)
     (root / "boot/efi" / REFIND_EXT4_DRIVER).write_bytes(b"MZ")
-    (root / "nix/store").mkdir(parents=True)
+    (root / "nix/store").mkdir(parents=True, exist_ok=True)
     if grub_modules:
         mods = root / "nix/store/zzz-grub-2.12/lib/grub/x86_64-efi"
         mods.mkdir(parents=True)
@@ -176,10 +197,32 @@ def test_apply_run_with_a_fake_grub_install(tmp_path: Path, no_real_mounts: Path
     # a second run finds everything done
     again = run_plan(Runner(progress=None), build_plan(p))
     assert {o.name for o in again if not o.skipped} == {"verify installed system"}
-    # the verification catches a missing ESP driver and a lost grub.cfg
-    (p.root / "boot/efi" / REFIND_EXT4_DRIVER).unlink()
-    with pytest.raises(VerifyFailed, match="rEFInd's ext4 driver is missing"):
+    # the verification catches a system that lost its copy of labkit.nix (copySystemConfiguration alone)
+    store_copy = p.root / "nix/store/abc-nixos-system-labkit-nixos-24.11" / MODULE_NAME
+    store_copy.unlink()
+    with pytest.raises(VerifyFailed, match=r"does not keep labkit\.nix as it is on /data"):
         run_plan(Runner(progress=None), build_plan(p))
+    store_copy.symlink_to("/nix/store/h1-labkit.nix")
+    # a missing ESP driver is copied from rEFInd's package (nixpkgs layout: $out/share/refind/drivers_x64/)
+    (p.root / "boot/efi" / REFIND_EXT4_DRIVER).unlink()
+    refind = tmp_path / "store" / "xyz-refind-0.14.2"
+    (refind / "bin").mkdir(parents=True)
+    (refind / "bin/refind-install").write_text("#!/bin/sh\nexit 99\n")
+    (refind / "bin/refind-install").chmod(0o755)
+    (refind / "share/refind/drivers_x64").mkdir(parents=True)
+    (refind / "share/refind/drivers_x64/ext4_x64.efi").write_bytes(b"MZ-ext4")
+    (p.root / "boot/efi/EFI/refind/refind_x64.efi").write_bytes(b"MZ")
+    os.environ["PATH"] = f"{refind / 'bin'}:{os.environ['PATH']}"
+    (no_real_mounts / "mkdir").unlink()  # the real mkdir, under the test's root only
+    outcomes = {o.name: o for o in run_plan(Runner(progress=None), build_plan(p))}
+    assert outcomes["rEFInd ext4 driver"].verified
+    assert (p.root / "boot/efi" / REFIND_EXT4_DRIVER).read_bytes() == b"MZ-ext4"
+    # and without a rEFInd package the step says where to get one
+    (p.root / "boot/efi" / REFIND_EXT4_DRIVER).unlink()
+    (refind / "share/refind/drivers_x64/ext4_x64.efi").unlink()
+    with pytest.raises(VerifyFailed, match="rEFInd's ext4 driver is missing") as exc:
+        run_plan(Runner(progress=None), build_plan(p))
+    assert "nix-shell -p refind" in str(exc.value.fix)
 
 
 def test_rebuild_command() -> None:

@@ -182,6 +182,9 @@ def test_cli_parse_bundle_and_raw(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli.main(["parse", str(bundle), "--json", "--metrics"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["format"] == "bundle" and out["os"] == "nixos-rehearsal" and out["metrics"]["kernel_s"] == 2.201
+    assert "systemd-analyze" in out["missing"]["systemd_kernel_s"]  # applies, absent: reported with why
+    assert cli.main(["parse", str(bundle), "--metrics"]) == 0
+    assert "metric closure_size_mib: missing — " in capsys.readouterr().out
     assert cli.main(["parse", str(ALPINE / "lib-apk-db-installed")]) == 0
     assert "apk_installed: 14 record(s)" in capsys.readouterr().out
     assert cli.main(["parse", str(NIXOS / "systemd-analyze-samples.txt"), "--format", "systemd_time"]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -157,6 +158,11 @@ def test_metric_missing_on_one_system_is_missing_not_zero(tmp_path: Path) -> Non
             if os_id == "alpine-rehearsal":  # ram measured on one system only
                 rows.append(ResultRow("r", os_id, "rehearsal", b, False, "tcg", "ram_used_mib", 60.0, "MiB", "m"))
     write_results_csv(rows, tmp_path / "results.csv")
+    # the lab writes, per boot, the metrics that apply but have no value, with the reason (JSON)
+    why = json.dumps({"ram_used_mib": "no meminfo section"}).replace('"', '""')
+    (tmp_path / "boots.csv").write_text(
+        "os,boot,warmup,ok,reason,wall_s,accel,timed_out,serial_log,bundle,missing\n"
+        + "".join(f'nixos,{b},False,True,ok,1.0,tcg,False,s,b,"{why}"\n' for b in range(3)))
     ctx = load_report_context(tmp_path)
     wide = wide_summary_table(ctx).set_index("metric")
     assert wide.loc["ram_used_mib", "nixos-rehearsal"] == "missing"
@@ -167,7 +173,7 @@ def test_metric_missing_on_one_system_is_missing_not_zero(tmp_path: Path) -> Non
     assert {"summary.csv", "summary_wide.csv", "comparison_mann_whitney.csv"} <= paths
     summary = (tmp_path / "tables" / "summary.csv").read_text()
     line = next(ln for ln in summary.splitlines() if ln.startswith("nixos-rehearsal,ram_used_mib"))
-    assert ",0," in line and line.endswith("missing")  # n = 0, empty statistics: never a 0 value
+    assert ",0," in line and line.endswith("missing,no meminfo section")  # n = 0, empty statistics: never 0
 
 
 def test_failed_boots_are_listed_not_hidden(tmp_path: Path) -> None:

@@ -15,14 +15,22 @@ if TYPE_CHECKING:
 
 
 def _settings(args: argparse.Namespace) -> NixosSettings:
-    from labkit.systems.nixos.config import Devices, NixosSettings, User
+    from labkit.systems.nixos.config import (
+        HOME_MANAGER_REPO,
+        IMPERMANENCE_REPO,
+        Devices,
+        NixosSettings,
+        Pin,
+        User,
+        read_ssh_key_file,
+    )
     from labkit.systems.nixos.hashes import read_hash_file
 
     keys: list[str] = []
     for k in args.ssh_key or []:
         path = Path(k).expanduser()
         if not k.startswith(("ssh-", "ecdsa-", "sk-")) and path.is_file():
-            keys.extend(ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#"))
+            keys.extend(read_ssh_key_file(path))
         else:
             keys.append(k)
     hashed = read_hash_file(Path(args.hashed_password_file)) if args.hashed_password_file else None
@@ -34,6 +42,8 @@ def _settings(args: argparse.Namespace) -> NixosSettings:
         impermanence=args.impermanence,
         home_manager_user=args.home_manager,
         probe=not args.no_probe,
+        impermanence_pin=Pin(IMPERMANENCE_REPO, *args.impermanence_pin) if args.impermanence_pin else None,
+        home_manager_pin=Pin(HOME_MANAGER_REPO, *args.home_manager_pin) if args.home_manager_pin else None,
     )
 
 
@@ -87,7 +97,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tmpfs-size", default="2G", help="size of the tmpfs root: 2G, 512M or 50%% (default 2G)")
     p.add_argument("--impermanence", action="store_true", help="persist machine-id, ssh host keys, /var/lib/nixos, "
                    "/var/log on /data")
+    p.add_argument("--impermanence-pin", nargs=2, metavar=("COMMIT", "SHA256"),
+                   help="the impermanence revision to fetch and its hash (nix-prefetch-url --unpack "
+                        "https://github.com/nix-community/impermanence/archive/COMMIT.tar.gz); required with "
+                        "--impermanence: labkit knows no verified one")
     p.add_argument("--home-manager", metavar="USER", help="enable home-manager for USER (the login user)")
+    p.add_argument("--home-manager-pin", nargs=2, metavar=("COMMIT", "SHA256"),
+                   help="the home-manager revision and its hash (default: labkit's verified pin for the NixOS "
+                        "release, 24.05 or 24.11)")
     p.add_argument("--no-probe", action="store_true", help="leave out the measurement probe unit")
     p.add_argument("--layout", default="lab", choices=sorted(LAYOUTS), help="disk layout (partition labels)")
     p.add_argument("--meminfo", default="/proc/meminfo", help="read the machine's RAM from this file")

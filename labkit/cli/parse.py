@@ -17,6 +17,10 @@ def _summary(result: dict[str, Any]) -> str:
         for name, rec in result["sections"].items():
             n = len(rec) if isinstance(rec, list | dict) else 1
             lines.append(f"  {name}: {n} record(s)")
+        for name, value in result.get("metrics", {}).items():
+            lines.append(f"  metric {name} = {value:.6g}")
+        for name, why in result.get("missing", {}).items():
+            lines.append(f"  metric {name}: missing — {why}")
         return "\n".join(lines)
     rec = result["records"]
     n = len(rec) if isinstance(rec, list | dict) else 1
@@ -36,9 +40,11 @@ def _cmd_parse(args: argparse.Namespace) -> int:
     result = parse_text(text, args.format)
     if args.metrics and result["format"] == "bundle":
         from labkit.measure.bundle import parse_bundle_text
-        from labkit.measure.metrics import metrics_from_bundle
+        from labkit.measure.metrics import measure_bundle
 
-        result["metrics"] = {m.name: m.value for m in metrics_from_bundle(parse_bundle_text(text))}
+        measured = measure_bundle(parse_bundle_text(text))
+        result["metrics"] = {m.name: m.value for m in measured.metrics}
+        result["missing"] = measured.reasons()  # every metric that applies but has no value: why
     print(json.dumps(result, indent=2, default=str) if args.json else _summary(result))
     return 0
 

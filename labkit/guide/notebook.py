@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labkit.core.layout import Layout, Role, human
-from labkit.core.runner import TOOL_PACKAGES, which
+from labkit.core.runner import TOOL_PACKAGES, Mode, PlannedCommand, Runner, which
 from labkit.systems import bootchain
 
 if TYPE_CHECKING:
@@ -138,6 +138,39 @@ def layout_figure(layout: Layout) -> Figure:
     ax_boot.set_title("Boot chains: rEFInd → GRUB → NixOS;  rEFInd → kernel on ext4 → Alpine")
     fig.tight_layout()
     return fig
+
+
+# -- rEFInd ---------------------------------------------------------------------------------------
+ESP_MOUNT = "/boot/efi"
+REFIND_INSTALLED_DRIVER = "EFI/refind/drivers_x64/ext4_x64.efi"
+
+
+def refind_install_plan(esp_mount: str = ESP_MOUNT, *, alpine_dev: str = "/dev/sda4") -> list[PlannedCommand]:
+    """The seed's rEFInd install on a real machine, with the ext4 driver fix, as a plan.
+
+    Nothing runs: a plan-mode :class:`Runner` records each command. ``refind-install`` copies
+    rEFInd to ``EFI/refind/`` and registers it in NVRAM; it adds the ext4 driver only when it
+    sees an ext4 ``/boot``, which a live system does not have — hence the explicit copy.
+    """
+    r = Runner(mode=Mode.PLAN, progress=None)
+    # the seed runs this from the NixOS live system under `nix-shell -p refind`: the driver comes from that
+    # package ($out/share/refind/drivers_x64/), not from Debian's /usr/share/refind/refind/drivers_x64/
+    found = bootchain.refind_ext4_driver(which("refind-install"))
+    driver = str(found) if found is not None and found.is_relative_to("/nix/store") else \
+        bootchain.REFIND_NIX_EXT4_PLACEHOLDER
+    with r.step("install rEFInd on the ESP (nix-shell -p refind)"):
+        r.run(["refind-install"])
+    with r.step("the seed's pitfall: add the ext4 driver refind-install left out"):
+        r.run(["mkdir", "-p", f"{esp_mount}/EFI/refind/drivers_x64"])
+        r.run(["cp", driver, f"{esp_mount}/{REFIND_INSTALLED_DRIVER}"])
+    with r.step("check: the driver and refind.conf are on the ESP"):
+        r.run(["ls", "-l", f"{esp_mount}/EFI/refind/drivers_x64/", f"{esp_mount}/EFI/refind/refind.conf"])
+    with r.step("Alpine's kernel options, read by rEFInd from the Alpine partition"):
+        r.run(["mount", alpine_dev, "/mnt"])
+        r.run(["sh", "-c", "cat > /mnt/boot/refind_linux.conf <<'EOF'\n"
+               '"Alpine Linux" "initrd=boot\\initramfs-lts modules=loop,squashfs,sd-mod,usb-storage quiet"\nEOF'])
+        r.run(["umount", "/mnt"])
+    return list(r.planned)
 
 
 def disk_bar(layout: Layout) -> Figure:

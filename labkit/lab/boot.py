@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.lab import qemu
 from labkit.measure.bundle import Bundle, extract_bundles
+from labkit.measure.metrics import measure_bundle, missing_json
 from labkit.measure.results import ResultRow, rows_from_bundle
 from labkit.rehearsal import GuestBuild
 from labkit.systems import bootchain
@@ -36,6 +37,8 @@ class BootRecord:
     timed_out: bool
     serial_log: str
     bundle: str | None
+    #: the metrics that apply to this system but have no value in the bundle: JSON {metric: reason}
+    missing: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def run_boot(
         ok, reason = res.ok, res.reason
         bundle_rel: str | None = None
         rows: list[ResultRow] = []
+        missing = ""
         good = [b for b in bundles if b.ok]
         if not bundles:
             ok, reason = False, f"no probe bundle on serial ({res.reason})"
@@ -111,6 +115,7 @@ def run_boot(
                 # a boot that did not end cleanly (QEMU error, killed at the timeout after the bundle)
                 # keeps its bundle as evidence but feeds no number into the results
                 rows = rows_from_bundle(b, run_id=run_id, boot=index, warmup=warmup, accel=accel) if ok else []
+                missing = missing_json(measure_bundle(b).missing) if ok else ""
                 if not ok:
                     reason = f"bundle complete, but the boot did not end cleanly: {res.reason}"
         runner.note(
@@ -118,7 +123,7 @@ def run_boot(
             + ("" if ok else f" — {reason}")
         )
     rec = BootRecord(os_name, index, warmup, ok, reason, round(res.wall_s, 3), accel, res.timed_out,
-                     serial_rel, bundle_rel)
+                     serial_rel, bundle_rel, missing)
     return rec, rows
 
 

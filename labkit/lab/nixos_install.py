@@ -172,7 +172,7 @@ def serial_actions(params: InstallParams, *, guest_memory_mib: int = 2048,
     out.append(Run("grub-install", (
         f"m=$(ls -d {globs} 2>/dev/null | head -n 1); d=${{m%/modinfo.sh}}; "
         f"if [ -z \"$m\" ]; then echo 'GRUB EFI modules (modinfo.sh) not found in: {globs}; "
-        "nix-shell -p grub2_efi' >&2; false; else g=${d%/lib/grub/x86_64-efi}/bin/grub-install; "
+        "nix-shell -p grub2_efi' >&2; false; else g=${d%/lib/grub/x86_64-efi}/sbin/grub-install; "
         "[ -x \"$g\" ] || g=grub-install; echo \"using $g --directory=$d\"; "
         f"\"$g\" {shlex.join(grub_args)} \"--directory=$d\"; fi"), 300.0))
     drivers = [f"{esp}/{REFIND_EXT4_DRIVER}", f"{esp}/{bootchain.ESP_EXT4_DRIVER}"]

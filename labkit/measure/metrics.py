@@ -1,26 +1,60 @@
 """The metrics table — defined once here — and their computation from one probe bundle.
 
 A metric that cannot be computed for a system (no marker, no host timestamps, no section) is
-*absent* from the result: never reported as zero.
+*absent* from the values, never reported as zero; :func:`measure_bundle` names every metric that
+applies to the bundle's system and has no value, with the reason (:class:`Missing`).
+
+Where the initramfs ends (``initramfs_s`` / ``userspace_to_probe_s``), per system:
+
+- rehearsal guests: their own kmsg line ``labkit-rehearsal: switch_root``;
+- Alpine: mkinitfs ``initramfs-init.in`` writes ``Installing packages to root filesystem: ok.`` as its
+  last kmsg line before ``switch_root`` (3.10 l.938, 3.13 l.1074; only console output follows);
+- NixOS, scripted stage 1: ``stage-2-init.sh`` writes ``booting system configuration <toplevel>`` to
+  /dev/kmsg first thing after the switch (L58-60); without that line, systemd's first line as PID 1
+  (``systemd NNN running in system mode``), which comes after stage 2's activation script;
+- NixOS, systemd stage 1 (``boot.initrd.systemd.enable``): ``systemd-analyze time``'s kernel + initrd
+  parts (analyze-time-data.c: kernel ends when the initrd's systemd starts, initrd ends when the
+  system's systemd starts), else the first ``running in system mode`` line after the initrd's
+  ``Running in initrd.``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from labkit.measure.bundle import Bundle, BundleError, parse_df, parse_dmesg, parse_meminfo, parse_uptime
+from labkit.measure.parsers.apk import parse_apk_installed
+from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
+from labkit.measure.parsers.system import parse_rc_log
+from labkit.measure.parsers.systemd import SystemdTime, parse_systemd_time
 
 KERNEL_END_MARKER = "Run /init as init process"
+ALPINE_INIT = "Alpine Init "
 ALPINE_PKG_START = "Installing packages to root filesystem..."
 ALPINE_PKG_END = "Installing packages to root filesystem: ok."
+#: nixpkgs nixos/modules/system/boot/stage-2-init.sh (L58-60) writes this straight to /dev/kmsg, before
+#: its kmsg mirror starts: the first kernel-log line after the scripted stage 1's switch_root.
+NIXOS_STAGE2_START = "booting system configuration "
+#: systemd's first log line as PID 1 (src/core/main.c log_execution_mode(): "systemd " GIT_VERSION " running
+#: in %ssystem mode (%s)"; older: PACKAGE_STRING " running in %ssystem mode. ("), in kmsg as "systemd[1]: ...".
+SYSTEMD_START_RE = re.compile(r"(?:^|\s|\]: )systemd (\S+) running in (?:test )?system mode")
+#: what systemd logs right after that line when it is PID 1 of an initrd (main.c: "Running in initrd." in
+#: current systemd, "Running in initial RAM disk." in older ones)
+SYSTEMD_IN_INITRD_RE = re.compile(r"Running in (?:initrd|initial RAM disk)\.")
 
-#: kmsg text that ends the initramfs phase, per os id. The rehearsal inits write
-#: ``labkit-rehearsal: switch_root``; real Alpine/NixOS have no such line yet: add theirs here
-#: (the hook) when the real media are measured. No marker → initramfs_s is absent.
+#: kmsg text that ends the initramfs phase of a rehearsal guest: its inits write
+#: ``labkit-rehearsal: switch_root`` just before switch_root. Real systems: see :func:`initramfs_end`.
 INITRAMFS_END_MARKERS: dict[str, str] = {
     "alpine-rehearsal": "labkit-rehearsal: switch_root",
     "nixos-rehearsal": "labkit-rehearsal: switch_root",
+}
+#: ``systemd-analyze time`` parts (src/analyze/analyze-time-data.c) → metric
+SYSTEMD_PARTS: dict[str, str] = {
+    "firmware": "systemd_firmware_s", "loader": "systemd_loader_s", "kernel": "systemd_kernel_s",
+    "initrd": "systemd_initrd_s", "userspace": "systemd_userspace_s",
 }
 
 
@@ -42,6 +76,41 @@ class Metric:
     source: str
 
 
+@dataclass(frozen=True)
+class Missing:
+    """A metric that applies to the bundle's system but has no value in it, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BundleMetrics:
+    metrics: list[Metric]
+    missing: list[Missing]  # every applicable metric without a value, in table order
+
+    def reasons(self) -> dict[str, str]:
+        return {m.name: m.reason for m in self.missing}
+
+
+def _systemd_defs() -> tuple[MetricDef, ...]:
+    what = {
+        "firmware": "time in the firmware before the boot loader (only when the loader sets LoaderTimeInitUSec; "
+                    "systemd-boot does, GRUB and rEFInd do not)",
+        "loader": "time in the boot loader (LoaderTimeExecUSec; systemd-boot only)",
+        "kernel": "kernel start → systemd's start (with a scripted stage 1 this includes the whole initrd, "
+                  "stage-2-init.sh and the activation script; with a systemd initrd: → the initrd's systemd)",
+        "initrd": "the systemd initrd (initrd systemd start → the system's systemd start; only with "
+                  "boot.initrd.systemd.enable)",
+        "userspace": "systemd's start → the end of the boot transaction (FinishTimestamp)",
+    }
+    return tuple(
+        MetricDef(name, "s", f"systemd-analyze time, the '({part})' part: {what[part]}.", "systemd-analyze time",
+                  applies_to="nixos")
+        for part, name in SYSTEMD_PARTS.items()
+    )
+
+
 METRICS: tuple[MetricDef, ...] = (
     MetricDef(
         "firmware_loaders_s", "s",
@@ -54,12 +123,16 @@ METRICS: tuple[MetricDef, ...] = (
     ),
     MetricDef(
         "initramfs_s", "s",
-        "dmesg time of the initramfs-end marker (rehearsal: 'labkit-rehearsal: switch_root') minus kernel_s.",
-        "dmesg", phase=True,
+        "end of the initramfs minus kernel_s. The end: Alpine: the kmsg line 'Installing packages to root "
+        "filesystem: ok.' (initramfs-init's last before switch_root); NixOS scripted stage 1: stage 2's first "
+        "kmsg line 'booting system configuration …' (else systemd's 'running in system mode' line, which comes "
+        "after stage 2's activation); NixOS systemd stage 1: systemd-analyze's kernel + initrd parts; rehearsal "
+        "guests: 'labkit-rehearsal: switch_root'.",
+        "dmesg (systemd-analyze time for a systemd initrd)", phase=True,
     ),
     MetricDef(
         "userspace_to_probe_s", "s",
-        "guest uptime at probe start minus the dmesg time of the initramfs-end marker.",
+        "guest uptime at probe start minus the end of the initramfs (as for initramfs_s).",
         "/proc/uptime + dmesg", phase=True,
     ),
     MetricDef(
@@ -71,6 +144,13 @@ METRICS: tuple[MetricDef, ...] = (
         f"gap between the kmsg lines '{ALPINE_PKG_START}' and '{ALPINE_PKG_END}' "
         "(the in-RAM package install of Alpine diskless). Alpine only.",
         "dmesg", applies_to="alpine",
+    ),
+    *_systemd_defs(),
+    MetricDef(
+        "openrc_boot_s", "s",
+        "OpenRC's boot runlevel: 'rc boot logging stopped at' minus 'rc boot logging started at' in "
+        "/var/log/rc.log (rc_logger=\"YES\"; ctime stamps, 1 s resolution). OpenRC cannot log sysinit.",
+        "rc.log", applies_to="alpine",
     ),
     MetricDef(
         "ram_used_mib", "MiB",
@@ -85,14 +165,15 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef(
         "package_count", "packages",
         "Alpine: records in /lib/apk/db/installed. NixOS: store paths in the closure of /run/current-system "
-        "(nix path-info -rS; rehearsal: the store's top-level paths, du -sk).",
-        "apk db / nix path-info / du",
+        "(nix path-info -rS; without nix: nix-store -qR; rehearsal: the store paths the rehearsal store "
+        "registered).",
+        "apk db / nix path-info",
     ),
     MetricDef(
         "installed_size_mib", "MiB",
         "Alpine: sum of I: (installed bytes) over /lib/apk/db/installed. NixOS: closure size (the same "
         "number as closure_size_mib: a store path is stored unpacked).",
-        "apk db / nix path-info / du",
+        "apk db / nix path-info",
     ),
     MetricDef(
         "compressed_size_mib", "MiB", "Alpine: sum of S: (bytes of the .apk files) over /lib/apk/db/installed.",
@@ -100,9 +181,10 @@ METRICS: tuple[MetricDef, ...] = (
     ),
     MetricDef(
         "closure_size_mib", "MiB",
-        "NixOS: closure size of /run/current-system (nix path-info -rS, the largest closure size; rehearsal: "
-        "sum of du -sk over /nix/store/*).",
-        "nix path-info / du", applies_to="nixos",
+        "NixOS: closure size of /run/current-system: nix path-info -rS (NAR bytes, the toplevel's closure "
+        "size); without nix: du -sk over nix-store -qR /run/current-system (disk usage); rehearsal: sizes the "
+        "rehearsal store registered at build time. Never the whole /nix/store (old generations, .drv files).",
+        "nix path-info", applies_to="nixos",
     ),
     MetricDef(
         "alpine_load_cost_s_per_mib", "s/MiB",
@@ -148,31 +230,93 @@ def applies(metric: str, os_id: str) -> bool:
     return d is None or d.applies_to == "all" or d.applies_to == os_family(os_id)
 
 
-def package_values(sections: Mapping[str, str]) -> dict[str, float]:
-    """package_count / installed / compressed / closure sizes from the apk or nix sections present."""
-    from labkit.measure.parsers.apk import parse_apk_installed
-    from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
+class _Values:
+    """Values, their sources where they differ from the definition's, and the reasons of the absent ones."""
 
-    values: dict[str, float] = {}
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.sources: dict[str, str] = {}
+        self.why: dict[str, str] = {}
+
+    def set(self, name: str, value: float, source: str | None = None) -> None:
+        self.values[name] = value
+        self.why.pop(name, None)
+        if source is not None:
+            self.sources[name] = source
+
+    def absent(self, name: str, reason: str) -> None:
+        if name not in self.values:
+            self.why.setdefault(name, reason)
+
+
+def _tool_error(text: str, prefixes: tuple[str, ...] = ("error:",)) -> str | None:
+    """The first error line a tool wrote into its section (the probe keeps stderr), if any."""
+    for line in text.splitlines():
+        if line.strip().startswith(prefixes):
+            return line.strip()
+    return None
+
+
+def _package_values(v: _Values, bundle: Bundle) -> None:
+    sections = bundle.sections
+    nix_names = ("closure_size_mib", "package_count", "installed_size_mib")
     if "apk_installed" in sections:
         pkgs = parse_apk_installed(sections["apk_installed"])
-        values["package_count"] = float(len(pkgs))
+        v.set("package_count", float(len(pkgs)))
+        if not pkgs:
+            v.absent("installed_size_mib", "/lib/apk/db/installed has no package")
+            v.absent("compressed_size_mib", "/lib/apk/db/installed has no package")
         if pkgs and all(p.installed_size is not None for p in pkgs):
-            values["installed_size_mib"] = sum(p.installed_size or 0 for p in pkgs) / 1024**2
+            v.set("installed_size_mib", sum(p.installed_size or 0 for p in pkgs) / 1024**2)
+        elif pkgs:
+            v.absent("installed_size_mib", "a record of /lib/apk/db/installed has no I: field")
         if pkgs and all(p.size is not None for p in pkgs):
-            values["compressed_size_mib"] = sum(p.size or 0 for p in pkgs) / 1024**2
+            v.set("compressed_size_mib", sum(p.size or 0 for p in pkgs) / 1024**2)
+        elif pkgs:
+            v.absent("compressed_size_mib", "a record of /lib/apk/db/installed has no S: field")
     elif "nix_path_info" in sections:
+        err = _tool_error(sections["nix_path_info"])
+        if err:
+            for n in nix_names:
+                v.absent(n, f"nix path-info failed in the guest: {err[:160]}")
+            return
         paths = parse_nix_path_info(sections["nix_path_info"], "nix_path_info")
         closures = [p.closure_size for p in paths if p.closure_size is not None]
-        values["package_count"] = float(len(paths))
+        v.set("package_count", float(len(paths)))
         if closures:
-            values["closure_size_mib"] = values["installed_size_mib"] = max(closures) / 1024**2
-    elif "nix_store_du" in sections:
+            v.set("closure_size_mib", max(closures) / 1024**2)
+            v.set("installed_size_mib", max(closures) / 1024**2)
+        else:
+            for n in ("closure_size_mib", "installed_size_mib"):
+                v.absent(n, "nix path-info printed no closure size (run without -S?)")
+    elif "nix_closure_du" in sections:
+        err = _tool_error(sections["nix_closure_du"], ("error:", "du:"))
+        if err:
+            for n in nix_names:
+                v.absent(n, f"measuring the closure with nix-store -qR and du failed in the guest: {err[:160]}")
+            return
+        du = parse_du_k(sections["nix_closure_du"], "nix_closure_du")
+        src = "du -sk over nix-store -qR /run/current-system (disk usage, not NAR size)"
+        v.set("package_count", float(len(du)), src)
+        v.set("closure_size_mib", sum(k for _, k in du) / 1024, src)
+        v.set("installed_size_mib", sum(k for _, k in du) / 1024, src)
+    elif "nix_store_du" in sections and bundle.guest == "rehearsal":
         du = parse_du_k(sections["nix_store_du"])
-        values["package_count"] = float(len(du))
-        if du:
-            values["closure_size_mib"] = values["installed_size_mib"] = sum(k for _, k in du) / 1024
-    return values
+        src = "rehearsal store: sizes registered at build time (du -sk lines)"
+        v.set("package_count", float(len(du)), src)
+        v.set("closure_size_mib", sum(k for _, k in du) / 1024, src)
+        v.set("installed_size_mib", sum(k for _, k in du) / 1024, src)
+    elif "nix_store_du" in sections:
+        for n in nix_names:
+            v.absent(n, "the bundle's nix_store_du comes from an older probe that may have measured the whole "
+                        "/nix/store (every generation, .drv files): not used as the closure")
+    elif os_family(bundle.os) == "nixos":
+        for n in nix_names:
+            v.absent(n, "no nix_path_info section: neither nix nor nix-store was on the probe's PATH (the "
+                        "probe unit's path must hold config.nix.package)")
+    else:
+        for n in ("package_count", "installed_size_mib", "compressed_size_mib"):
+            v.absent(n, "no apk_installed section: /lib/apk/db/installed was not found")
 
 
 def find_marker(dmesg: list[tuple[float, str]], marker: str) -> float | None:
@@ -183,17 +327,82 @@ def find_marker(dmesg: list[tuple[float, str]], marker: str) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class Boundary:
+    """When the initramfs ended, on the guest's clock (seconds since kernel start), and what says so."""
+
+    t: float | None
+    source: str  # the row's source when t is known
+    reason: str = ""  # why t is unknown
+
+
+def _systemd_time(bundle: Bundle) -> tuple[SystemdTime | None, str]:
+    """The parsed ``systemd_time`` section, or None and why not."""
+    text = bundle.sections.get("systemd_time")
+    if text is None:
+        return None, "no systemd_time section: systemd-analyze was not on the probe's PATH"
+    if "Bootup is not yet finished" in text:
+        return None, "systemd-analyze time: 'Bootup is not yet finished' when the probe ran"
+    if _tool_error(text) or text.strip().startswith("Failed to"):
+        return None, f"systemd-analyze time failed: {text.strip().splitlines()[0][:160]}"
+    return parse_systemd_time(text), ""
+
+
+def initramfs_end(bundle: Bundle, dmesg: list[tuple[float, str]],
+                  markers: Mapping[str, str] | None = None) -> Boundary:
+    """Where the initramfs phase of ``bundle``'s boot ended (see the module docstring for the rules)."""
+    markers = INITRAMFS_END_MARKERS if markers is None else markers
+    if bundle.os in markers:
+        t = find_marker(dmesg, markers[bundle.os])
+        return Boundary(t, f"dmesg: '{markers[bundle.os]}'",
+                        "" if t is not None else f"no '{markers[bundle.os]}' line in dmesg")
+    family = os_family(bundle.os)
+    if family == "alpine":
+        t = find_marker(dmesg, ALPINE_PKG_END)
+        if t is not None:
+            return Boundary(t, f"dmesg: '{ALPINE_PKG_END}' (initramfs-init's last kmsg line before switch_root)")
+        if not any(text.startswith(ALPINE_INIT) for _, text in dmesg):
+            return Boundary(None, "", "no 'Alpine Init' line in dmesg: Alpine's initramfs did not run (or the "
+                                      "kernel log wrapped)")
+        return Boundary(None, "", f"no '{ALPINE_PKG_END}' in dmesg: the initramfs did not finish its package "
+                                  "install (not a diskless boot, or it stopped in the recovery shell)")
+    if family == "nixos":
+        for t, text in dmesg:
+            if text.startswith(NIXOS_STAGE2_START):
+                return Boundary(t, "dmesg: stage 2's first line 'booting system configuration …' "
+                                   "(scripted stage 1)")
+        st, st_why = _systemd_time(bundle)
+        if st is not None and "initrd" in st.phases and "kernel" in st.phases:
+            return Boundary(st.phases["kernel"] + st.phases["initrd"],
+                            "systemd-analyze time: kernel + initrd parts (systemd stage 1)")
+        starts = [(i, t) for i, (t, text) in enumerate(dmesg) if SYSTEMD_START_RE.search(text)]
+        in_initrd = [i for i, (_, text) in enumerate(dmesg) if SYSTEMD_IN_INITRD_RE.search(text)]
+        if in_initrd:
+            after = [t for i, t in starts if i > in_initrd[0]]
+            if after:
+                return Boundary(after[0], "dmesg: the system's systemd 'running in system mode' after the "
+                                          "initrd's (systemd stage 1)")
+            return Boundary(None, "", "systemd ran in the initrd, but neither systemd-analyze's initrd part nor a "
+                                      f"second 'running in system mode' line is there ({st_why or 'no initrd part'})")
+        if starts:
+            return Boundary(starts[0][1], "dmesg: systemd's 'running in system mode' (no stage-2 kmsg line: "
+                                          "includes stage-2-init.sh and the activation script)")
+        return Boundary(None, "", "dmesg has neither stage 2's 'booting system configuration' nor systemd's "
+                                  "'running in system mode' line (the kernel log wrapped?)")
+    return Boundary(None, "", f"no initramfs-end rule for os {bundle.os!r}")
+
+
 def _mib(kib: int) -> float:
     return kib / 1024.0
 
 
-def metrics_from_bundle(
+def measure_bundle(
     bundle: Bundle,
     *,
     qemu_t0: float = 0.0,
     initramfs_markers: Mapping[str, str] | None = None,
-) -> list[Metric]:
-    """Compute every metric the bundle allows; the others are absent.
+) -> BundleMetrics:
+    """Every metric the bundle allows, and every metric that applies but is absent, with the reason.
 
     ``qemu_t0`` is the host time of QEMU's start on the serial lines' clock (0 for labkit.lab.qemu).
     Host-timed metrics need ``bundle.t_begin`` (serial capture in the lab).
@@ -204,64 +413,149 @@ def metrics_from_bundle(
             f"bundle of {bundle.os} is not complete/verified: {'; '.join(bundle.problems) or 'unknown problem'}",
             "metrics are computed only from verified bundles; boot the guest again",
         )
-    markers = INITRAMFS_END_MARKERS if initramfs_markers is None else initramfs_markers
-    values: dict[str, float] = {}
-    sources: dict[str, str] = {}  # a row whose source differs from the definition's says so
+    v = _Values()
+    secs = bundle.sections
 
-    uptime = parse_uptime(bundle.sections["uptime"]).uptime_s if "uptime" in bundle.sections else None
-    dmesg = parse_dmesg(bundle.sections["dmesg"]) if "dmesg" in bundle.sections else []
+    uptime = parse_uptime(secs["uptime"]).uptime_s if "uptime" in secs else None
+    dmesg = parse_dmesg(secs["dmesg"]) if "dmesg" in secs else []
+    if uptime is None:
+        for n in ("firmware_loaders_s", "userspace_to_probe_s", "probe_s", "probe_timing_s"):
+            v.absent(n, "no uptime section")
+    if "dmesg" not in secs:
+        for n in ("kernel_s", "initramfs_s", "userspace_to_probe_s", "alpine_package_load_s"):
+            v.absent(n, "no dmesg section")
 
     if bundle.t_begin is not None and bundle.t_begin == bundle.t_begin:  # not None, not NaN
         since_start = bundle.t_begin - qemu_t0
-        values["total_to_probe_s"] = since_start
+        v.set("total_to_probe_s", since_start)
         if uptime is not None:
-            values["firmware_loaders_s"] = since_start - uptime
+            v.set("firmware_loaders_s", since_start - uptime)
+    else:
+        for n in ("total_to_probe_s", "firmware_loaders_s"):
+            v.absent(n, "no host timestamp of the bundle's BEGIN line (read from a file, not from the lab's "
+                        "serial console)")
 
     kernel_end = find_marker(dmesg, KERNEL_END_MARKER)
     if kernel_end is not None:
-        values["kernel_s"] = kernel_end
-    marker = markers.get(bundle.os)
-    initramfs_end = find_marker(dmesg, marker) if marker else None
-    if initramfs_end is not None:
+        v.set("kernel_s", kernel_end)
+    elif dmesg:
+        v.absent("kernel_s", f"no '{KERNEL_END_MARKER}' line in dmesg (the kernel log wrapped?)")
+        v.absent("initramfs_s", "kernel_s is missing")
+    end = initramfs_end(bundle, dmesg, initramfs_markers)
+    if end.t is not None:
         if kernel_end is not None:
-            values["initramfs_s"] = initramfs_end - kernel_end
+            v.set("initramfs_s", end.t - kernel_end, end.source)
         if uptime is not None:
-            values["userspace_to_probe_s"] = uptime - initramfs_end
+            v.set("userspace_to_probe_s", uptime - end.t, f"/proc/uptime − {end.source}")
+    elif dmesg:
+        v.absent("initramfs_s", end.reason)
+        v.absent("userspace_to_probe_s", end.reason)
+
     pkg_start, pkg_end = find_marker(dmesg, ALPINE_PKG_START), find_marker(dmesg, ALPINE_PKG_END)
     if pkg_start is not None and pkg_end is not None:
-        values["alpine_package_load_s"] = pkg_end - pkg_start
+        v.set("alpine_package_load_s", pkg_end - pkg_start)
+    elif dmesg:
+        v.absent("alpine_package_load_s", f"dmesg lacks '{ALPINE_PKG_START}' or '{ALPINE_PKG_END}'")
 
-    if uptime is not None and "uptime_end" in bundle.sections:
-        values["probe_s"] = parse_uptime(bundle.sections["uptime_end"]).uptime_s - uptime
-    if uptime is not None and "uptime_mid" in bundle.sections:
-        values["probe_timing_s"] = parse_uptime(bundle.sections["uptime_mid"]).uptime_s - uptime
+    if os_family(bundle.os) == "nixos":
+        st, st_why = _systemd_time(bundle)
+        for part, name in SYSTEMD_PARTS.items():
+            if st is not None and part in st.phases:
+                v.set(name, st.phases[part])
+            elif st is not None:
+                v.absent(name, {
+                    "firmware": "systemd-analyze time has no firmware part: the boot loader does not set "
+                                "LoaderTimeInitUSec (GRUB and rEFInd do not; systemd-boot does)",
+                    "loader": "systemd-analyze time has no loader part: the boot loader does not set "
+                              "LoaderTimeExecUSec (GRUB and rEFInd do not; systemd-boot does)",
+                    "initrd": "systemd-analyze time has no initrd part: systemd did not run in the initrd "
+                              "(scripted stage 1: its time is inside the kernel part)",
+                    "kernel": "systemd-analyze time has no kernel part (a container?)",
+                    "userspace": "systemd-analyze time has no userspace part",
+                }[part])
+            else:
+                v.absent(name, st_why)
+    if os_family(bundle.os) == "alpine":
+        if "rc_log" in secs:
+            rc = parse_rc_log(secs["rc_log"])
+            boot_s = rc.duration_s("boot")
+            if boot_s is not None:
+                v.set("openrc_boot_s", boot_s)
+            else:
+                v.absent("openrc_boot_s", "rc.log has no finished boot runlevel ('rc boot logging started/stopped')")
+        else:
+            v.absent("openrc_boot_s", "no rc_log section: /var/log/rc.log was not written (rc_logger=\"YES\" "
+                                      "missing from /etc/rc.conf, or OpenRC did not run)")
 
-    if "meminfo" in bundle.sections:
-        mem = parse_meminfo(bundle.sections["meminfo"])
-        values["mem_total_mib"] = _mib(mem["MemTotal"])
+    if uptime is not None and "uptime_end" in secs:
+        v.set("probe_s", parse_uptime(secs["uptime_end"]).uptime_s - uptime)
+    else:
+        v.absent("probe_s", "no uptime_end section")
+    if uptime is not None and "uptime_mid" in secs:
+        v.set("probe_timing_s", parse_uptime(secs["uptime_mid"]).uptime_s - uptime)
+    else:
+        v.absent("probe_timing_s", "no uptime_mid section (an older probe)")
+
+    if "meminfo" in secs:
+        mem = parse_meminfo(secs["meminfo"])
+        v.set("mem_total_mib", _mib(mem["MemTotal"]))
         if "MemAvailable" in mem:
-            values["ram_used_mib"] = _mib(mem["MemTotal"] - mem["MemAvailable"])
-            sources["ram_used_mib"] = "/proc/meminfo at probe start (no settle section)"
+            v.set("ram_used_mib", _mib(mem["MemTotal"] - mem["MemAvailable"]),
+                  "/proc/meminfo at probe start (no settle section)")
+        else:
+            v.absent("ram_used_mib", "/proc/meminfo has no MemAvailable line")
         if "Shmem" in mem:
-            values["shmem_mib"] = _mib(mem["Shmem"])
-    if "meminfo_settled" in bundle.sections:
-        settled = parse_meminfo(bundle.sections["meminfo_settled"])
+            v.set("shmem_mib", _mib(mem["Shmem"]))
+        else:
+            v.absent("shmem_mib", "/proc/meminfo has no Shmem line")
+    else:
+        for n in ("mem_total_mib", "ram_used_mib", "shmem_mib"):
+            v.absent(n, "no meminfo section")
+    if "meminfo_settled" in secs:
+        settled = parse_meminfo(secs["meminfo_settled"])
         if "MemAvailable" in settled:
-            values["ram_used_mib"] = _mib(settled["MemTotal"] - settled["MemAvailable"])
-            sources.pop("ram_used_mib", None)
-    if "df" in bundle.sections:
-        root = [r for r in parse_df(bundle.sections["df"]) if r.mounted_on == "/"]
+            v.set("ram_used_mib", _mib(settled["MemTotal"] - settled["MemAvailable"]))
+            v.sources.pop("ram_used_mib", None)
+    if "df" in secs:
+        root = [r for r in parse_df(secs["df"]) if r.mounted_on == "/"]
         if root:
-            values["root_tmpfs_used_mib"] = _mib(root[0].used_k)
-    values.update(package_values(bundle.sections))
-    installed = values.get("installed_size_mib")
+            v.set("root_tmpfs_used_mib", _mib(root[0].used_k))
+        else:
+            v.absent("root_tmpfs_used_mib", "df -k has no line for /")
+    else:
+        v.absent("root_tmpfs_used_mib", "no df section")
+    _package_values(v, bundle)
+    installed = v.values.get("installed_size_mib")
     if installed:
-        if "alpine_package_load_s" in values:
-            values["alpine_load_cost_s_per_mib"] = values["alpine_package_load_s"] / installed
-        if "root_tmpfs_used_mib" in values and os_family(bundle.os) == "alpine":
-            values["alpine_load_cost_ram_mib_per_mib"] = values["root_tmpfs_used_mib"] / installed
+        if "alpine_package_load_s" in v.values:
+            v.set("alpine_load_cost_s_per_mib", v.values["alpine_package_load_s"] / installed)
+        else:
+            v.absent("alpine_load_cost_s_per_mib", "alpine_package_load_s is missing")
+        if "root_tmpfs_used_mib" in v.values and os_family(bundle.os) == "alpine":
+            v.set("alpine_load_cost_ram_mib_per_mib", v.values["root_tmpfs_used_mib"] / installed)
+        else:
+            v.absent("alpine_load_cost_ram_mib_per_mib", "root_tmpfs_used_mib is missing")
+    else:
+        for n in ("alpine_load_cost_s_per_mib", "alpine_load_cost_ram_mib_per_mib"):
+            v.absent(n, "installed_size_mib is missing or 0")
 
-    return [
-        Metric(d.name, values[d.name], d.unit, sources.get(d.name, d.source)) for d in METRICS if d.name in values
-    ]
+    metrics = [Metric(d.name, v.values[d.name], d.unit, v.sources.get(d.name, d.source))
+               for d in METRICS if d.name in v.values]
+    missing = [Missing(d.name, v.why.get(d.name, "no source for it in this bundle"))
+               for d in METRICS if d.name not in v.values and applies(d.name, bundle.os)]
+    return BundleMetrics(metrics, missing)
 
+
+def metrics_from_bundle(
+    bundle: Bundle,
+    *,
+    qemu_t0: float = 0.0,
+    initramfs_markers: Mapping[str, str] | None = None,
+) -> list[Metric]:
+    """The values of :func:`measure_bundle` (absent metrics give no entry)."""
+    return measure_bundle(bundle, qemu_t0=qemu_t0, initramfs_markers=initramfs_markers).metrics
+
+
+def missing_json(missing: list[Missing]) -> str:
+    """``{metric: reason}`` as one JSON text (the ``missing`` column of boots.csv)."""
+    return json.dumps({m.name: m.reason for m in missing}, sort_keys=False) if missing else ""

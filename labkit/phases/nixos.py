@@ -4,10 +4,23 @@ Run on the installer (the NixOS ISO, root shell) with the lab disk's partitions 
 
     mount tmpfs /mnt ▸ mount /nix /boot /boot/efi /data ▸ generate + edit the config on /data
     ▸ nixos-install (TMPDIR on disk) ▸ grub-install (EFI modules found in the store)
-    ▸ rEFInd's ext4 driver still on the ESP ▸ verify
+    ▸ rEFInd's ext4 driver on the ESP ▸ verify
 
 ``check`` reads the real state (also in plan mode), ``apply`` changes it through the Runner (so
 plan mode only records), ``verify`` checks the post-condition (apply mode only).
+
+Why the post's explicit ``grub-install --directory=…`` is kept: ``nixos-install`` already installs GRUB —
+it runs ``switch-to-configuration boot`` with ``NIXOS_INSTALL_BOOTLOADER=1`` (nixos-install.sh L247-259),
+and install-grub.pl runs ``<grub2_efi>/sbin/grub-install --recheck --target=x86_64-efi
+--boot-directory=/boot --efi-directory=/boot/efi --bootloader-id=<id> --no-nvram`` (L767-781, the
+``--no-nvram`` because ``canTouchEfiVariables = false``). But ``<id>`` is ``NixOS`` followed by the ESP's
+mount point with ``/`` → ``-`` (grub.nix ``bootloaderId``): GRUB lands in ``EFI/NixOS-boot-efi/``, and older
+install-grub.pl revisions passed no ``--bootloader-id`` at all without ``canTouchEfiVariables``. The post's
+command puts GRUB at the fixed ``EFI/NixOS/grubx64.efi`` that labkit's rEFInd stanza chainloads and that the
+verification checks, whatever the nixpkgs revision. So the step runs only when ``EFI/NixOS/grubx64.efi`` is
+not on the ESP yet (its check), after noting the copy nixos-install left. ``--directory`` names the EFI
+modules of the same ``grub2_efi`` whose ``sbin/grub-install`` runs (``nix-shell -p grub2`` is the BIOS
+build: that is the post's "cannot find them on its own").
 """
 
 from __future__ import annotations
@@ -21,10 +34,12 @@ from pathlib import Path
 from labkit.core.errors import InputError, VerifyFailed
 from labkit.core.layout import LAB_LAYOUT, Layout, Role
 from labkit.core.runner import Mode, Runner, atomic_write_bytes, atomic_write_text, which
+from labkit.systems import bootchain
 from labkit.systems.nixos.config import (
     MODULE_NAME,
     PROBE_NAME,
     Devices,
+    NeedsUserInput,
     NixosSettings,
     mem_total_bytes,
     probe_script,
@@ -40,6 +55,11 @@ REFIND_EXT4_DRIVER = "EFI/refind/drivers_x64/ext4_x64.efi"
 #: where rEFInd may live on the ESP: refind-install's directory, or the removable path (the lab's)
 REFIND_EXT4_DRIVERS = (REFIND_EXT4_DRIVER, "EFI/BOOT/drivers_x64/ext4_x64.efi")
 GRUB_EFI_BINARY = "EFI/NixOS/grubx64.efi"
+#: where nixos-install's own GRUB install puts it: bootloaderId = "NixOS" + efiSysMountPoint with / → -
+#: (nixpkgs nixos/modules/system/boot/loader/grub/grub.nix, grubConfig)
+NIXOS_GRUB_EFI_BINARY = "EFI/NixOS-boot-efi/grubx64.efi"
+#: the files copySystemConfiguration alone would not keep: labkit.nix links them into the system
+SYSTEM_COPIES = ("configuration.nix", MODULE_NAME, PROBE_NAME)
 
 
 class GrubModulesMissing(InputError):
@@ -103,6 +123,8 @@ class InstallPlan:
     params: InstallParams
     module_text: str
     steps: list[Step] = field(default_factory=list)
+    #: plan mode only: what the install would refuse until the user gives it (a login, a pin)
+    findings: list[NeedsUserInput] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)
@@ -119,10 +141,38 @@ def rebuild_command(settings: NixosSettings) -> list[str]:
 
 
 def find_grub_efi_dir(stores: Sequence[Path]) -> Path | None:
-    for store in stores:
-        for modinfo in sorted(store.glob(f"*-grub-*/{GRUB_EFI_SUBDIR}/modinfo.sh")):
-            return modinfo.parent
-    return None
+    """GRUB's x86_64-efi modules: a package in the installer's own /nix/store that also has its
+    ``sbin/grub-install`` (runnable here, and its modules match it) wins; else the first found."""
+    found = [m.parent for store in stores for m in sorted(store.glob(f"*-grub-*/{GRUB_EFI_SUBDIR}/modinfo.sh"))]
+    own = [d for d in found if grub_install_of(d) is not None]
+    return (own or found)[0] if found else None
+
+
+def grub_install_of(modules: Path) -> Path | None:
+    """``<grub2_efi>/sbin/grub-install`` of the package holding ``modules``, when it can run here: GRUB installs
+    it in sbin (GRUB Makefile.util.def ``installdir = sbin``; install-grub.pl runs ``$grubEfi/sbin/grub-install``),
+    and only a package of this machine's /nix/store finds its libraries (not one under the target's /mnt)."""
+    tool = modules.parents[2] / "sbin" / "grub-install"
+    return tool if tool.is_relative_to("/nix/store") and tool.exists() else None
+
+
+def resolve_in_root(root: Path, path: str, *, hops: int = 40) -> Path:
+    """``path`` as the installed system sees it, read under ``root``: absolute symlinks (the system profile,
+    store paths) are followed inside ``root``, never on this machine."""
+    parts = [p for p in path.split("/") if p]
+    cur = root
+    while parts:
+        nxt = cur / parts.pop(0)
+        if nxt.is_symlink():
+            hops -= 1
+            if hops < 0:
+                raise VerifyFailed(f"too many symlinks under {root} resolving {path}", "look at the installed system")
+            target = os.readlink(nxt)
+            parts = [p for p in target.split("/") if p] + parts
+            cur = root if target.startswith("/") else cur
+            continue
+        cur = nxt
+    return cur
 
 
 def _mounts(p: InstallParams) -> list[tuple[str, str, str]]:
@@ -183,9 +233,15 @@ def resolve_install_disk(r: Runner, p: InstallParams) -> dict[str, str]:
     return found
 
 
-def build_plan(params: InstallParams) -> InstallPlan:
-    """Validate the settings (against this machine's RAM) and build the steps."""
-    module = render_module(params.settings, mem_total=mem_total_bytes(params.meminfo))
+def build_plan(params: InstallParams, *, plan_only: bool = False) -> InstallPlan:
+    """Validate the settings (against this machine's RAM) and build the steps.
+
+    ``plan_only``: what only the user can give (a way to log in, a pin: :class:`NeedsUserInput`) becomes a
+    finding of the plan instead of an error; :func:`run_plan` notes each finding and refuses to apply it.
+    """
+    findings: list[NeedsUserInput] = []
+    module = render_module(params.settings, mem_total=mem_total_bytes(params.meminfo),
+                           findings=findings if plan_only else None)
     p = params
     root = p.root
 
@@ -267,13 +323,17 @@ def build_plan(params: InstallParams) -> InstallPlan:
         if not inst_check(_):
             raise VerifyFailed(f"no system profile at {system_profile} after nixos-install", "read its output")
 
-    # 5. grub-install
+    # 5. grub-install (why it is kept: the module docstring)
     grub_bin = p.at("/boot/efi") / GRUB_EFI_BINARY
+    nixos_grub = p.at("/boot/efi") / NIXOS_GRUB_EFI_BINARY
 
     def grub_check(_: Runner) -> bool:
         return grub_bin.is_file()
 
     def grub_apply(r: Runner) -> None:
+        if nixos_grub.is_file():
+            r.note(f"nixos-install installed GRUB at {nixos_grub} (install-grub.pl); adding the post's "
+                   f"{GRUB_EFI_BINARY}, the loader labkit's rEFInd entry names")
         found = find_grub_efi_dir(p.stores)
         if found is None:
             patterns = [f"{s}/*-grub-*/{GRUB_EFI_SUBDIR}/modinfo.sh" for s in p.stores]
@@ -281,10 +341,8 @@ def build_plan(params: InstallParams) -> InstallPlan:
                 raise GrubModulesMissing(patterns)
             r.note("GRUB EFI modules not in the store yet (nixos-install brings them); looked in: " +
                    ", ".join(patterns))
-        tool = "grub-install"
-        own = found.parents[2] / "bin/grub-install" if found is not None else None
-        if own is not None and own.is_relative_to("/nix/store") and own.exists():
-            tool = str(own)  # the installer's own grub2_efi
+        own = grub_install_of(found) if found is not None else None
+        tool = str(own) if own is not None else "grub-install"  # else: grub2_efi's, from nix-shell -p grub2_efi
         r.run([tool, "--target=x86_64-efi", f"--efi-directory={p.at('/boot/efi')}",
                f"--boot-directory={p.at('/boot')}", "--bootloader-id=NixOS", "--no-nvram",
                f"--directory={found if found is not None else GRUB_PLACEHOLDER}"])
@@ -293,7 +351,8 @@ def build_plan(params: InstallParams) -> InstallPlan:
         if not grub_bin.is_file():
             raise VerifyFailed(f"no GRUB EFI binary at {grub_bin}", "read grub-install's output in the transcript")
 
-    # 6. rEFInd's ext4 driver
+    # 6. rEFInd's ext4 driver: the seed's pitfall (refind-install leaves it out while /boot is not ext4); the
+    # post re-ran refind-install from the installed NixOS; here the driver is copied from rEFInd's package
     drivers = [p.at("/boot/efi") / d for d in REFIND_EXT4_DRIVERS]
     driver = drivers[0]
 
@@ -301,9 +360,23 @@ def build_plan(params: InstallParams) -> InstallPlan:
         return any(d.is_file() for d in drivers)
 
     def drv_apply(r: Runner) -> None:
-        if r.mode is Mode.APPLY:
-            drv_verify(r)
-        r.note(f"check that {driver} is still on the ESP")
+        esp = p.at("/boot/efi")
+        # beside the rEFInd that is there: refind-install's EFI/refind/, else the removable path (the lab's)
+        dest = next((d for d in drivers if (esp / bootchain.refind_binary_beside(d.relative_to(esp))).is_file()),
+                    driver)
+        src = bootchain.refind_ext4_driver(which("refind-install"))
+        if r.mode is Mode.PLAN and src is not None and not src.is_relative_to("/nix/store"):
+            src = None  # a plan is for the NixOS installer: not this machine's (Debian) rEFInd
+        if src is None:
+            if r.mode is Mode.APPLY:
+                raise VerifyFailed(f"rEFInd's ext4 driver is missing from the ESP ({dest}) and no rEFInd package "
+                                   "is on this machine to copy it from",
+                                   "run `nix-shell -p refind` (its drivers are in $out/share/refind/drivers_x64/), "
+                                   "then run the step again")
+            r.note("on the NixOS installer, `nix-shell -p refind` brings rEFInd's drivers "
+                   "($out/share/refind/drivers_x64/)")
+        r.run(["mkdir", "-p", dest.parent])
+        r.run(["cp", src if src is not None else bootchain.REFIND_NIX_EXT4_PLACEHOLDER, dest])
 
     def drv_verify(_: Runner) -> None:
         if not drv_check(_):
@@ -318,7 +391,8 @@ def build_plan(params: InstallParams) -> InstallPlan:
         return False
 
     def final_apply(r: Runner) -> None:
-        r.note(f"verify {grub_bin}, {grub_cfg}, {mod} on /data and the password hash")
+        r.note(f"verify {grub_bin}, {grub_cfg}, {mod} on /data, the password hash, and that the installed system "
+               f"keeps {', '.join(SYSTEM_COPIES)} (copySystemConfiguration + labkit.nix)")
         if r.mode is Mode.APPLY:
             final_verify(r)
 
@@ -335,6 +409,15 @@ def build_plan(params: InstallParams) -> InstallPlan:
             if f'hashedPassword = "{h}";' not in text:
                 raise VerifyFailed(f"{mod} does not carry the user's password hash", "run the config step again")
             check_hash(h)
+        # copySystemConfiguration keeps configuration.nix only; labkit.nix links itself and the probe into the
+        # system too: the installed system's copies must be the files on /data
+        system = resolve_in_root(root, "/nix/var/nix/profiles/system")
+        for name in SYSTEM_COPIES:
+            copy = resolve_in_root(root, str(system.relative_to(root)) + "/" + name) if system != root else None
+            original = p.config_dir / name
+            if copy is None or not copy.is_file() or copy.read_bytes() != original.read_bytes():
+                raise VerifyFailed(f"the installed system does not keep {name} as it is on /data ({original})",
+                                   "run nixos-install again with NIXOS_CONFIG pointing at /data (the config step)")
 
     steps = [
         Step("mount tmpfs root", root_check, root_apply, root_verify, f"tmpfs size={p.settings.tmpfs_size} at {root}"),
@@ -344,15 +427,20 @@ def build_plan(params: InstallParams) -> InstallPlan:
         Step("nixos-install", inst_check, inst_apply, inst_verify, "TMPDIR on /nix, NIXOS_CONFIG on /data"),
         Step("grub-install", grub_check, grub_apply, grub_verify, "EFI GRUB as EFI/NixOS, no NVRAM entry"),
         Step("rEFInd ext4 driver", drv_check, drv_apply, drv_verify, REFIND_EXT4_DRIVER),
-        Step("verify installed system", final_check, final_apply, final_verify, "GRUB, grub.cfg, /data, hash"),
+        Step("verify installed system", final_check, final_apply, final_verify,
+             "GRUB, grub.cfg, /data, hash, the system's copies of the configuration"),
     ]
-    return InstallPlan(params, module, steps)
+    return InstallPlan(params, module, steps, findings)
 
 
 def run_plan(runner: Runner, plan: InstallPlan) -> list[StepOutcome]:
     """Run (or, in plan mode, record) every step; then say how to change the system later."""
     out: list[StepOutcome] = []
     with runner.step("nixos install"):
+        for f in plan.findings:
+            runner.note(f"finding: the install is refused until this is given: {f.problem} (fix: {f.fix})")
+        if plan.findings and runner.mode is Mode.APPLY:
+            raise plan.findings[0]
         for step in plan:
             with runner.step(step.name):
                 if step.check(runner):

@@ -23,7 +23,7 @@ from labkit.core.errors import LabkitError
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.measure.environment import ENVIRONMENT_FILE, flatten, labkit_version, load_environment
 from labkit.measure.loadcost import FIREFOX_MB, LOADCOST_FILE, LoadCost, LoadCostError, analyse, load_loadcost
-from labkit.measure.metrics import PHASES, applies, metric_definitions
+from labkit.measure.metrics import PHASES, applies, metric_definitions, os_family
 from labkit.measure.results import load_results, per_boot_table, summarize
 from labkit.measure.stats import compare_systems, outliers_table, relative_spread
 
@@ -139,15 +139,37 @@ def definitions_table() -> pd.DataFrame:
     return pd.DataFrame(metric_definitions())
 
 
+def missing_reasons(ctx: ReportContext) -> dict[tuple[str, str], str]:
+    """(os family, metric) → why the metric is missing, from boots.csv's ``missing`` column (JSON per boot);
+    several different reasons over the boots are joined with ' | '."""
+    import json
+
+    out: dict[tuple[str, str], list[str]] = {}
+    if ctx.boots is None or "missing" not in ctx.boots.columns:
+        return {}
+    for os_name, text in zip(ctx.boots["os"], ctx.boots["missing"], strict=True):
+        if not isinstance(text, str) or not text.strip():
+            continue
+        for metric, reason in json.loads(text).items():
+            reasons = out.setdefault((os_family(str(os_name)), metric), [])
+            if reason not in reasons:
+                reasons.append(reason)
+    return {k: " | ".join(v) for k, v in out.items()}
+
+
 def summary_table(ctx: ReportContext) -> pd.DataFrame:
     """Per system × metric (median, 95 % CI, relative spread); metrics that do not apply to a system
-    are left out, metrics that apply but were not measured stay in as 'missing'."""
+    are left out, metrics that apply but were not measured stay in as 'missing', with the reason the
+    boots recorded (``why``)."""
     s = ctx.summary.copy()
     s = s[[applies(m, o) for m, o in zip(s["metric"], s["os"], strict=True)]].reset_index(drop=True)
     data = ctx.results[~ctx.results["warmup"]]
     s["mad_rel"] = [relative_spread(data.loc[(data["os"] == o) & (data["metric"] == m), "value"].to_numpy())
                     for o, m in zip(s["os"], s["metric"], strict=True)]
     s["status"] = np.where(s["n"] > 0, "measured", MISSING)
+    reasons = missing_reasons(ctx)
+    s["why"] = [("" if n > 0 else reasons.get((os_family(o), m), "")) for o, m, n in
+                zip(s["os"], s["metric"], s["n"], strict=True)]
     return s
 
 
@@ -222,8 +244,8 @@ def boots_table(ctx: ReportContext) -> pd.DataFrame:
     """Every boot the run attempted, failed ones included (boots.csv), or an empty table."""
     if ctx.boots is None:
         return pd.DataFrame(columns=["os", "boot", "warmup", "ok", "reason", "wall_s", "timed_out", "serial_log"])
-    cols = [c for c in ("os", "boot", "warmup", "ok", "reason", "wall_s", "accel", "timed_out", "serial_log")
-            if c in ctx.boots.columns]
+    cols = [c for c in ("os", "boot", "warmup", "ok", "reason", "wall_s", "accel", "timed_out", "serial_log",
+                        "missing") if c in ctx.boots.columns]
     return ctx.boots[cols]
 
 

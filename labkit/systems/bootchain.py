@@ -24,6 +24,13 @@ from labkit.targets.image import MTOOLS_ENV
 REFIND_DIR = Path("/usr/share/refind/refind")
 REFIND_EFI = REFIND_DIR / "refind_x64.efi"
 REFIND_EXT4 = REFIND_DIR / "drivers_x64" / "ext4_x64.efi"
+#: rEFInd's drivers relative to the prefix of the package that ships ``refind-install`` (the parent of its
+#: bin/ or sbin/): nixpkgs (``nix-shell -p refind``, the NixOS installer) installs them in
+#: ``$out/share/refind/drivers_x64/`` (pkgs/by-name/re/refind/package.nix L66, L79); Debian in
+#: ``/usr/share/refind/refind/drivers_x64/``.
+REFIND_DRIVER_DIRS = ("share/refind/drivers_x64", "share/refind/refind/drivers_x64")
+#: shown in a plan when no rEFInd package is on the planning machine
+REFIND_NIX_EXT4_PLACEHOLDER = "<refind from nix-shell -p refind>/share/refind/drivers_x64/ext4_x64.efi"
 GRUB_MODDIR = Path("/usr/lib/grub/x86_64-efi")
 
 ESP_REFIND = "EFI/BOOT/BOOTX64.EFI"
@@ -36,6 +43,25 @@ GRUB_MODULES: tuple[str, ...] = (
     "search_fs_file", "normal", "configfile", "linux", "echo", "test", "boot", "chain",
     "efi_gop", "ls", "cat", "halt", "reboot", "sleep",
 )
+
+
+def refind_ext4_driver(refind_install: str | Path | None) -> Path | None:
+    """``ext4_x64.efi`` of the rEFInd package whose ``refind-install`` is given (found on PATH), or None."""
+    if refind_install is None:
+        return None
+    prefix = Path(refind_install).parent.parent
+    for sub in REFIND_DRIVER_DIRS:
+        candidate = prefix / sub / "ext4_x64.efi"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def refind_binary_beside(driver: str | Path) -> str:
+    """The rEFInd binary a ``drivers_x64/`` directory on the ESP belongs to: refind-install's
+    ``EFI/refind/refind_x64.efi``, or the removable path's ``EFI/BOOT/BOOTX64.EFI``."""
+    folder = Path(driver).parent.parent
+    return str(folder / ("BOOTX64.EFI" if folder.name.upper() == "BOOT" else "refind_x64.efi"))
 
 
 class BootEntryLike(Protocol):

@@ -5,11 +5,13 @@
 # and RAM (/proc/meminfo, free) are read next, with no settle delay; everything else is collected
 # into one file in RAM and printed in one go. uptime_end (read last, before printing) gives the
 # probe's own cost; then, after a fixed settle (labkit.settle=S on the kernel command line, default
-# 2 s; LABKIT_PROBE_SETTLE overrides), /proc/meminfo again. Raw outputs only: parsing happens on the host. Optional sections (os_release,
-# systemd_*, rc_log, apk_*, nix_*) are written only where their source exists.
-# Overrides for tests: LABKIT_PROBE_ROOT (prefix for /proc, /etc, /var, /lib, /media, /nix),
-# LABKIT_PROBE_OUT (instead of /dev/console), LABKIT_PROBE_DMESG (a file instead of `dmesg`).
+# 2 s; LABKIT_PROBE_SETTLE overrides), /proc/meminfo again. Raw outputs only: parsing happens on the host.
+# Optional sections (os_release, systemd_*, rc_log, apk_*, nix_*) are written only where their source exists.
+# Overrides for tests: LABKIT_PROBE_ROOT (prefix for /proc, /etc, /var, /run, /lib, /media, /nix),
+# LABKIT_PROBE_OUT (instead of /dev/console), LABKIT_PROBE_DMESG (a file instead of `dmesg`),
+# LABKIT_PROBE_SYSTEM (the NixOS system whose closure is measured, instead of /run/current-system).
 R=${LABKIT_PROBE_ROOT:-}
+SYSTEM=${LABKIT_PROBE_SYSTEM:-/run/current-system}
 OUT=${LABKIT_PROBE_OUT:-/dev/console}
 UPTIME=$(cat "$R/proc/uptime")
 # The rehearsal's base package ships etc/labkit-rehearsal: it wins over etc/labkit-os (which labkit's
@@ -68,9 +70,15 @@ have() {
 		section systemd_critical_chain
 		systemd-analyze critical-chain --no-pager 2>&1
 	fi
-	if [ -f "$R/var/log/rc.log" ]; then
+	# OpenRC's rc_logger appends each finished runlevel to /var/log/rc.log; the runlevel in progress
+	# (default: the probe runs in it, from local.d) is still in /run/openrc/rc.log (rc-logger.c TMPLOG)
+	set --
+	for f in "$R/var/log/rc.log" "$R/run/openrc/rc.log"; do
+		[ -f "$f" ] && set -- "$@" "$f"
+	done
+	if [ $# -gt 0 ]; then
 		section rc_log
-		awk 1 "$R/var/log/rc.log"
+		awk 1 "$@"
 	fi
 	if [ -f "$R/lib/apk/db/installed" ]; then
 		# only the package header fields: the file list (F:/R:/Z: lines) would be most of the text
@@ -89,20 +97,29 @@ have() {
 		section apk_cache
 		ls -ln "$@" 2>/dev/null
 	fi
+	# NixOS: the closure of the running system, never the whole store (old generations, .drv files).
+	# nix is on the probe unit's path (config.nix.package in labkit.nix); nixpkgs' systemd-lib.nix gives
+	# a service only its path plus coreutils, findutils, gnugrep, gnused and systemd.
 	if have nix; then
 		section nix_path_info
-		nix --extra-experimental-features nix-command path-info -rS /run/current-system 2>&1
+		nix --extra-experimental-features nix-command path-info -rS "$SYSTEM" 2>&1
 	elif have nix-store; then
-		section nix_store_du
-		# shellcheck disable=SC2046 # store paths have no blanks
-		du -sk $(nix-store -qR /run/current-system) 2>&1
+		section nix_closure_du
+		# stdout only: nix-store's warnings on stderr are not store paths
+		if CLOSURE=$(nix-store -qR "$SYSTEM" 2> "$TMP.err"); then
+			set --
+			for p in $CLOSURE; do
+				set -- "$@" "$R$p"
+			done
+			if [ $# -gt 0 ]; then du -sk "$@" 2>&1; else echo "error: nix-store -qR $SYSTEM printed no path"; fi
+		else
+			echo "error: nix-store -qR $SYSTEM failed: $(awk 1 "$TMP.err")"
+		fi
+		rm -f "$TMP.err"
 	elif [ -f "$R/nix/var/nix/labkit-store-sizes" ]; then
 		# rehearsal store: sizes registered at build time, as Nix's database holds them
 		section nix_store_du
 		cat "$R/nix/var/nix/labkit-store-sizes"
-	elif [ -d "$R/nix/store" ]; then
-		section nix_store_du
-		du -sk "$R"/nix/store/* 2>/dev/null
 	fi
 	section uptime_end
 	cat "$R/proc/uptime"

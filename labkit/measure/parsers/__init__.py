@@ -61,6 +61,7 @@ FORMATS: dict[str, Callable[[str], Any]] = {
     "apk_console": parse_apk_console,
     "apk_info": parse_apk_info_sizes,
     "nix_path_info": parse_nix_path_info,
+    "nix_closure_du": lambda t: parse_du_k(t, "nix_closure_du"),
     "nix_store_du": parse_du_k,
 }
 
@@ -74,7 +75,9 @@ _DETECT: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("apk_info", re.compile(r"^\S+ installed size:$", re.M)),
     ("apk_installed", re.compile(r"^P:\S+\nV:", re.M)),
     ("rc_log", re.compile(r"^rc \S+ logging started at ", re.M)),
-    ("nix_path_info", re.compile(r"^(?:/nix/store/\S+\s+[0-9.]+[KMGT]?(?:\s+[0-9.]+[KMGT]?)?\s*$|\[\{\"path\")", re.M)),
+    # text lines, or --json: a list (Nix <= 2.18) or an object keyed by store path (Nix >= 2.19)
+    ("nix_path_info", re.compile(r"^(?:/nix/store/\S+\s+[0-9.]+[KMGT]?(?:\s+[0-9.]+[KMGT]?)?\s*$|\[\{\"path\"|"
+                                 r"\{\s*\"/nix/store/)", re.M)),
     ("nix_store_du", re.compile(r"^\d+\t/\S*nix/store/", re.M)),
     ("meminfo", re.compile(r"^MemTotal:\s+\d+ kB", re.M)),
     ("free", re.compile(r"^\s+total\s+used\s+free", re.M)),

@@ -27,20 +27,27 @@ def _size(tok: str, section: str, no: int, line: str) -> int:
 
 def parse_nix_path_info(text: str, section: str = "nix_path_info") -> list[StorePath]:
     """``nix path-info -rS PATH`` (path, closure size) or ``-rsS`` (path, NAR size, closure size);
-    tabs or spaces; ``-h`` sizes like ``293.4K``; or the ``--json`` list/object forms."""
-    s = text.strip()
+    tabs or spaces; ``-h`` sizes like ``293.4K``; or the ``--json`` list/object forms.
+
+    The text format is ``<path><padding>\\t<size right-aligned in 11 columns>`` (nix src/nix/path-info.cc:
+    ``fmt("\\t%11d", value)`` after padding the path), hence split on any blank. ``warning:`` lines (nix's
+    stderr, kept by the probe) are skipped; an ``error:`` line is a :class:`SectionError`."""
+    s = "\n".join(ln for ln in text.split("\n") if not ln.strip().startswith("warning:")).strip()
     if s.startswith(("[", "{")):
         try:
             data = json.loads(s)
         except json.JSONDecodeError as exc:
             raise SectionError(section, exc.lineno, None, f"invalid JSON: {exc.msg}") from None
-        items = data if isinstance(data, list) else [{"path": k, **v} for k, v in data.items()]
+        # Nix >= 2.19: {path: info}, info null for a path that is not valid
+        items = data if isinstance(data, list) else [{"path": k, **(v or {})} for k, v in data.items()]
         return [StorePath(str(d["path"]), d.get("narSize"), d.get("closureSize")) for d in items]
     out: list[StorePath] = []
     for no, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
-        if not line:
-            continue
+        if not line or line.startswith("warning:"):
+            continue  # the probe keeps nix's stderr: a warning (e.g. about nix.conf) is not a store path
+        if line.startswith("error:"):
+            raise SectionError(section, no, raw, "nix path-info failed in the guest")
         fields = line.split()
         if not fields[0].startswith("/") or len(fields) not in (2, 3):
             raise SectionError(section, no, raw, "expected '<store path> [<nar size>] <closure size>'")

@@ -86,14 +86,21 @@ class RcLog:
 
 _RC_EDGE = re.compile(r"^rc (?P<lvl>\S+) logging (?P<what>started|stopped) at (?P<when>.+)$")
 _RC_SVC = re.compile(r"^\s*\* (?P<msg>.+?)\s*\.\.\.\s*(?:\[ (?P<st>ok|!!) \])?\s*$")
+_RC_STATUS = re.compile(r"^\s*\[ (?P<st>ok|!!) \]\s*$")
 
 
 def parse_rc_log(text: str, section: str = "rc_log") -> RcLog:
     """OpenRC's ``rc_logger`` file: ``rc <runlevel> logging started at <ctime>`` ... ``stopped at``,
-    with `` * Starting x ... [ ok ]`` lines between (1 s resolution)."""
+    with `` * Starting x ... [ ok ]`` lines between (1 s resolution).
+
+    The block edges come from OpenRC src/openrc/rc-logger.c (``"\\nrc %s logging %s at %s\\n"`` with
+    asctime()); the status may follow on its own line (`` [ !! ]``), which counts for the service above.
+    A runlevel still running when the file was read (the probe appends /run/openrc/rc.log, the log of the
+    runlevel in progress) has no ``stopped`` time."""
     levels: list[tuple[str, datetime, datetime | None]] = []
     services: list[tuple[str, str, bool]] = []
     current: str | None = None
+    pending = False  # the last service line had no status yet
     for no, raw in enumerate(text.split("\n"), start=1):
         line = raw.rstrip("\r")
         if not line.strip():
@@ -119,6 +126,15 @@ def parse_rc_log(text: str, section: str = "rc_log") -> RcLog:
         s = _RC_SVC.match(line)
         if s:
             services.append((current or "?", s["msg"], s["st"] != "!!"))
+            pending = s["st"] is None
+            continue
+        st = _RC_STATUS.match(line)
+        if st and pending and services:
+            # eend's status on its own line: on a colour terminal eend moves the cursor up to the ebegin
+            # line, and rc_logger strips those escapes (rc-logger.c write_log), so "[ ok ]" lands alone
+            lvl, msg, _ = services[-1]
+            services[-1] = (lvl, msg, st["st"] == "ok")
+            pending = False
     if not levels:
         raise SectionError(section, None, None, "no 'rc <runlevel> logging started at' line")
     return RcLog(tuple(levels), tuple(services))

@@ -25,8 +25,65 @@ from labkit.systems.nixos.nixexpr import Apply, Raw, render
 DATA_CONFIG_DIR = "/data/etc/nixos"
 MODULE_NAME = "labkit.nix"
 PROBE_NAME = "labkit-probe.sh"
-IMPERMANENCE_URL = "https://github.com/nix-community/impermanence/archive/master.tar.gz"
-HOME_MANAGER_URL = "https://github.com/nix-community/home-manager/archive/release-24.11.tar.gz"
+IMPERMANENCE_REPO = "nix-community/impermanence"
+HOME_MANAGER_REPO = "nix-community/home-manager"
+_SHA256_RE = re.compile(r"^(?:sha256-[A-Za-z0-9+/]{43}=|[0-9a-df-np-sv-z]{52}|[0-9a-f]{64})$")
+_REV_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class NeedsUserInput(InputError):
+    """A setting only the user can give (a way to log in, a pinned revision): in plan mode a finding,
+    in apply mode a refusal."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A fixed revision of a GitHub repository and the NAR hash of its unpacked archive, as
+    ``builtins.fetchTarball { url; sha256; }`` checks it (the hash ``nix-prefetch-url --unpack URL`` prints,
+    or a flake.lock narHash for the same revision)."""
+
+    repo: str  # owner/name
+    rev: str  # a 40-hex commit: a branch name would move away from its hash
+    sha256: str  # SRI (sha256-...=), nix base32 (52) or hex (64)
+
+    @property
+    def url(self) -> str:
+        return f"https://github.com/{self.repo}/archive/{self.rev}.tar.gz"
+
+    @classmethod
+    def parse(cls, repo: str, text: str, what: str) -> Pin:
+        """``"<commit> <sha256>"`` (a notebook parameter) → a checked pin."""
+        parts = text.split()
+        if len(parts) != 2:
+            raise InputError(f"the {what} pin {text!r} is not '<commit> <sha256>'",
+                             f"write the commit and the hash nix-prefetch-url --unpack prints for "
+                             f"https://github.com/{repo}/archive/<commit>.tar.gz, separated by a blank")
+        return cls(repo, parts[0], parts[1]).check(what)
+
+    def check(self, what: str) -> Pin:
+        if not _REV_RE.match(self.rev):
+            raise InputError(f"the {what} pin's revision {self.rev!r} is not a 40-hex commit",
+                             "pin a commit, not a branch or tag (a branch moves and its hash stops matching)")
+        if not _SHA256_RE.match(self.sha256):
+            raise InputError(f"the {what} pin's hash {self.sha256!r} is not a sha256 (SRI sha256-…=, 52 base32 or "
+                             "64 hex characters)", f"run: nix-prefetch-url --unpack {self.url}")
+        return self
+
+
+#: home-manager per NixOS release (its release-YY.MM branch follows the nixos-YY.MM channel; the module checks the
+#: match, modules/home-environment.nix enableNixpkgsReleaseCheck). Each hash was published in a third-party
+#: flake.lock (narHash) and recomputed here as the NAR hash of `git archive <rev>` (nix hash path): both agree.
+#:  - 24.05: 2f23fa30, head of release-24.05 (2024-09-22, the branch is frozen).
+#:  - 24.11: 2777de38, on release-24.11 (2024-11-24); no published hash was found for the branch's later head.
+HOME_MANAGER_PINS: dict[str, Pin] = {
+    "24.05": Pin(HOME_MANAGER_REPO, "2f23fa308a7c067e52dfcc30a0758f47043ec176",
+                 "sha256-Vl+WVTJwutXkimwGprnEtXc/s/s8sMuXzqXaspIGlwM="),
+    "24.11": Pin(HOME_MANAGER_REPO, "2777de38dd20826238712c8fdaac3e960773e43a",
+                 "sha256-HeFye2mgoBZWtRLMSwGxdNabB4haWeWw2mS+hDF0mTo="),
+}
+#: impermanence has no release branches and no published hash was found for any of its revisions: the user
+#: pins it (labkit never invents a hash).
+IMPERMANENCE_PINS: dict[str, Pin] = {}
 
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -73,8 +130,15 @@ class NixosSettings:
     home_manager_user: str | None = None
     state_version: str = "24.11"
     config_dir: str = DATA_CONFIG_DIR  # on the installed system
-    impermanence_url: str = IMPERMANENCE_URL
-    home_manager_url: str = HOME_MANAGER_URL
+    #: None: the verified pin for state_version, if labkit knows one (else the render is refused)
+    impermanence_pin: Pin | None = None
+    home_manager_pin: Pin | None = None
+
+    def pin(self, what: str) -> Pin | None:
+        """The pin used for ``impermanence`` or ``home-manager`` (the user's, else a verified one, else None)."""
+        if what == "impermanence":
+            return self.impermanence_pin or IMPERMANENCE_PINS.get(self.state_version)
+        return self.home_manager_pin or HOME_MANAGER_PINS.get(self.state_version)
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -114,19 +178,68 @@ def check_ssh_key(key: str) -> str:
     return " ".join(parts)
 
 
-def check_settings(settings: NixosSettings, *, mem_total: int | None = None) -> NixosSettings:
-    """Raise :class:`InputError` (problem + fix) for a configuration that cannot be used."""
+def lockout_error(u: User) -> NeedsUserInput:
+    return NeedsUserInput(
+        f"user {u.name!r} has neither a password hash nor an SSH key: with users.mutableUsers = false "
+        "nobody could log in (the seed's lock-out)",
+        "give --hashed-password-file (mkpasswd -m yescrypt > FILE) and/or --ssh-key (a .pub file); in a "
+        "notebook: hashed_password_file / ssh_key_file",
+    )
+
+
+def pin_error(what: str, settings: NixosSettings) -> NeedsUserInput:
+    repo = IMPERMANENCE_REPO if what == "impermanence" else HOME_MANAGER_REPO
+    known = ", ".join(sorted(HOME_MANAGER_PINS)) if what == "home-manager" else "none"
+    flag = "--impermanence-pin" if what == "impermanence" else "--home-manager-pin"
+    return NeedsUserInput(
+        f"{what} would be fetched without a pinned revision and hash (builtins.fetchTarball of a branch changes "
+        f"under the configuration); labkit has no verified pin for it with NixOS {settings.state_version} "
+        f"(verified pins: {known})",
+        f"choose a commit of {repo} that matches your channel, run `nix-prefetch-url --unpack "
+        f"https://github.com/{repo}/archive/<commit>.tar.gz`, and pass {flag} <commit> <sha256>",
+    )
+
+
+def read_ssh_key_file(path: Path) -> tuple[str, ...]:
+    """The public keys of an OpenSSH ``.pub`` or ``authorized_keys`` file (comments and blank lines skipped),
+    each checked; a key is read from a file, never carried in a default or a notebook."""
+    try:
+        text = Path(path).expanduser().read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read the SSH key file {path}: {exc.strerror}",
+                         "give the path of your public key, e.g. ~/.ssh/id_ed25519.pub") from None
+    keys = tuple(check_ssh_key(ln) for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
+    if not keys:
+        raise InputError(f"the SSH key file {path} holds no key", "give a .pub file (ssh-keygen -t ed25519 makes one)")
+    return keys
+
+
+def check_settings(settings: NixosSettings, *, mem_total: int | None = None,
+                   findings: list[NeedsUserInput] | None = None) -> NixosSettings:
+    """Raise :class:`InputError` (problem + fix) for a configuration that cannot be used.
+
+    With a ``findings`` list (plan mode), what only the user can give (:class:`NeedsUserInput`: a way to log
+    in, a pin) is appended to it instead of raised; every other error still raises.
+    """
+
+    def need(err: NeedsUserInput) -> None:
+        if findings is None:
+            raise err
+        findings.append(err)
+
     u = settings.user
     if not _USER_RE.match(u.name) or u.name == "root":
         raise InputError(f"user name {u.name!r} is not usable", "use lowercase letters, digits, - or _ (not root)")
     if not _HOST_RE.match(settings.hostname):
         raise InputError(f"host name {settings.hostname!r} is not a valid host name", "use letters, digits and -")
     if u.hashed_password is None and not u.ssh_keys:
-        raise InputError(
-            f"user {u.name!r} has neither a password hash nor an SSH key: with users.mutableUsers = false "
-            "nobody could log in (the seed's lock-out)",
-            "give --hashed-password-file (mkpasswd -m yescrypt > FILE) and/or --ssh-key",
-        )
+        need(lockout_error(u))
+    for what, on in (("impermanence", settings.impermanence), ("home-manager", settings.home_manager_user)):
+        pin = settings.pin(what)
+        if on and pin is None:
+            need(pin_error(what, settings))
+        elif on and pin is not None:
+            pin.check(what)
     if u.hashed_password is not None:
         check_hash(u.hashed_password)
     for k in u.ssh_keys:
@@ -175,7 +288,10 @@ def _probe_service(settings: NixosSettings) -> dict[str | tuple[str, ...], objec
         "description": "labkit probe: one measurement bundle to /data and the serial console",
         "wantedBy": ["multi-user.target"],
         "after": ["multi-user.target"],
-        "path": Raw("with pkgs; [ coreutils gawk gnugrep util-linux procps systemd ]"),
+        # nixpkgs nixos/lib/systemd-lib.nix (L624-641, L685-695): PATH = this list, then coreutils,
+        # findutils, gnugrep, gnused and systemd; without config.nix.package the probe has no `nix` and
+        # cannot measure the closure of /run/current-system
+        "path": Raw("(with pkgs; [ coreutils gawk gnugrep util-linux procps systemd ]) ++ [ config.nix.package ]"),
         "environment": {"LABKIT_PROBE_OUT": "/dev/stdout"},
         "serviceConfig": {"Type": "simple", "StandardOutput": "tty", "TTYPath": "/dev/ttyS0"},
         "script": Raw("''\n" + _indent(script, 6) + "    ''"),
@@ -186,16 +302,28 @@ def _indent(text: str, n: int) -> str:
     return "".join(" " * n + line + "\n" for line in text.splitlines())
 
 
-def module_attrs(settings: NixosSettings) -> dict[str | tuple[str, ...], object]:
+def _fetch(pin: Pin | None, what: str, settings: NixosSettings, subpath: str) -> Raw:
+    """``"${builtins.fetchTarball { url; sha256; }}/subpath"``; without a pin (plan mode only) a ``throw``
+    that names the missing pin, so the module can never fetch an unpinned branch."""
+    if pin is None:
+        return Raw(f"(throw {render('labkit: ' + pin_error(what, settings).problem)})")
+    return Raw(f'"${{builtins.fetchTarball {{ url = {render(pin.url)}; sha256 = {render(pin.sha256)}; }}}}/{subpath}"')
+
+
+def module_attrs(settings: NixosSettings,
+                 findings: list[NeedsUserInput] | None = None) -> dict[str | tuple[str, ...], object]:
     s, u, d = settings, settings.user, settings.devices
     imports: list[object] = []
     if s.impermanence:
-        imports.append(Raw(f'"${{builtins.fetchTarball {render(s.impermanence_url)}}}/nixos.nix"'))
+        imports.append(_fetch(s.pin("impermanence"), "impermanence", s, "nixos.nix"))
     if s.home_manager_user:
-        imports.append(Raw(f'"${{builtins.fetchTarball {render(s.home_manager_url)}}}/nixos"'))
+        imports.append(_fetch(s.pin("home-manager"), "home-manager", s, "nixos"))
     a: dict[str | tuple[str, ...], object] = {}
     if imports:
         a["imports"] = imports
+    if findings:
+        # plan mode only: what the install would refuse, as NixOS assertions (a build of this text fails with them)
+        a["assertions"] = [{"assertion": False, "message": f"labkit: {f.problem} — {f.fix}"} for f in findings]
     a[("fileSystems", "/")] = _fs("none", "tmpfs", options=("defaults", f"size={s.tmpfs_size}", "mode=755"))
     a[("fileSystems", "/nix")] = _fs(d.nix, "ext4", needed=True, options=("noatime",))
     a[("fileSystems", "/data")] = _fs(d.data, "ext4", needed=True, options=("noatime",))
@@ -222,6 +350,14 @@ def module_attrs(settings: NixosSettings) -> dict[str | tuple[str, ...], object]
             "settings": {"PasswordAuthentication": False, "PermitRootLogin": "no"},
         }
     a[("system", "copySystemConfiguration")] = True
+    # copySystemConfiguration keeps only configuration.nix (nixpkgs top-level.nix L267-277, L348-354: "only
+    # this single file is copied, even if it imports others"); keep this module, the probe and the hardware
+    # configuration beside it in the system (/run/current-system/labkit.nix ...), so the copy is complete.
+    # The originals stay on /data, where nix.nixPath below points every rebuild.
+    a[("system", "extraSystemBuilderCmds")] = Raw(
+        "lib.concatMapStrings (f: lib.optionalString (builtins.pathExists f) ''\n"
+        "      ln -s ${f} $out/${baseNameOf f}\n"
+        f"    '') [ ./{MODULE_NAME} ./{PROBE_NAME} ./hardware-configuration.nix ]")
     a[("nix", "nixPath")] = [
         "nixpkgs=/nix/var/nix/profiles/per-user/root/channels/nixos",
         f"nixos-config={s.config_dir}/configuration.nix",
@@ -246,14 +382,24 @@ def module_attrs(settings: NixosSettings) -> dict[str | tuple[str, ...], object]
     return a
 
 
-def render_module(settings: NixosSettings, *, mem_total: int | None = None) -> str:
-    """The checked settings as a NixOS module (the text of ``labkit.nix``)."""
-    check_settings(settings, mem_total=mem_total)
+def render_module(settings: NixosSettings, *, mem_total: int | None = None,
+                  findings: list[NeedsUserInput] | None = None) -> str:
+    """The checked settings as a NixOS module (the text of ``labkit.nix``).
+
+    ``findings`` (plan mode): collect what only the user can give instead of raising it; the text then
+    carries each as a failing NixOS assertion and is marked as not installable.
+    """
+    found: list[NeedsUserInput] = []
+    check_settings(settings, mem_total=mem_total, findings=found if findings is not None else None)
+    if findings is not None:
+        findings.extend(found)
     header = (
         "# labkit.nix — written by labkit from typed settings; change the settings, not this file.\n"
         "# tmpfs root; /nix and /data on disk; GRUB (EFI) behind rEFInd; configuration kept on /data.\n"
     )
-    return header + "{ config, lib, pkgs, ... }:\n\n" + render(module_attrs(settings)) + "\n"
+    if found:
+        header += "# PLAN ONLY, NOT INSTALLABLE: " + "; ".join(f.problem for f in found) + "\n"
+    return header + "{ config, lib, pkgs, ... }:\n\n" + render(module_attrs(settings, found)) + "\n"
 
 
 def probe_script() -> bytes:
