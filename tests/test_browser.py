@@ -226,21 +226,21 @@ def test_form_renders_and_fills_the_parameters(lab: Lab, tmp_path: Path) -> None
             expect(form).to_be_visible()
             status = form.locator(".labkit-params-ok")
             expect(status).to_contain_text("target=plan")
-            expect(status).to_contain_text("boots=1")
+            expect(status).to_contain_text("boots=3")  # the settings table's default
 
-            # change the form through the UI: target lab, 3 boots, a hostname
+            # change the form through the UI: target lab, 2 boots, a hostname
             form.locator(".widget-toggle-buttons button", has_text=re.compile(r"^\s*lab\s*$")).click()
             expect(status).to_contain_text("target=lab")
             boots = form.locator(".widget-inline-hbox", has=page.locator("label", has_text="boots")).locator("input")
             boots.click()
-            boots.fill("3")
+            boots.fill("2")
             boots.press("Tab")  # BoundedIntText syncs on blur/enter
             hostname = form.locator(".widget-inline-hbox",
                                     has=page.locator("label", has_text="hostname")).locator("input")
             hostname.fill("browserlab")
             hostname.press("Tab")
             # the status line is computed in the kernel from the widget values
-            expect(status).to_contain_text("target=lab, layout=lab, boots=3")
+            expect(status).to_contain_text("target=lab, layout=lab, boots=2")
             form.scroll_into_view_if_needed()
             form.screenshot(path=str(ARTIFACTS / "browser-form.png"))
 
@@ -260,6 +260,6 @@ def test_form_renders_and_fills_the_parameters(lab: Lab, tmp_path: Path) -> None
             ctx.close()
 
     got = json.loads(text.split("LABKIT-PARAMS", 1)[1].strip().splitlines()[0])
-    assert got == {"target": "lab", "layout_name": "lab", "boots": 3, "hostname": "browserlab",
+    assert got == {"target": "lab", "layout_name": "lab", "boots": 2, "hostname": "browserlab",
                    "prefix": sys.prefix}, got
     assert (ARTIFACTS / "browser-form.png").stat().st_size > 1000
