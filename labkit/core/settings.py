@@ -417,8 +417,8 @@ NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "03_nixos": (*_COMMON, "package_set", "boot_check"),
     "04_alpine": (*_COMMON, "package_set", "hostname", "alpine_iso", "alpine_iso_sha256", "alpine_world",
                   "alpine_media", "boot_check"),
-    "05_benchmark": ("target", "run_dir", "systems", "boots", "warmup", "package_set", "memory_mib", "load_cost",
-                     "load_sets", "interactive"),
+    "05_benchmark": ("target", "run_dir", "device", "fingerprint", "systems", "boots", "warmup", "package_set",
+                     "memory_mib", "load_cost", "load_sets", "interactive"),
     "06_report": ("run_dir",),
 }
 
