@@ -296,7 +296,10 @@ def _check(name: str, value: Any, m: Meta) -> None:
         raise InputError(f"{name}={value!r}: must be a number of at least {m.minimum:g}",
                          f"e.g. {name}={default(name)}")
     if m.check is not None:
-        problem = m.check(value)
+        try:
+            problem = m.check(value)
+        except InputError as exc:  # a parser inside the check (sizes): say which setting it was
+            raise InputError(f"{name}: {exc.problem}", exc.fix or fix) from None
         if problem:
             raise InputError(f"{name}: {problem}", fix)
 

@@ -125,6 +125,9 @@ def install_error_display() -> None:
         short = [f"{etype.__name__}: {value.problem}"]
         if value.fix:
             short.append(f"fix: {notebook_terms(value.fix)}")
+        # IPython's run_code calls the handler and ignores what it returns: send the (short) error output
+        # itself, so the cell fails with ename/evalue (papermill stops there) and shows two lines, not labkit
+        self._showtraceback(etype, value, short)
         return short
 
     shell.set_custom_exc((LabkitError,), handler)
