@@ -9,7 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labkit.core.layout import Layout, Role, human
 from labkit.core.runner import TOOL_PACKAGES, Mode, PlannedCommand, Runner, which
@@ -89,53 +89,69 @@ _ROLE_COLORS = {
 }
 
 
+def _draw_disk(ax: Any, layout: Layout, *, detailed: bool) -> None:
+    """The partitions side by side on ``ax``: widths ~ sqrt(size) (the 64 MiB ESP stays visible), a floor
+    so no box is too narrow for its label, and labels alternating above/below the boxes when ``detailed``
+    (four lines do not fit a narrow box: the ESP's and nixboot's would overlap)."""
+    from matplotlib.patches import FancyBboxPatch
+
+    rows = layout.extents()
+    weights = [max(max(e.size, 1) ** 0.5, 0.09 * sum(max(r.size, 1) ** 0.5 for r in rows)) for e in rows]
+    scale = 1.0 / sum(weights)
+    x = 0.0
+    for i, (e, w) in enumerate(zip(rows, weights, strict=True)):
+        width = w * scale
+        p = e.partition
+        ax.add_patch(FancyBboxPatch((x + 0.004, 0.3), width - 0.008, 0.4, boxstyle="round,pad=0.003",
+                                    fc=_ROLE_COLORS.get(p.role, "#ccc"), ec="black"))
+        ax.text(x + width / 2, 0.5, f"{e.number}: {p.label}", ha="center", va="center", fontsize=11,
+                fontweight="bold")
+        if detailed:
+            below = i % 2 == 1
+            ax.text(x + width / 2, 0.22 if below else 0.78, f"{p.fs.value} {p.type_code}, {human(e.size)}\n"
+                    f"{p.mount_point}", ha="center", va="top" if below else "bottom", fontsize=10)
+        else:
+            ax.text(x + width / 2, 0.22, human(e.size), ha="center", va="top", fontsize=10)
+        x += width
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+
+
 def layout_figure(layout: Layout) -> Figure:
-    """The disk drawn from ``layout`` (proportional to sqrt(size), so the ESP stays visible)
-    and, under it, the two boot chains with the file each stage reads."""
+    """The disk drawn from ``layout`` and, under it, the two boot chains with the file each stage reads;
+    every text at least as large as the notebook's body text."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    rows = layout.extents()
-    fig, (ax_disk, ax_boot) = plt.subplots(2, 1, figsize=(11, 6.2), gridspec_kw={"height_ratios": [1, 2.6]})
-    weights = [max(e.size, 1) ** 0.5 for e in rows]
-    scale = 1.0 / sum(weights)
-    x = 0.0
-    for e, w in zip(rows, weights, strict=True):
-        width = w * scale
-        p = e.partition
-        ax_disk.add_patch(FancyBboxPatch((x + 0.003, 0.1), width - 0.006, 0.8, boxstyle="round,pad=0.002",
-                                         fc=_ROLE_COLORS.get(p.role, "#ccc"), ec="black"))
-        ax_disk.text(x + width / 2, 0.5, f"{e.number}: {p.label}\n{p.fs.value} {p.type_code}\n{human(e.size)}\n"
-                     f"{p.mount_point}", ha="center", va="center", fontsize=8)
-        x += width
-    ax_disk.set_xlim(0, 1)
-    ax_disk.set_ylim(0, 1)
-    ax_disk.axis("off")
-    ax_disk.set_title(f"GPT disk, layout '{layout.name}' ({human(layout.disk_size)}; widths ~ sqrt(size))")
+    fig, (ax_disk, ax_boot) = plt.subplots(2, 1, figsize=(13, 8.5), gridspec_kw={"height_ratios": [1.2, 2.6]})
+    _draw_disk(ax_disk, layout, detailed=True)
+    ax_disk.set_title(f"GPT disk, layout '{layout.name}' ({human(layout.disk_size)}; box widths ~ sqrt(size))",
+                      fontsize=12)
 
     def box(x0: float, y0: float, text: str, color: str) -> None:
-        ax_boot.add_patch(FancyBboxPatch((x0, y0), 0.19, 0.2, boxstyle="round,pad=0.01", fc=color, ec="black"))
-        ax_boot.text(x0 + 0.095, y0 + 0.1, text, ha="center", va="center", fontsize=7.5)
+        ax_boot.add_patch(FancyBboxPatch((x0, y0), 0.21, 0.26, boxstyle="round,pad=0.01", fc=color, ec="black"))
+        ax_boot.text(x0 + 0.105, y0 + 0.13, text, ha="center", va="center", fontsize=10)
 
     def arrow(x0: float, y0: float, x1: float, y1: float) -> None:
-        ax_boot.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=12))
+        ax_boot.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=14))
 
     esp_c, boot_c, nix_c, alp_c = (_ROLE_COLORS[r] for r in (Role.ESP, Role.NIXOS_BOOT, Role.NIX_STORE, Role.ALPINE))
-    box(0.0, 0.4, "UEFI firmware\n(OVMF in the lab)\nNVRAM or\nEFI/BOOT/BOOTX64.EFI", "#eeeeee")
-    box(0.25, 0.4, "rEFInd (ESP)\nrefind.conf\n+ drivers_x64/\next4_x64.efi", esp_c)
-    box(0.5, 0.7, "GRUB (ESP)\nEFI/NixOS/grubx64.efi\nreads /boot (nixboot)\ngrub/grub.cfg", boot_c)
-    box(0.75, 0.7, "NixOS\n/ = tmpfs (RAM)\n/nix, /boot, /data\npersist", nix_c)
-    box(0.5, 0.05, "Alpine partition\n(ext4, via rEFInd's\next4 driver)\nboot/vmlinuz-lts", alp_c)
-    box(0.75, 0.05, "Alpine diskless\nruns from RAM;\napks/ + apkovl (LBU)\nreloaded every boot", alp_c)
-    arrow(0.19, 0.5, 0.25, 0.5)
-    arrow(0.44, 0.55, 0.5, 0.78)
-    arrow(0.44, 0.45, 0.5, 0.17)
-    arrow(0.69, 0.8, 0.75, 0.8)
-    arrow(0.69, 0.15, 0.75, 0.15)
-    ax_boot.set_xlim(-0.01, 0.95)
+    box(0.0, 0.37, "UEFI firmware\n(OVMF in the lab)\nNVRAM or\nEFI/BOOT/BOOTX64.EFI", "#eeeeee")
+    box(0.26, 0.37, "rEFInd (ESP)\nrefind.conf\n+ drivers_x64/\next4_x64.efi", esp_c)
+    box(0.52, 0.7, "GRUB (ESP)\nEFI/NixOS/grubx64.efi\nreads /boot (nixboot)\ngrub/grub.cfg", boot_c)
+    box(0.78, 0.7, "NixOS\n/ = tmpfs (RAM)\n/nix, /boot, /data\npersist", nix_c)
+    box(0.52, 0.02, "Alpine partition\n(ext4, via rEFInd's\next4 driver)\nboot/vmlinuz-lts", alp_c)
+    box(0.78, 0.02, "Alpine diskless\nruns from RAM;\napks/ + apkovl (LBU)\nreloaded every boot", alp_c)
+    arrow(0.21, 0.5, 0.26, 0.5)
+    arrow(0.47, 0.56, 0.52, 0.8)
+    arrow(0.47, 0.44, 0.52, 0.18)
+    arrow(0.73, 0.83, 0.78, 0.83)
+    arrow(0.73, 0.15, 0.78, 0.15)
+    ax_boot.set_xlim(-0.01, 1.0)
     ax_boot.set_ylim(0, 1)
     ax_boot.axis("off")
-    ax_boot.set_title("Boot chains: rEFInd → GRUB → NixOS;  rEFInd → kernel on ext4 → Alpine")
+    ax_boot.set_title("Boot chains: rEFInd → GRUB → NixOS;  rEFInd → kernel on ext4 → Alpine", fontsize=12)
     fig.tight_layout()
     return fig
 
@@ -174,27 +190,11 @@ def refind_install_plan(esp_mount: str = ESP_MOUNT, *, alpine_dev: str = "/dev/s
 
 
 def disk_bar(layout: Layout) -> Figure:
-    """The partitions side by side, widths ~ sqrt(size) so the small ones stay readable, labels in MiB/GiB
-    inside each box (never overlapping: one box per label)."""
+    """The partitions side by side (labels in MiB/GiB, never overlapping): the layout at a glance."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
 
-    rows = layout.extents()
-    fig, ax = plt.subplots(figsize=(11, 1.9))
-    weights = [max(e.size, 1) ** 0.5 for e in rows]
-    scale = 1.0 / sum(weights)
-    x = 0.0
-    for e, w in zip(rows, weights, strict=True):
-        width = w * scale
-        p = e.partition
-        ax.add_patch(FancyBboxPatch((x + 0.004, 0.08), width - 0.008, 0.84, boxstyle="round,pad=0.003",
-                                    fc=_ROLE_COLORS.get(p.role, "#ccc"), ec="black"))
-        ax.text(x + width / 2, 0.5, f"{e.number}: {p.label}\n{human(e.size)}", ha="center", va="center",
-                fontsize=10)
-        x += width
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.axis("off")
-    ax.set_title(f"layout '{layout.name}' on a {human(layout.disk_size)} disk (box widths ~ sqrt(size))", fontsize=11)
+    fig, ax = plt.subplots(figsize=(12, 2.2))
+    _draw_disk(ax, layout, detailed=False)
+    ax.set_title(f"layout '{layout.name}' on a {human(layout.disk_size)} disk (box widths ~ sqrt(size))", fontsize=12)
     fig.tight_layout()
     return fig
