@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
+from labkit.cli.args import assignment
 from labkit.core.layout import LAYOUTS, human
+from labkit.core.text import dumps_json
 
 
 def _cmd_disks(args: argparse.Namespace) -> int:
@@ -26,7 +27,7 @@ def _cmd_disks(args: argparse.Namespace) -> int:
                                                         for f in findings])
         rows.append(row)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(dumps_json(rows, indent=2))
         return 0
     for r in rows:
         print(f"{r['path']:<14} {r['fingerprint']}  {r['model'] or '?':<12} {human(r['size']):>10}  "
@@ -37,14 +38,15 @@ def _cmd_disks(args: argparse.Namespace) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
+    from labkit.core.files import check_output_dir
     from labkit.core.layout import parse_size
     from labkit.core.runner import Mode, Runner
     from labkit.phases.disk import DiskParams, run_disk_phase
 
     layout = LAYOUTS[args.layout]
     if args.size:
-        layout = layout.with_sizes(**{k: parse_size(v) for k, v in (s.split("=", 1) for s in args.size)})
-    work = Path(args.workdir)
+        layout = layout.with_sizes(**{k: parse_size(v) for k, v in args.size})
+    work = check_output_dir(Path(args.workdir), what="the work directory (--workdir)")
     runner = Runner(mode=Mode.PLAN if args.plan else Mode.APPLY, transcript=work / "transcript.jsonl")
     params = DiskParams(args.device, layout, args.confirm, wipe=args.wipe, allow_removable=args.allow_removable,
                         state_path=work / "disk-state.json")
@@ -73,7 +75,7 @@ def register(sub: Any) -> None:
     ap.add_argument("--device", required=True)
     ap.add_argument("--confirm", required=True, help="the disk's fingerprint as shown by `labkit disks`")
     ap.add_argument("--layout", default="seed", choices=sorted(LAYOUTS))
-    ap.add_argument("--size", action="append", default=[], metavar="ROLE=SIZE",
+    ap.add_argument("--size", action="append", default=[], metavar="ROLE=SIZE", type=assignment,
                     help="resize a partition, e.g. nix_store=64G (repeatable)")
     ap.add_argument("--plan", action="store_true", help="print the commands, execute none")
     ap.add_argument("--wipe", action="store_true", help="destroy existing partitions (with --confirm)")

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from labkit.cli.args import ssh_keys
 from labkit.core.errors import LabkitError
+from labkit.core.text import dumps_json
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
     from labkit.core.settings import from_args
     from labkit.lab.run import run_lab
 
-    params = from_args(args, "lab", nixos_ssh_keys=tuple(_ssh_keys(args.nixos_ssh_keys or [])))
+    params = from_args(args, "lab", nixos_ssh_keys=tuple(ssh_keys(args.nixos_ssh_keys or [])))
     run = run_lab(params, runs_root=Path(args.runs_root))
     print(f"run {run.run_id}: {len(run.boots) - len(run.failed)}/{len(run.boots)} boots ok, accelerator {run.accel}")
     for b in run.failed:
@@ -25,25 +27,13 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     return 0 if not run.failed else 3
 
 
-def _ssh_keys(values: list[str]) -> list[str]:
-    """Keys given inline or as .pub files."""
-    keys: list[str] = []
-    for k in values:
-        p = Path(k).expanduser()
-        if not k.startswith(("ssh-", "ecdsa-", "sk-")) and p.is_file():
-            keys += [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-        else:
-            keys.append(k)
-    return keys
-
-
 def _cmd_layout(args: argparse.Namespace) -> int:
     from labkit.core.layout import LAYOUTS
 
     layout = LAYOUTS[args.name]
     rows = layout.describe()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
         return 0
     print(f"layout {layout.name}: disk {layout.disk_size} bytes")
     for r in rows:
@@ -98,12 +88,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say_error(text: str) -> None:
+    from labkit.core.text import printable
+
+    lines = [printable(ln) for ln in str(text).split("\n")]
+    print("labkit: error: " + "\n".join(lines), file=sys.stderr)
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's final flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        # the reader went away (`labkit ... | head`): stop quietly, like a C tool killed by SIGPIPE
+        _quiet_stdout()
+        return 141
     except LabkitError as exc:
-        print(f"labkit: error: {exc}", file=sys.stderr)
+        _say_error(str(exc))
+        return 2
+    except OSError as exc:
+        # a path the user gave that the command could not use (every labkit error names its fix;
+        # this is the net for the rest)
+        from labkit.core.files import os_error
+
+        where = exc.filename if exc.filename is not None else "a file"
+        _say_error(str(os_error(exc, where, "use")))
         return 2
     except KeyboardInterrupt:
         print("labkit: interrupted", file=sys.stderr)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from labkit.core.errors import InputError
+from labkit.core.text import dumps_json
+
+#: A probe bundle is a few hundred KiB; anything much larger is the wrong file.
+MAX_PARSE_BYTES = 64 * 1024 * 1024
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -24,19 +27,23 @@ def _summary(result: dict[str, Any]) -> str:
         return "\n".join(lines)
     rec = result["records"]
     n = len(rec) if isinstance(rec, list | dict) else 1
-    return f"{result['format']}: {n} record(s)\n{json.dumps(rec, indent=2, default=str)[:4000]}"
+    return f"{result['format']}: {n} record(s)\n{dumps_json(rec, indent=2)[:4000]}"
 
 
 def _cmd_parse(args: argparse.Namespace) -> int:
+    from labkit.core.files import read_user_bytes
     from labkit.measure.parsers import parse_text
 
     path = Path(args.file)
     if str(path) == "-":
-        text = sys.stdin.read()
-    elif not path.is_file():
-        raise InputError(f"no file {path}", "pass a bundle (bundles/<os>-<n>.txt) or a raw output file")
+        data = sys.stdin.buffer.read(MAX_PARSE_BYTES + 1)
+        if len(data) > MAX_PARSE_BYTES:
+            raise InputError(f"the input is over labkit's limit of {MAX_PARSE_BYTES} bytes",
+                             "a bundle is a few hundred KiB: check what you piped in")
     else:
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        data = read_user_bytes(path, what="the file to parse", limit=MAX_PARSE_BYTES,
+                               fix="pass a bundle (bundles/<os>-<n>.txt) or a raw output file")
+    text = data.decode("utf-8", errors="replace")
     result = parse_text(text, args.format)
     if args.metrics and result["format"] == "bundle":
         from labkit.measure.bundle import parse_bundle_text
@@ -45,7 +52,7 @@ def _cmd_parse(args: argparse.Namespace) -> int:
         measured = measure_bundle(parse_bundle_text(text))
         result["metrics"] = {m.name: m.value for m in measured.metrics}
         result["missing"] = measured.reasons()  # every metric that applies but has no value: why
-    print(json.dumps(result, indent=2, default=str) if args.json else _summary(result))
+    print(dumps_json(result, indent=2) if args.json else _summary(result))
     return 0
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from labkit.cli.args import decimal
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from labkit.core.settings import Settings
@@ -44,6 +46,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="resume the run in --out from this notebook (e.g. 03_nixos)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a parameter for every notebook declaring KEY (or NOTEBOOK.KEY for one notebook)")
-    p.add_argument("--timeout", type=float, default=1800.0, help="per-cell timeout in seconds")
+    p.add_argument("--timeout", type=decimal(1, 7 * 86400), default=1800.0, help="per-cell timeout in seconds")
     p.add_argument("--list", action="store_true", help="list the chain's notebooks and their parameters")
     p.set_defaults(func=_cmd_run)

@@ -6,6 +6,7 @@ the disk (``size=None``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -202,6 +203,10 @@ LAB_LAYOUT = Layout(
 LAYOUTS = {"seed": SEED_LAYOUT, "lab": LAB_LAYOUT}
 
 
+#: The largest size labkit accepts (64 PiB): anything above is a typo, not a disk.
+MAX_SIZE = 64 * 1024**5
+
+
 def parse_size(text: str) -> int:
     """'512M', '2G', '120GB', '4096' -> bytes (binary units for K/M/G/T; 'GB' is decimal)."""
     t = text.strip().upper().replace(" ", "")
@@ -219,13 +224,17 @@ def parse_size(text: str) -> int:
             break
     else:
         num, mult = t, 1
-    try:
-        value = float(num)
-    except ValueError:
-        raise InputError(f"cannot read size {text!r}", "write a size like 512M, 2G or 120GB") from None
+    # digits with an optional fraction only: nan, inf and exponents (1e29) are not sizes
+    if not re.fullmatch(r"\d{1,20}(?:\.\d{1,9})?", num):
+        raise InputError(f"cannot read size {text[:40]!r}", "write a size like 512M, 2G or 120GB") from None
+    value = float(num)
     if value <= 0:
         raise InputError(f"size {text!r} is not positive", "write a size like 512M or 2G")
-    return int(value * mult)
+    size = int(value * mult)
+    if size > MAX_SIZE:
+        raise InputError(f"size {text!r} is more than {MAX_SIZE // 1024**5} PiB, larger than any disk",
+                         "write a size like 512M, 2G or 120GB")
+    return size
 
 
 def human(n: int | float) -> str:

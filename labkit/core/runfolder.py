@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from labkit.core.errors import InputError
+from labkit.core.files import check_output_dir
 
 #: Files whose presence means a folder already holds a run.
 RUN_MARKERS = ("transcript.jsonl", "environment.json", "results.csv", "boots.csv", "run.json", "chain.json")
@@ -36,7 +37,7 @@ def prepare_run_dir(out: Path | None, runs_root: Path = Path("runs")) -> tuple[s
             n += 1
             run_dir = runs_root / f"{run_id}-{n}"
         run_id = run_dir.name
-        run_dir.mkdir(parents=True)
+        check_output_dir(run_dir, what="the run directory")
         latest = runs_root / "latest"
         try:
             if latest.is_symlink() or not latest.exists():
@@ -59,7 +60,7 @@ def prepare_run_dir(out: Path | None, runs_root: Path = Path("runs")) -> tuple[s
             )
         if any(out.iterdir()):
             raise InputError(f"--out {out} is not empty", "choose a new or empty directory for the run")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, what="the run directory (--out)")
     return out.resolve().name, out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,10 @@ from pathlib import Path
 from typing import TextIO
 
 from labkit.core.errors import CommandFailed, CommandTimeout, ToolMissing
+from labkit.core.files import atomic_write_bytes, atomic_write_text, check_output_path, os_error
+
+__all__ = ["CommandResult", "Mode", "PlannedCommand", "Runner", "atomic_write_bytes", "atomic_write_text",
+           "read_transcript", "redact_secrets", "require_tool", "which"]
 
 #: Debian package that provides each external program labkit uses.
 TOOL_PACKAGES: dict[str, str] = {
@@ -82,6 +87,15 @@ TOOL_PACKAGES: dict[str, str] = {
 TAIL_CHARS = 2000
 #: How long a process labkit stops gets between SIGTERM and SIGKILL.
 KILL_GRACE_S = 2.0
+
+#: crypt(3) password hashes (yescrypt, SHA-512/256, bcrypt, MD5, scrypt): never shown or recorded.
+CRYPT_HASH_RE = re.compile(r"\$(?:y|gy|7|6|5|2[abxy]|1)\$[./A-Za-z0-9=,]+\$[./A-Za-z0-9=,$]{8,}")
+REDACTED_HASH = "<redacted password hash>"
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every crypt(3) password hash replaced (transcripts, notes, errors, notebooks)."""
+    return CRYPT_HASH_RE.sub(REDACTED_HASH, text)
 
 
 class Mode(str, Enum):
@@ -161,6 +175,7 @@ class Runner:
     planned: list[PlannedCommand] = field(default_factory=list)
     _steps: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _transcript_checked: bool = False
 
     # -- steps -----------------------------------------------------------------------------
     @property
@@ -262,8 +277,12 @@ class Runner:
         tmp_out: Path | None = None
         try:
             if stdout_path is not None:
+                stdout_path = check_output_path(stdout_path, what="the command's output file")
                 tmp_out = stdout_path.with_name(f".{stdout_path.name}.tmp-{os.getpid()}")
-                out_file = open(tmp_out, "wb")
+                try:
+                    out_file = open(tmp_out, "wb")
+                except OSError as exc:
+                    raise os_error(exc, stdout_path, "write the command's output to") from None
             proc = subprocess.run(
                 args,
                 cwd=cwd_s,
@@ -296,6 +315,10 @@ class Runner:
             if tmp_out is not None:
                 tmp_out.unlink(missing_ok=True)
             raise CommandTimeout(args, timeout or 0.0) from None
+        except BaseException:
+            if tmp_out is not None:
+                tmp_out.unlink(missing_ok=True)
+            raise
         finally:
             if out_file is not None:
                 out_file.close()
@@ -303,10 +326,14 @@ class Runner:
         stdout = _decode(proc.stdout) if out_file is None else ""
         stderr = _decode(proc.stderr)
         if tmp_out is not None and stdout_path is not None:
-            if proc.returncode == 0:
-                os.replace(tmp_out, stdout_path)
-            else:
+            try:
+                if proc.returncode == 0:
+                    os.replace(tmp_out, stdout_path)
+                else:
+                    tmp_out.unlink(missing_ok=True)
+            except OSError as exc:
                 tmp_out.unlink(missing_ok=True)
+                raise os_error(exc, stdout_path, "write the command's output to") from None
         self._record(
             {
                 "event": "command",
@@ -378,12 +405,18 @@ class Runner:
             }
         )
 
+    def add_secret(self, value: str) -> None:
+        """From now on, ``value`` is shown as ``***`` in the transcript, notes and errors."""
+        if value and value not in self.secrets:
+            with self._lock:
+                self.secrets = (*self.secrets, value)
+
     # -- internals -------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
         for s in self.secrets:
             if s:
                 text = text.replace(s, "***")
-        return text
+        return redact_secrets(text)
 
     def _redact_argv(self, argv: list[str]) -> list[str]:
         return [self._redact(a) for a in argv]
@@ -414,9 +447,15 @@ class Runner:
         obj = {"ts": round(time.time(), 3), **obj}
         line = json.dumps(obj, ensure_ascii=False, default=str)
         with self._lock:
-            self.transcript.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.transcript, "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+            if not self._transcript_checked:
+                # a regular file (appended to) or a new one in a folder labkit may create
+                self.transcript = check_output_path(self.transcript, what="the transcript")
+                self._transcript_checked = True
+            try:
+                with open(self.transcript, "a", encoding="utf-8") as fh:
+                    fh.write(line + "\n")
+            except OSError as exc:
+                raise os_error(exc, self.transcript, "append to the transcript") from None
 
 
 @dataclass
@@ -465,20 +504,3 @@ def read_transcript(path: Path) -> list[dict[str, object]]:
             if line:
                 out.append(json.loads(line))
     return out
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), mode)
