@@ -31,8 +31,10 @@ def test_key_set_covers_the_setup_alpine_template() -> None:
 def test_post_commands_and_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
     assert post_commands(("home",), ("home/juser/.cache",)) == [
         ["lbu", "include", "home"], ["lbu", "exclude", "home/juser/.cache"], ["lbu", "commit", "-d"]]
-    with pytest.raises(InputError, match="expand"):
+    with pytest.raises(InputError, match="bad hostname"):
         answer_file(AnswerSpec(hostname="$(reboot)"))
+    with pytest.raises(InputError, match="expand"):
+        answer_file(AnswerSpec(interfaces="auto $(reboot)\n"))
     assert main(["alpine", "answers", "--user", "juser", "--include", "home"]) == 0
     out = capsys.readouterr().out
     assert "DISKOPTS=none" in out and "#   lbu commit -d" in out

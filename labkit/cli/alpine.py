@@ -3,29 +3,45 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
+from labkit.cli.args import whole
 from labkit.core.errors import InputError
+from labkit.core.text import dumps_json, printable
+
+
+def _read_indexes(paths: list[str]) -> list[Any]:
+    from labkit.systems.alpine.apkindex import read_apkindex
+
+    return [p for idx in paths for p in read_apkindex(Path(idx))]
 
 
 def _apkovl(args: argparse.Namespace) -> int:
-    from labkit.systems.alpine.apkindex import package_set
+    from labkit.core.files import read_user_text
+    from labkit.systems.alpine.apkindex import Index, package_set
     from labkit.systems.alpine.apkovl import ApkovlSpec, User, write_apkovl
 
     world = tuple(args.world or ()) + tuple(p for s in args.set or () for p in package_set(s))
     users = tuple(User(name=u, password_hash=args.user_password_hash or "!", uid=1000 + i)
                   for i, u in enumerate(args.user or ()))
-    keys = tuple(Path(k).read_text().strip() for k in args.root_ssh_key or ())
+    keys = tuple(key.strip() for k in args.root_ssh_key or ()
+                 for key in read_user_text(Path(k), what="the SSH public key file", limit=1024 * 1024,
+                                           fix="give the path of a .pub file").strip().splitlines()
+                 if key.strip() and not key.startswith("#"))
+    probe = read_user_text(Path(args.probe), what="the probe script (--probe)", limit=16 * 1024 * 1024,
+                           fix="give the path of a POSIX sh script") if args.probe else None
     spec = ApkovlSpec(
         hostname=args.hostname, media=args.media, media_uuid=args.media_uuid, world=world or ("alpine-base",),
         mirror=args.mirror, lbu_include=tuple(args.include or ()), lbu_exclude=tuple(args.exclude or ()),
         root_password_hash=args.root_password_hash or "*", root_ssh_keys=keys, users=users,
-        probe=Path(args.probe).read_text() if args.probe else None, rc_logger=not args.no_rc_logger,
-        root_size=args.root_size,
+        probe=probe, rc_logger=not args.no_rc_logger, root_size=args.root_size,
     )
-    out = write_apkovl(spec, Path(args.out))
+    if args.index:
+        # the diskless boot installs with APK_FORCE_BROKEN_WORLD: a name the media's repository lacks is
+        # dropped without an error (apk.md section 0.2), so it is refused here, before anything is written
+        Index(_read_indexes(args.index)).closure(spec.world)
+    out = write_apkovl(spec, Path(args.out), make_parents=False)
     print(f"wrote {out}")
     if spec.kernel_args():
         print(f"kernel options for refind_linux.conf: {' '.join(spec.kernel_args())}")
@@ -37,14 +53,15 @@ def _audit(args: argparse.Namespace) -> int:
 
     ovl, findings = audit_file(Path(args.file), large=args.large)
     if args.json:
-        print(json.dumps(as_json(ovl, findings), indent=2))
+        print(dumps_json(as_json(ovl, findings), indent=2))  # JSON escapes control characters itself
     else:
+        # names come from the archive: control characters (terminal escapes) are printed escaped
         for m in ovl.members:
-            print(f"{m.mode:04o} {m.owner:<13} {m.size:>8}  {m.name}{'/' if m.kind == 'dir' else ''}"
-                  f"{' -> ' + m.target if m.target else ''}")
+            print(f"{m.mode:04o} {printable(m.owner):<13} {m.size:>8}  {printable(m.name)}"
+                  f"{'/' if m.kind == 'dir' else ''}{' -> ' + printable(m.target) if m.target else ''}")
         print(f"{len(ovl.members)} entries, {ovl.total_size} bytes of files, {ovl.compressed_size} bytes compressed")
         for f in findings:
-            print(f"{f.severity}: {f.path}: {f.message}")
+            print(f"{f.severity}: {printable(f.path)}: {f.message}")
     return 1 if any(f.severity == "warning" for f in findings) else 0
 
 
@@ -60,42 +77,52 @@ def _extract(args: argparse.Namespace) -> int:
     from labkit.core.runner import Mode, Runner
     from labkit.systems.alpine.extract import extract_iso
 
+    out = Path(args.dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a directory; extract writes a tree (apks/, boot/) into a folder",
+                         "give a new or existing folder, e.g. the mounted Alpine partition")
     runner = Runner(mode=Mode.PLAN if args.plan else Mode.APPLY)
-    info = extract_iso(runner, Path(args.iso), Path(args.dir), flavor=args.flavor, lab=not args.no_serial)
+    info = extract_iso(runner, Path(args.iso), out, flavor=args.flavor, lab=not args.no_serial)
     print(f"Alpine {info.release or '?'} ({', '.join(info.flavors)}) -> {args.dir}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from labkit.systems.alpine.apkindex import package_set, predict, read_apkindex
+    from labkit.systems.alpine.rules import check_world_entry
 
     world = list(args.world or []) + [p for s in args.set or [] for p in package_set(s)]
     if not world:
         raise InputError("no world given", "pass --world PKG... or --set base|dillo|sylpheed|firefox")
+    for w in world:
+        check_world_entry(w)
     pkgs = [p for idx in args.index for p in read_apkindex(Path(idx))]
     pred = predict(pkgs, world)
     s: dict[str, Any] = pred.summary()
     if args.json:
-        print(json.dumps(s | {"closure": [p.name for p in pred.packages]}, indent=2))
+        print(dumps_json(s | {"closure": [p.name for p in pred.packages]}, indent=2))
     else:
         print(f"{s['packages']} packages: download {s['download_bytes']} bytes, installed (RAM) {s['ram_bytes']} bytes")
     return 0
 
 
 def _answers(args: argparse.Namespace) -> int:
+    import shlex
+
     from labkit.systems.alpine.answers import AnswerSpec, answer_file, post_commands
 
     spec = AnswerSpec(hostname=args.hostname, media=args.media, user=args.user)
     text = answer_file(spec)
+    cmds = post_commands(tuple(args.include or ()), tuple(args.exclude or ()))
     if args.out:
         from labkit.core.runner import atomic_write_text
 
-        atomic_write_text(Path(args.out), text)
+        atomic_write_text(Path(args.out), text, make_parents=False, what="--out")
     else:
         print(text, end="")
     print("# then, on the installed system:")
-    for cmd in post_commands(tuple(args.include or ()), tuple(args.exclude or ())):
-        print("#   " + " ".join(cmd))
+    for cmd in cmds:
+        print("#   " + shlex.join(cmd))
     return 0
 
 
@@ -120,12 +147,16 @@ def register(subparsers: Any) -> None:
     ap.add_argument("--probe", help="script installed as etc/local.d/labkit-probe.start")
     ap.add_argument("--no-rc-logger", action="store_true")
     ap.add_argument("--root-size", help="tmpfs root size (rootflags=size=), e.g. 512m or 75%%")
+    ap.add_argument("--index", nargs="+", metavar="APKINDEX",
+                    help="the media's APKINDEX.tar.gz (e.g. apks/x86_64/APKINDEX.tar.gz of the ISO): refuse world "
+                         "packages it does not carry (the diskless boot would drop them silently)")
     ap.set_defaults(func=_apkovl)
 
     au = sub.add_parser("audit", help="list an apkovl, its size and what should not be in it")
     au.add_argument("file")
     au.add_argument("--json", action="store_true")
-    au.add_argument("--large", type=int, default=1024 * 1024, help="size threshold in bytes (default 1 MiB)")
+    au.add_argument("--large", type=whole(0, 2**62), default=1024 * 1024,
+                    help="size threshold in bytes (default 1 MiB)")
     au.set_defaults(func=_audit)
 
     di = sub.add_parser("diff", help="compare two apkovls (A added, D deleted, U updated)")

@@ -15,6 +15,16 @@ from pathlib import Path
 from labkit.core.errors import InputError
 from labkit.core.runner import atomic_write_bytes
 from labkit.systems.alpine import baselayout as bl
+from labkit.systems.alpine.rules import (
+    check_device_name,
+    check_domain,
+    check_fs_uuid,
+    check_hostname,
+    check_lbu_path,
+    check_repository,
+    check_word,
+    check_world_entry,
+)
 from labkit.systems.alpine.targz import EPOCH, Entry, targz_bytes
 
 DEFAULT_WORLD = ("alpine-base",)
@@ -26,15 +36,13 @@ _HASH_RES = {
     "bcrypt": re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$"),
 }
 _LOCKED = {"*", "!", "!!"}
-_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_MEDIA_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-_SIZE_RE = re.compile(r"^\d+[kmgKMG%]?$")
+_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_SIZE_RE = re.compile(r"\d{1,15}[kmgKMG%]?")
 
 
 def check_password_hash(value: str, who: str) -> str:
     """Accept a crypt(3) hash musl can verify (sha512/sha256/bcrypt) or a locked marker; never plaintext."""
-    if value in _LOCKED or any(r.match(value) for r in _HASH_RES.values()):
+    if value in _LOCKED or any(r.fullmatch(value) for r in _HASH_RES.values()):
         return value
     if value.startswith("$y$") or value.startswith("$7$"):
         problem = f"the password hash of {who} is yescrypt/scrypt, which musl's crypt() on Alpine cannot verify"
@@ -56,11 +64,19 @@ class User:
     ssh_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not _NAME_RE.match(self.name) or self.name == "root":
+        if not _NAME_RE.fullmatch(self.name) or self.name == "root":
             raise InputError(f"bad user name {self.name!r}", "use lower-case letters, digits, '_' or '-'")
         if not 1000 <= self.uid < 60000:
             raise InputError(f"user {self.name}: uid {self.uid} is outside 1000..59999")
         check_password_hash(self.password_hash, f"user {self.name}")
+        # /etc/passwd fields: no ':' and one line (busybox reads it with getpwent)
+        if any(c in self.gecos for c in ":\n\r\0") or not self.gecos.isprintable():
+            raise InputError(f"user {self.name}: the comment {self.gecos!r} holds ':' or a control character",
+                             "use plain text without ':'")
+        check_word(self.shell, f"user {self.name}'s shell", r"/[A-Za-z0-9._/+-]+")
+        for g in self.groups:
+            if not _NAME_RE.fullmatch(g):
+                raise InputError(f"user {self.name}: bad group name {g!r}", "use groups of alpine-baselayout")
 
 
 @dataclass(frozen=True)
@@ -86,21 +102,31 @@ class ApkovlSpec:
     extra_files: tuple[tuple[str, bytes, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if not _HOST_RE.match(self.hostname):
-            raise InputError(f"bad hostname {self.hostname!r}", "use letters, digits and '-' (max 63)")
-        if not _MEDIA_RE.match(self.media):
-            raise InputError(f"bad LBU media {self.media!r}", "give a device name such as sda4 or vda4")
-        if self.root_size is not None and not _SIZE_RE.match(self.root_size):
+        # every value is checked by the rules of the file it lands in (see labkit.systems.alpine.rules)
+        check_hostname(self.hostname)
+        check_domain(self.domain)
+        check_device_name(self.media)
+        if self.media_uuid is not None:
+            check_fs_uuid(self.media_uuid)
+        check_word(self.media_fs, "media filesystem type", r"[a-z0-9]{1,16}")
+        if self.mirror is not None:
+            check_repository(self.mirror)
+        if self.root_size is not None and not _SIZE_RE.fullmatch(self.root_size):
             raise InputError(f"bad root tmpfs size {self.root_size!r}", "use e.g. 512m, 1g or 75%")
+        if self.backup_limit is not None and not 0 <= self.backup_limit <= 1000:
+            raise InputError(f"BACKUP_LIMIT {self.backup_limit} is outside 0..1000", "use e.g. 3")
         if not self.world:
             raise InputError("the apk world is empty", "list at least alpine-base")
+        for w in self.world:
+            check_world_entry(w)
         check_password_hash(self.root_password_hash, "root")
         names = [u.name for u in self.users]
         if len(set(names)) != len(names) or len({u.uid for u in self.users}) != len(names):
             raise InputError(f"duplicate user names or uids in {names}")
         for p in (*self.lbu_include, *self.lbu_exclude):
-            if p.startswith("/") or ".." in p.split("/"):
-                raise InputError(f"lbu include/exclude path {p!r} must be relative to / without '..'")
+            check_lbu_path(p)
+        if "\0" in self.interfaces:
+            raise InputError("the network interfaces text holds a NUL byte")
 
     @property
     def filename(self) -> str:
@@ -139,8 +165,9 @@ def _accounts(spec: ApkovlSpec) -> list[Entry]:
 
 def _ssh(home: str, keys: tuple[str, ...], uid: int, name: str) -> list[Entry]:
     for k in keys:
-        if "PRIVATE KEY" in k or not re.match(r"^(ssh-|ecdsa-|sk-)\S+ \S+", k.strip()):
-            raise InputError(f"{k[:30]!r}... is not an SSH public key", "give the line of a .pub file")
+        if "PRIVATE KEY" in k or not re.fullmatch(r"(ssh-|ecdsa-|sk-)\S+ \S+( [^\x00-\x1f\x7f]*)?", k.strip()):
+            raise InputError(f"{k[:30]!r}... is not an SSH public key (one line of a .pub file)",
+                             "give the line of a .pub file")
     own = {"uid": uid, "gid": uid, "uname": name, "gname": name}
     text = "".join(k.strip() + "\n" for k in keys)
     return [Entry(f"{home}/.ssh", "dir", 0o700, **own), _f(f"{home}/.ssh/authorized_keys", text, 0o600, **own)]  # type: ignore[arg-type]
@@ -201,8 +228,14 @@ def build_apkovl(spec: ApkovlSpec) -> bytes:
     return targz_bytes(entries(spec))
 
 
-def write_apkovl(spec: ApkovlSpec, out: Path) -> Path:
-    """Write the apkovl to ``out`` (a file, or a directory that gets ``<hostname>.apkovl.tar.gz``)."""
+def write_apkovl(spec: ApkovlSpec, out: Path, *, make_parents: bool = True) -> Path:
+    """Write the apkovl to ``out`` (a file, or a directory that gets ``<hostname>.apkovl.tar.gz``).
+
+    An apkovl that carries a password hash (its ``etc/shadow``) is written readable by root only.
+    ``make_parents=False`` (a path the user named): a missing folder is refused, not created."""
     target = out / spec.filename if out.is_dir() else out
-    atomic_write_bytes(target, build_apkovl(spec), mode=0o644)
+    hashes = [spec.root_password_hash, *(u.password_hash for u in spec.users)]
+    secret = any(h not in _LOCKED for h in hashes)
+    atomic_write_bytes(target, build_apkovl(spec), mode=0o600 if secret else 0o644, make_parents=make_parents,
+                       what="the apkovl")
     return target

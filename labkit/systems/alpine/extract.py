@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.core.errors import InputError, VerifyFailed
+from labkit.core.files import check_output_dir
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.systems.alpine.apkovl import ApkovlSpec, write_apkovl
+from labkit.systems.alpine.rules import check_word
 
 BOOT_FILES = ("vmlinuz", "initramfs", "modloop", "config")
 MODULES = "modules=loop,squashfs,sd-mod,usb-storage"
@@ -71,12 +73,14 @@ def extract_iso(runner: Runner, iso: Path, tree: Path, *, flavor: str | None = N
         flavor = info.flavors[0]
     if flavor not in info.flavors:
         raise InputError(f"{iso} has no boot/vmlinuz-{flavor}", f"choose one of {list(info.flavors)}")
+    # the flavor is written into refind_linux.conf ("Alpine Linux (<flavor>)") and file names
+    check_word(flavor, "kernel flavor", r"[a-z0-9][a-z0-9._-]{0,31}")
     wanted = [f"boot/{n}-{flavor}" for n in BOOT_FILES]
     missing = [w for w in wanted[:2] if w not in info.files]
     if missing:
         raise InputError(f"{iso} lacks {missing}", "the ISO is incomplete; download it again")
     if runner.mode.value == "apply":
-        tree.mkdir(parents=True, exist_ok=True)
+        check_output_dir(tree, what="the extraction folder")
     argv = ["xorriso", "-indev", str(iso), "-osirrox", "on:auto_chmod_on", "-extract", "/apks", str(tree / "apks")]
     for w in wanted:
         if w in info.files:
