@@ -9,17 +9,15 @@ time, ``c`` commit, ``D`` depends, ``p`` provides, ``i`` install_if, ``k`` provi
 
 from __future__ import annotations
 
-import gzip
-import io
 import re
-import tarfile
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.core import pkgsets
+from labkit.core.archives import ArchiveLimits, ArchiveTooLarge, TarStream, read_chunks
 from labkit.core.errors import InputError
+from labkit.core.text import excerpt
 
 _OP = re.compile(r"[<>=~]")
 
@@ -46,7 +44,8 @@ class IndexPackage:
 
 
 def _dep_name(token: str) -> str:
-    return _OP.split(token, 1)[0]
+    """The name a dependency or world token refers to (no ``@tag``, no constraint)."""
+    return _OP.split(token, 1)[0].split("@", 1)[0]
 
 
 def parse_records(text: str) -> list[IndexPackage]:
@@ -63,23 +62,30 @@ def parse_records(text: str) -> list[IndexPackage]:
                                     int(rec.get("I", "0")), tuple(rec.get("D", "").split()),
                                     tuple(rec.get("p", "").split()), int(rec.get("k", "0"))))
         except ValueError:
-            raise InputError(f"APKINDEX record of {rec['P']!r} has a non-numeric size field") from None
+            raise InputError(f"APKINDEX record of {excerpt(rec['P'])} has a non-numeric size field") from None
     return out
 
 
-def read_apkindex(source: Path | bytes) -> list[IndexPackage]:
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+#: Limits for an APKINDEX.tar.gz (Alpine's community index: a few MiB compressed, ~10 MiB of text);
+#: the APKINDEX member is kept in memory, so one member is held to 64 MiB.
+APKINDEX_LIMITS = ArchiveLimits(max_compressed=64 * 2**20, max_total=128 * 2**20, max_members=16,
+                                max_member=64 * 2**20)
+
+
+def read_apkindex(source: Path | bytes, *, limits: ArchiveLimits = APKINDEX_LIMITS) -> list[IndexPackage]:
+    """The packages of an ``APKINDEX.tar.gz`` (read as a stream within ``limits``: a gzip bomb is refused)."""
+    label = str(source) if isinstance(source, Path) else "the APKINDEX archive"
+    stream = TarStream(source, label, limits)
     try:
-        raw = gzip.decompress(data)  # handles the concatenated signature + index streams
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
-            for m in tar:
-                if m.name == "APKINDEX" and m.isfile():
-                    f = tar.extractfile(m)
-                    assert f is not None
-                    return parse_records(f.read().decode("utf-8", "replace"))
-    except (EOFError, OSError, zlib.error, tarfile.TarError) as exc:
-        raise InputError(f"cannot read the APKINDEX archive ({exc}): truncated or not an APKINDEX.tar.gz") from None
-    raise InputError("the archive holds no APKINDEX member", "give apks/x86_64/APKINDEX.tar.gz")
+        for m, data in stream:
+            if m.name == "APKINDEX" and data is not None:
+                return parse_records(b"".join(read_chunks(data)).decode("utf-8", "replace"))
+    except ArchiveTooLarge:
+        raise
+    except InputError as exc:
+        raise InputError(f"cannot read the APKINDEX archive {label}: {exc.problem}",
+                         "give apks/x86_64/APKINDEX.tar.gz (truncated or not an APKINDEX.tar.gz?)") from None
+    raise InputError(f"{label} holds no APKINDEX member", "give apks/x86_64/APKINDEX.tar.gz")
 
 
 class Index:

@@ -7,17 +7,16 @@ large files, a readable shadow) come back as :class:`Finding` records from :func
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import posixpath
 import re
 import tarfile
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
+from labkit.core.archives import ArchiveLimits, TarStream, read_chunks
 from labkit.core.errors import InputError
+from labkit.core.text import printable
 
 DEFAULT_LARGE = 1024 * 1024
 _KIND = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
@@ -59,6 +58,7 @@ class Finding:
 class Apkovl:
     members: tuple[Member, ...]
     compressed_size: int
+    pem: frozenset[str] = frozenset()  # files whose content holds a PEM private key
 
     @property
     def total_size(self) -> int:
@@ -66,16 +66,6 @@ class Apkovl:
 
     def by_name(self) -> dict[str, Member]:
         return {m.name: m for m in self.members}
-
-
-def _decompress(data: bytes, label: str) -> bytes:
-    try:
-        return gzip.decompress(data)
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise InputError(
-            f"{label} is not a complete .tar.gz ({exc}); it is truncated or corrupt",
-            "copy it again from the LBU media (or run 'lbu commit -d' on the live system)",
-        ) from None
 
 
 def _structural(m: tarfile.TarInfo, name: str, symlinks: set[str]) -> str | None:
@@ -99,38 +89,49 @@ def _structural(m: tarfile.TarInfo, name: str, symlinks: set[str]) -> str | None
     return None
 
 
-def read_apkovl(source: Path | bytes, label: str | None = None) -> Apkovl:
-    """Parse an apkovl; raise :class:`InputError` naming every structural problem."""
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+#: Limits for an apkovl (an LBU backup of /etc and a few homes: a few MiB; large files are reported,
+#: not refused, up to these).
+APKOVL_LIMITS = ArchiveLimits(max_compressed=512 * 2**20, max_total=1024 * 2**20, max_members=50_000,
+                              max_member=512 * 2**20)
+_PEM = b"PRIVATE KEY-----"
+
+
+def read_apkovl(source: Path | bytes, label: str | None = None, *,
+                limits: ArchiveLimits = APKOVL_LIMITS) -> Apkovl:
+    """Parse an apkovl (streamed, within ``limits``); raise :class:`InputError` naming every structural
+    problem, and :class:`~labkit.core.archives.ArchiveTooLarge` past a limit (a gzip bomb)."""
     label = label or (str(source) if isinstance(source, Path) else "the apkovl")
-    raw = _decompress(data, label)
+    stream = TarStream(source, label, limits)
     members: list[Member] = []
     problems: list[str] = []
     symlinks: set[str] = set()
-    try:
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
-            for m in tar:
-                name = m.name.rstrip("/")
-                if m.isfile() and m.offset_data + m.size > len(raw):
-                    raise tarfile.ReadError(f"data of {name!r} is cut short")
-                problem = _structural(m, name, symlinks)
-                if problem:
-                    problems.append(problem)
-                if m.issym():
-                    symlinks.add(name)
-                body = raw[m.offset_data:m.offset_data + m.size] if m.isfile() else b""
-                members.append(Member(name, _KIND.get(m.type, "other"), m.mode, m.uid, m.gid,
-                                      f"{m.uname}/{m.gname}", m.size if m.isfile() else 0, int(m.mtime),
-                                      m.linkname, hashlib.sha256(body).hexdigest() if m.isfile() else ""))
-    except tarfile.TarError as exc:
-        raise InputError(f"{label}: the tar inside is truncated or corrupt ({exc})",
-                         "copy it again from the LBU media") from None
+    pem: set[str] = set()
+    for m, data in stream:
+        name = m.name.rstrip("/")
+        problem = _structural(m, name, symlinks)
+        if problem:
+            problems.append(problem)
+        if m.issym():
+            symlinks.add(name)
+        digest = ""
+        if data is not None:
+            h = hashlib.sha256()
+            tail = b""
+            for chunk in read_chunks(data):
+                h.update(chunk)
+                if _PEM in tail + chunk[: len(_PEM)] or _PEM in chunk:
+                    pem.add(name)
+                tail = chunk[-len(_PEM):]
+            digest = h.hexdigest()
+        kind = "file" if m.isreg() else _KIND.get(m.type, "other")
+        members.append(Member(name, kind, m.mode, m.uid, m.gid, f"{m.uname}/{m.gname}",
+                              m.size if m.isreg() else 0, int(m.mtime), m.linkname, digest))
     if not members:
         raise InputError(f"{label} holds no entries", "is this an apkovl? (lbu package - | tar tzf -)")
     if problems:
-        raise InputError(f"{label} is unsafe to unpack: " + "; ".join(problems),
+        raise InputError(f"{label} is unsafe to unpack: " + "; ".join(printable(p) for p in problems),
                          "rebuild it with labkit alpine apkovl, or with lbu commit from a clean system")
-    return Apkovl(tuple(members), len(data))
+    return Apkovl(tuple(members), stream.compressed_size, frozenset(pem))
 
 
 def audit(ovl: Apkovl, *, large: int = DEFAULT_LARGE, data: dict[str, bytes] | None = None) -> list[Finding]:
@@ -138,7 +139,7 @@ def audit(ovl: Apkovl, *, large: int = DEFAULT_LARGE, data: dict[str, bytes] | N
     out: list[Finding] = []
     for m in ovl.members:
         body = (data or {}).get(m.name, b"")
-        pem = b"PRIVATE KEY-----" in body
+        pem = _PEM in body or m.name in ovl.pem
         if m.kind == "file" and (_PRIV_NAME.search(m.name) or pem or _HOST_KEY.match(m.name)):
             if _HOST_KEY.match(m.name):
                 out.append(Finding("info", "host-key", m.name, "SSH host key (expected: keeps the host identity)"))
@@ -152,19 +153,27 @@ def audit(ovl: Apkovl, *, large: int = DEFAULT_LARGE, data: dict[str, bytes] | N
             out.append(Finding("warning", "large-file", m.name, f"{m.size} bytes (over {large}); it is kept in RAM"))
         if m.name in ("etc/shadow", "etc/shadow-") and m.mode & 0o004:
             out.append(Finding("warning", "shadow-mode", m.name, f"mode {m.mode:04o} lets everyone read the hashes"))
+        if m.kind == "file" and m.mode & 0o6000:  # (setgid on a directory only passes its group on)
+            bits = " and ".join(b for b, f in (("setuid", 0o4000), ("setgid", 0o2000)) if m.mode & f)
+            out.append(Finding("warning", "setuid", m.name,
+                               f"mode {m.mode:04o} is {bits}: restored at every boot with these rights"))
+        if m.kind in ("file", "dir") and m.mode & 0o002:
+            sticky_dir = m.kind == "dir" and m.mode & 0o1000
+            out.append(Finding("info" if sticky_dir else "warning", "world-writable", m.name,
+                               f"mode {m.mode:04o}: everyone may "
+                               + ("create files in it (sticky, like /tmp)" if sticky_dir else "change it")))
     return out
 
 
-def file_data(source: Path | bytes) -> dict[str, bytes]:
-    """The contents of the regular files (call after :func:`read_apkovl` accepted the archive)."""
-    raw = gzip.decompress(source if isinstance(source, bytes) else Path(source).read_bytes())
-    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
-        return {m.name: raw[m.offset_data:m.offset_data + m.size] for m in tar if m.isfile()}
+def file_data(source: Path | bytes, *, limits: ArchiveLimits = APKOVL_LIMITS) -> dict[str, bytes]:
+    """The contents of the regular files (streamed within ``limits``; kept in memory: small archives only)."""
+    label = str(source) if isinstance(source, Path) else "the apkovl"
+    return {m.name: b"".join(read_chunks(data)) for m, data in TarStream(source, label, limits) if data is not None}
 
 
 def audit_file(path: Path, *, large: int = DEFAULT_LARGE) -> tuple[Apkovl, list[Finding]]:
     ovl = read_apkovl(path)
-    return ovl, audit(ovl, large=large, data=file_data(path))
+    return ovl, audit(ovl, large=large)
 
 
 @dataclass(frozen=True)
@@ -184,8 +193,9 @@ class ApkovlDiff:
         return not (self.added or self.removed or self.changed)
 
     def lines(self) -> list[str]:
-        return ([f"A {p}" for p in self.added] + [f"D {p}" for p in self.removed]
-                + [f"U {c.path} ({', '.join(c.what)})" for c in self.changed])
+        """One line per change; names are shown with control characters escaped."""
+        return ([f"A {printable(p)}" for p in self.added] + [f"D {printable(p)}" for p in self.removed]
+                + [f"U {printable(c.path)} ({printable(', '.join(c.what))})" for c in self.changed])
 
 
 def diff(a: Apkovl, b: Apkovl, *, mtimes: bool = False) -> ApkovlDiff:
