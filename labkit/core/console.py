@@ -62,6 +62,9 @@ def format_line(line: SerialLine) -> str:
     return f"{line.t:.6f}\t{line.text}\n"
 
 
+_SECONDS_RE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+
+
 class SerialLogError(LabkitError):
     """A serial log file on disk does not follow the ``<t>\\t<text>`` format."""
 
@@ -83,10 +86,8 @@ def read_serial_log(path: Path) -> list[SerialLine]:
         except UnicodeDecodeError:
             line = raw.decode("latin-1")
         t_str, sep, text = line.partition("\t")
-        try:
-            t = float(t_str)
-        except ValueError:
-            t = float("nan")
+        # seconds as labkit writes them: plain decimals, never nan/inf/1e29 (a hand-edited log is refused)
+        t = float(t_str) if _SECONDS_RE.fullmatch(t_str) else float("nan")
         if not sep or t != t:
             raise SerialLogError(
                 f"{path}: line {no} is not '<seconds>\\t<text>': {line[:80]!r}",

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from labkit.core.console import SerialLine  # the one SerialLine(t, text) (contracts.md, "Serial log")
 from labkit.core.errors import LabkitError
+from labkit.core.text import excerpt
 
 BUNDLE_VERSION = 1
 #: os ids a bundle may carry, and the guest kind each one implies.
@@ -53,7 +54,7 @@ class SectionError(BundleError):
         self.line_no = line_no
         self.line = line
         where = f"section '{section}'" + (f", line {line_no}" if line_no is not None else "")
-        shown = f": {line!r}" if line is not None else ""
+        shown = f": {excerpt(line)}" if line is not None else ""  # a short piece: a line may be megabytes
         super().__init__(f"{where}: {problem}{shown}", fix)
 
 
@@ -277,8 +278,26 @@ class Uptime:
     idle_s: float
 
 
+_WHOLE_RE = re.compile(r"[0-9]{1,18}")
+
+
+def whole_number(text: str, section: str, line_no: int | None = None, line: str | None = None,
+                 what: str = "value") -> int:
+    """A count or size as a guest prints it: 1 to 18 digits (no sign, exponent, nan or inf)."""
+    t = text.strip()
+    if not _WHOLE_RE.fullmatch(t):
+        raise SectionError(section, line_no, line if line is not None else text,
+                           f"the {what} {excerpt(t, 30)} is not a whole number of at most 18 digits")
+    return int(t)
+
+
 def _content_lines(text: str) -> list[tuple[int, str]]:
     return [(no, ln.rstrip("\r")) for no, ln in enumerate(text.split("\n"), start=1) if ln.strip()]
+
+
+#: seconds as the kernel prints them (no sign, no exponent, no nan/inf); at most 10 years of uptime
+_SECONDS_RE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+MAX_SECONDS = 10 * 365 * 86400.0
 
 
 def parse_uptime(text: str) -> Uptime:
@@ -288,16 +307,17 @@ def parse_uptime(text: str) -> Uptime:
         raise SectionError("uptime", None, None, f"expected one line, found {len(lines)}")
     no, line = lines[0]
     parts = line.split()
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        up, idle = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise SectionError("uptime", no, line, "expected '<uptime seconds> <idle seconds>'") from None
+    # /proc/uptime prints "%lu.%02lu %lu.%02lu" (fs/proc/uptime.c): plain decimals, never nan/inf/1e29
+    if len(parts) != 2 or not all(_SECONDS_RE.fullmatch(x) for x in parts):
+        raise SectionError("uptime", no, line, "expected '<uptime seconds> <idle seconds>' (plain decimals)")
+    up, idle = float(parts[0]), float(parts[1])
+    if up > MAX_SECONDS:
+        raise SectionError("uptime", no, line, f"an uptime over {MAX_SECONDS:g} s is not plausible")
     return Uptime(up, idle)
 
 
-_MEMINFO_RE = re.compile(r"^(?P<key>[A-Za-z0-9_()]+):\s+(?P<val>\d+)(?:\s+(?P<unit>kB))?\s*$")
+
+_MEMINFO_RE = re.compile(r"^(?P<key>[A-Za-z0-9_()]+):\s+(?P<val>\d{1,19})(?:\s+(?P<unit>kB))?\s*$")
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -313,7 +333,7 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-_DMESG_RE = re.compile(r"^(?:<\d+>)?\[\s*(?P<t>\d+\.\d+)\]\s?(?P<text>.*)$")
+_DMESG_RE = re.compile(r"^(?:<\d+>)?\[\s*(?P<t>\d{1,12}\.\d{1,9})\]\s?(?P<text>.*)$")
 
 
 def parse_dmesg(text: str) -> list[tuple[float, str]]:
@@ -356,10 +376,11 @@ def _df_row(fields: list[str], no: int, line: str) -> DfRow:
     fs, blocks, used, avail, pct = fields[:5]
     mount = " ".join(fields[5:])
     try:
-        use_pct = None if pct == "-" else int(pct.rstrip("%"))
+        use_pct = None if pct == "-" else whole_number(pct.rstrip("%"), "df", no, line, "Use%")
         if pct != "-" and not pct.endswith("%"):
             raise ValueError
-        return DfRow(fs, int(blocks), int(used), int(avail), use_pct, mount)
+        sizes = [whole_number(x, "df", no, line, "size") for x in (blocks, used, avail)]
+        return DfRow(fs, sizes[0], sizes[1], sizes[2], use_pct, mount)
     except ValueError:
         raise SectionError("df", no, line, "size columns must be whole KiB numbers and Use% like '12%'") from None
 

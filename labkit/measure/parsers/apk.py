@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from labkit.measure.bundle import SectionError
+from labkit.measure.bundle import SectionError, whole_number
 
 ANSI_RE = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|[78]|\][^\x07]*\x07)")
 _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
@@ -45,11 +45,8 @@ def parse_apk_installed(text: str, section: str = "apk_installed") -> list[ApkPa
             return
         if "P" not in rec or "V" not in rec:
             raise SectionError(section, start, None, f"package record ending before line {no} has no P: or V:")
-        try:
-            s = int(rec["S"]) if "S" in rec else None
-            i = int(rec["I"]) if "I" in rec else None
-        except ValueError:
-            raise SectionError(section, start, rec.get("P"), "S:/I: must be whole numbers of bytes") from None
+        s = whole_number(rec["S"], section, start, rec.get("P"), "S: size") if "S" in rec else None
+        i = whole_number(rec["I"], section, start, rec.get("P"), "I: size") if "I" in rec else None
         out.append(ApkPackage(rec["P"], rec["V"], s, i))
         rec.clear()
 
@@ -81,9 +78,9 @@ class ApkConsole:
     warnings: tuple[str, ...]
 
 
-_INSTALL_RE = re.compile(r"^\((?P<i>\d+)/(?P<n>\d+)\) (?:Installing|Upgrading|Replacing|Reinstalling) "
+_INSTALL_RE = re.compile(r"^\((?P<i>\d{1,9})/(?P<n>\d{1,9})\) (?:Installing|Upgrading|Replacing|Reinstalling) "
                          r"(?P<name>\S+) \((?P<ver>[^)]+)\)")
-_OK_RE = re.compile(r"^OK: (?P<v>\d+(?:\.\d+)?) (?P<u>B|KiB|MiB|GiB) in (?P<n>\d+) packages")
+_OK_RE = re.compile(r"^OK: (?P<v>\d{1,15}(?:\.\d{1,9})?) (?P<u>B|KiB|MiB|GiB) in (?P<n>\d{1,9}) packages")
 _EXEC_RE = re.compile(r"^Executing (?P<s>\S+)")
 _PROGRESS_RE = re.compile(r"^\s*\d{1,3}%[\s\u2588#=]*$")
 
@@ -125,7 +122,7 @@ def parse_apk_console(text: str, section: str = "apk_console") -> ApkConsole:
 
 _INFO_HEAD_RE = re.compile(r"^(?P<pkg>\S+) (?P<what>installed size|description|webpage|depends on|provides|"
                            r"is required by|contains|triggers|replaces|license|size):$")
-_SIZE_RE = re.compile(r"^(?P<v>\d+(?:\.\d+)?) (?P<u>B|KiB|MiB|GiB|TiB)$")
+_SIZE_RE = re.compile(r"^(?P<v>\d{1,15}(?:\.\d{1,9})?) (?P<u>B|KiB|MiB|GiB|TiB)$")
 
 
 def parse_apk_info_sizes(text: str, section: str = "apk_info") -> dict[str, int]:
@@ -185,9 +182,6 @@ def parse_ls_sizes(text: str, section: str = "apk_cache", suffix: str = ".apk") 
             raise SectionError(section, no, line, "expected an 'ls -ln' line (mode links uid gid size date name)")
         if fields[0][0] != "-" or not fields[-1].endswith(suffix):
             continue
-        try:
-            size = int(fields[4])
-        except ValueError:
-            raise SectionError(section, no, line, "the size column is not a number") from None
+        size = whole_number(fields[4], section, no, line, "size column")
         out.append(CachedFile(fields[-1], size))
     return out

@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from labkit.measure.bundle import SectionError
+from labkit.measure.bundle import SectionError, whole_number
 
 _HUMAN = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -19,7 +19,7 @@ class StorePath:
 
 
 def _size(tok: str, section: str, no: int, line: str) -> int:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", tok)
+    m = re.fullmatch(r"(\d{1,18}(?:\.\d{1,9})?)([KMGT]?)", tok)
     if not m:
         raise SectionError(section, no, line, f"size {tok!r} is not a number (optionally with K/M/G/T)")
     return int(float(m[1]) * _HUMAN[m[2]])
@@ -66,7 +66,7 @@ def parse_du_k(text: str, section: str = "nix_store_du") -> list[tuple[str, int]
         size, sep, path = raw.strip().partition("\t")
         if not sep:
             size, _, path = raw.strip().partition(" ")
-        if not size.isdigit() or not path.strip():
+        if not path.strip():
             raise SectionError(section, no, raw, "expected '<KiB>\\t<path>'")
-        out.append((path.strip(), int(size)))
+        out.append((path.strip(), whole_number(size, section, no, raw, "KiB size")))
     return out

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from labkit.measure.bundle import SectionError
+from labkit.measure.bundle import SectionError, whole_number
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,7 @@ def parse_free(text: str, section: str = "free", unit: str = "KiB") -> Free:
                 raise SectionError(section, no, raw, "a row before the 'total used free ...' header")
             if fields[0] == "-/+":
                 continue
-            try:
-                values = [int(v) for v in fields[1:]]
-            except ValueError:
-                raise SectionError(section, no, raw, "values must be whole numbers (use plain free or -k/-m)") from None
+            values = [whole_number(v, section, no, raw) for v in fields[1:]]
             row = dict(zip(header, values, strict=False))
             if fields[0] == "Mem:":
                 mem = row

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from labkit.measure.bundle import SectionError
 
-_DUR_TOKEN = re.compile(r"(?P<v>\d+(?:\.\d+)?)(?P<u>y|month|w|d|h|min|s|ms|us|µs)")
-_DUR_FULL = re.compile(r"^(?:\d+(?:\.\d+)?(?:y|month|w|d|h|min|s|ms|us|µs)\s*)+$")
+_DUR_TOKEN = re.compile(r"(?P<v>\d{1,12}(?:\.\d{1,9})?)(?P<u>y|month|w|d|h|min|s|ms|us|µs)")
+_DUR_FULL = re.compile(r"^(?:\d{1,12}(?:\.\d{1,9})?(?:y|month|w|d|h|min|s|ms|us|µs)\s*)+$")
 _SCALE = {"y": 31557600.0, "month": 2629800.0, "w": 604800.0, "d": 86400.0, "h": 3600.0, "min": 60.0,
           "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 
