@@ -31,11 +31,15 @@ def test_config_writes_a_parsable_module(tmp_path: Path, meminfo: Path, capsys: 
     pub = tmp_path / "id.pub"
     pub.write_text(KEY + "\n")
     out = tmp_path / "cfg" / "labkit.nix"
-    rc = main(["nixos", "config", "--out", str(out), "--hashed-password-file", str(h), "--ssh-key", str(pub),
-               "--tmpfs-size", "1G", "--impermanence", "--home-manager", "lab", "--meminfo", str(meminfo),
-               "--impermanence-pin", synth.IMPERMANENCE_PIN_REV, synth.IMPERMANENCE_PIN_SHA256])
-    assert rc == 0
+    argv = ["nixos", "config", "--out", str(out), "--hashed-password-file", str(h), "--ssh-key", str(pub),
+            "--tmpfs-size", "1G", "--impermanence", "--home-manager", "lab", "--meminfo", str(meminfo),
+            "--impermanence-pin", synth.IMPERMANENCE_PIN_REV, synth.IMPERMANENCE_PIN_SHA256]
+    assert main(argv) == 2  # --out in a folder that does not exist: refused, nothing created
+    assert "does not exist" in capsys.readouterr().err and not out.parent.exists()
+    out.parent.mkdir()
+    assert main(argv) == 0
     text = out.read_text()
+    assert out.stat().st_mode & 0o777 == 0o600  # it holds the password hash
     assert SHA512 in text and KEY in text and "size=1G" in text and "environment.persistence" in text
     assert (out.parent / "labkit-probe.sh").read_text().startswith("#!/bin/sh")
     if shutil.which("nix-instantiate"):

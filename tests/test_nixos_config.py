@@ -140,7 +140,7 @@ def test_hash_file(tmp_path: Path) -> None:
     f.write_text("secret\n")
     with pytest.raises(InputError, match="plaintext"):
         read_hash_file(f)
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="does not exist"):
         read_hash_file(tmp_path / "missing")
 
 

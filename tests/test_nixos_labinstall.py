@@ -4,7 +4,9 @@ OVMF → rEFInd → GRUB → the installed system's probe bundle."""
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -150,7 +152,11 @@ def test_serial_actions_follow_the_install_plan() -> None:
     assert set(puts) == {"/mnt/data/etc/nixos/labkit.nix", "/mnt/data/etc/nixos/labkit-probe.sh"}
     assert HASH.encode() in puts["/mnt/data/etc/nixos/labkit.nix"].data
     assert any(isinstance(a, Edit) and a.path.endswith("configuration.nix") for a in acts)
-    assert HASH in acts[-2].line  # verify: the hash is in the module on /data
+    # verify: the module on /data is labkit's (sha256), and the hash itself is in no command line
+    module = puts["/mnt/data/etc/nixos/labkit.nix"]
+    assert module.secret and module.mode == 0o600
+    assert hashlib.sha256(module.data).hexdigest() in acts[-2].line and "sha256sum" in acts[-2].line
+    assert not any(HASH in a.line for a in acts if isinstance(a, Run)) and HASH not in text
     inst = next(a for a in acts if isinstance(a, Run) and a.step == "nixos-install")
     assert inst.timeout == 3600.0
     # the tmpfs size is checked against the installer VM's RAM
@@ -210,6 +216,27 @@ def test_drive_install_on_a_host_pty(pty_shell: SerialShell, tmp_path: Path) -> 
     with pytest.raises(GuestInstallFailed, match="timed out") as exc2:
         drive_install(pty_shell, [Run("slow", "sleep 5", timeout=0.5)], logged_in=True, session=session)
     assert exc2.value.rc is None
+
+
+def test_a_secret_file_leaves_no_trace_in_the_logs(pty_shell: SerialShell, tmp_path: Path) -> None:
+    """The module holding the password hash is sent with the echo off; neither the hash nor its base64
+    lines reach the serial log, the session record or the runner's transcript; the file is 0600."""
+    target = tmp_path / "data" / "labkit.nix"
+    data = ('users.users.lab.hashedPassword = "' + HASH + '";\n').encode() * 30  # several base64 lines
+    session = drive_install(pty_shell, [Put("write configuration", str(target), data, 0o600, secret=True)],
+                            logged_in=True)
+    assert target.read_bytes() == data and target.stat().st_mode & 0o777 == 0o600
+    b64 = base64.b64encode(data).decode()
+    chunks = [b64[i:i + 60] for i in range(0, len(b64), 60)]
+    logs = {"serial log": pty_shell.transcript_text(), "session": session.as_json(),
+            "transcript": (tmp_path / "t.jsonl").read_text()}
+    for name, text in logs.items():
+        assert HASH not in text, name
+        assert not any(c in text for c in chunks), f"base64 of the secret in the {name}"
+    assert "redacted" in logs["session"]
+    # the echo is back on afterwards: an ordinary command is echoed again
+    drive_install(pty_shell, [Run("after", "echo visible-again")], logged_in=True)
+    assert "echo visible-again" in pty_shell.transcript_text()
 
 
 # -- end to end on the rehearsal installer ISO --------------------------------------------------------

@@ -52,17 +52,15 @@ def assignment(text: str) -> tuple[str, str]:
 
 
 def ssh_keys(values: list[str]) -> list[str]:
-    """OpenSSH public keys given inline (``ssh-ed25519 AAAA...``) or as .pub files."""
+    """OpenSSH public keys given inline (``ssh-ed25519 AAAA...``) or as .pub files (each checked)."""
     from pathlib import Path
 
-    from labkit.core.files import read_user_text
+    from labkit.systems.nixos.config import read_ssh_key_file
 
     keys: list[str] = []
     for k in values:
         if k.startswith(("ssh-", "ecdsa-", "sk-")):
             keys.append(k)
-            continue
-        text = read_user_text(Path(k).expanduser(), what="the SSH public key file", limit=1024 * 1024,
-                              fix="give an OpenSSH public key line or the path of a .pub file")
-        keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        else:
+            keys += read_ssh_key_file(Path(k))
     return keys

@@ -22,17 +22,12 @@ def _settings(args: argparse.Namespace) -> NixosSettings:
         NixosSettings,
         Pin,
         User,
-        read_ssh_key_file,
     )
     from labkit.systems.nixos.hashes import read_hash_file
 
-    keys: list[str] = []
-    for k in args.ssh_key or []:
-        path = Path(k).expanduser()
-        if not k.startswith(("ssh-", "ecdsa-", "sk-")) and path.is_file():
-            keys.extend(read_ssh_key_file(path))
-        else:
-            keys.append(k)
+    from labkit.cli.args import ssh_keys
+
+    keys = ssh_keys(args.ssh_key or [])
     hashed = read_hash_file(Path(args.hashed_password_file)) if args.hashed_password_file else None
     return NixosSettings(
         user=User(name=args.user, hashed_password=hashed, ssh_keys=tuple(keys)),
@@ -59,14 +54,18 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from labkit.core.runner import atomic_write_bytes, atomic_write_text
     from labkit.systems.nixos.config import PROBE_NAME, probe_script, render_module
 
-    text = render_module(_settings(args), mem_total=_mem_total(args))
+    settings = _settings(args)
+    text = render_module(settings, mem_total=_mem_total(args))
     out = Path(args.out)
     if out.is_dir():
         raise InputError(f"--out {out} is a directory", "give a file name, e.g. /mnt/data/etc/nixos/labkit.nix")
-    atomic_write_text(out, text)
-    print(f"wrote {out}")
+    # the module carries the password hash: readable by root only (nixos-rebuild runs as root)
+    secret = settings.user.hashed_password is not None
+    atomic_write_text(out, text, mode=0o600 if secret else 0o644, make_parents=False, what="--out")
+    print(f"wrote {out}" + (" (mode 0600: it holds the password hash)" if secret else ""))
     if not args.no_probe:
-        atomic_write_bytes(out.parent / PROBE_NAME, probe_script(), mode=0o644)
+        atomic_write_bytes(out.parent / PROBE_NAME, probe_script(), mode=0o644, make_parents=False,
+                           what="the probe beside --out")
         print(f"wrote {out.parent / PROBE_NAME} (the probe the module runs)")
     return 0
 

@@ -28,7 +28,8 @@ from typing import Any, TextIO
 
 from labkit.core.data import NOTEBOOKS_DIR
 from labkit.core.errors import InputError, LabkitError
-from labkit.core.runner import atomic_write_text
+from labkit.core.files import check_output_dir
+from labkit.core.runner import atomic_write_text, redact_secrets
 from labkit.core.settings import Settings
 from labkit.guide.params import parse_loose
 
@@ -143,6 +144,28 @@ def check_extra(extra: Mapping[str, Any], notebooks: Sequence[Path]) -> None:
                              "check the spelling (labkit run --list shows every notebook's parameters)")
 
 
+def refuse_secrets(extra: Mapping[str, Any]) -> None:
+    """No password hash is passed as a parameter: papermill writes parameters into the executed
+    notebook, its HTML, chain.json and index.html. Notebooks take the hash *file's* path."""
+    from labkit.core.runner import CRYPT_HASH_RE
+
+    def values(v: Any) -> list[str]:
+        if isinstance(v, str):
+            return [v]
+        if isinstance(v, Mapping):
+            return [x for item in v.values() for x in values(item)]
+        if isinstance(v, list | tuple):
+            return [x for item in v for x in values(item)]
+        return []
+
+    for key, value in extra.items():
+        if any(CRYPT_HASH_RE.search(v) for v in values(value)):
+            raise InputError(f"-p {key}: the value is a password hash; labkit never passes a secret as a notebook "
+                             "parameter (it would be written into the executed notebook and its HTML)",
+                             "write the hash alone into a file (chmod 600) and pass the file's path, e.g. "
+                             "-p hashed_password_file=lab.hash")
+
+
 def split_assignments(pairs: Sequence[tuple[str, str]], base: Settings | type[Settings]) -> tuple[Settings,
                                                                                                     dict[str, Any]]:
     """Command-line ``key=value`` pairs: settings go into one :class:`Settings` (validated once, with every
@@ -183,8 +206,7 @@ def prepare_run_dir(out: Path | None, runs_root: Path, *, resume: bool) -> Path:
         held = "a chain run" if (out / CHAIN_FILE).exists() else "files"
         raise InputError(f"--out {out} already holds {held}; labkit never overwrites a run",
                          f"choose a new directory, or resume it: labkit run --out {out} --from <notebook>")
-    out.mkdir(parents=True, exist_ok=True)
-    return out.resolve()
+    return check_output_dir(out, what="the run directory (--out)").resolve()
 
 
 def _load_steps(run_dir: Path) -> dict[str, StepResult]:
@@ -225,6 +247,43 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
 
 
+def scrub_notebook(nb_path: Path) -> int:
+    """Replace every password hash in an executed notebook's sources and outputs (a net behind the
+    redacted settings and module: whatever a cell printed, no hash stays in the notebook or its HTML).
+    Returns how many strings were changed."""
+    import nbformat
+
+    from labkit.core.runner import redact_secrets
+
+    try:
+        nb = nbformat.read(nb_path, as_version=4)
+    except (OSError, ValueError):
+        return 0
+    changed = 0
+
+    def walk(v: Any) -> Any:
+        nonlocal changed
+        if isinstance(v, str):
+            r = redact_secrets(v)
+            changed += r != v
+            return r
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            for k in list(v):
+                v[k] = walk(v[k])
+            return v
+        return v
+
+    for cell in nb.cells:
+        cell["source"] = walk(cell.get("source", ""))
+        if "outputs" in cell:
+            walk(cell["outputs"])
+    if changed:
+        atomic_write_text(nb_path, nbformat.writes(nb) + "\n")
+    return changed
+
+
 def export_html(nb_path: Path, html_path: Path) -> None:
     """The executed notebook as a self-contained HTML page (figures embedded)."""
     import nbformat
@@ -254,18 +313,21 @@ def run_notebook(path: Path, run_dir: Path, parameters: dict[str, Any], *, kerne
         )
     except papermill.PapermillExecutionError as exc:
         dur = time.monotonic() - start
+        scrub_notebook(out_nb)
         source, tb = _failed_cell(out_nb, exc.exec_count)
         export_html(out_nb, out_html)
         return StepResult(name, "failed", round(dur, 2), parameters, rel_nb, rel_html,
-                          f"{exc.ename}: {exc.evalue}", source, tb)
+                          redact_secrets(f"{exc.ename}: {exc.evalue}"), source, tb)
     except Exception as exc:  # kernel died, timeout, bad notebook: still one failed step
         dur = time.monotonic() - start
         html_rel = None
         if out_nb.is_file():
+            scrub_notebook(out_nb)
             export_html(out_nb, out_html)
             html_rel = rel_html
         return StepResult(name, "failed", round(dur, 2), parameters, rel_nb if out_nb.is_file() else None,
-                          html_rel, f"{type(exc).__name__}: {exc}")
+                          html_rel, redact_secrets(f"{type(exc).__name__}: {exc}"))
+    scrub_notebook(out_nb)
     export_html(out_nb, out_html)
     return StepResult(name, "ok", round(time.monotonic() - start, 2), parameters, rel_nb, rel_html)
 
@@ -298,6 +360,7 @@ def run_chain(
         if start_from not in names:
             raise InputError(f"--from {start_from}: not a notebook of the chain", f"choose one of {', '.join(names)}")
     check_extra(extra or {}, notebooks)
+    refuse_secrets(extra or {})
     kernel = _kernel_name()
     run_dir = prepare_run_dir(out, runs_root, resume=start_from is not None)
     previous = _load_steps(run_dir) if start_from is not None else {}

@@ -93,8 +93,11 @@ class Put:
 
     step: str
     path: str
-    data: bytes
+    data: bytes = field(repr=False)
     mode: int = 0o644
+    #: the data holds a secret (the module with the password hash): the terminal echo is turned off
+    #: while it is sent, and its base64 never reaches the transcripts or an error message
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,9 @@ def serial_actions(params: InstallParams, *, guest_memory_mib: int = 2048,
     out.append(Run(cstep, line(gen), 120.0))
     out.append(Edit(cstep, f"{cfg_dir}/configuration.nix", lambda text: edit_generated(text).text,
                     f"remove the systemd-boot lines, import ./{MODULE_NAME}"))
-    out.append(Put(cstep, f"{cfg_dir}/{MODULE_NAME}", plan.module_text.encode()))
+    out.append(Put(cstep, f"{cfg_dir}/{MODULE_NAME}", plan.module_file.encode(),
+                   0o600 if params.settings.user.hashed_password is not None else 0o644,
+                   secret=params.settings.user.hashed_password is not None))
     out.append(Put(cstep, f"{cfg_dir}/{PROBE_NAME}", probe_script()))
     for argv, env in recorded["nixos-install"]:
         out.append(Run("nixos-install", line([*argv, *nixos_install_args], env), p.install_timeout_s))
@@ -181,10 +186,11 @@ def serial_actions(params: InstallParams, *, guest_memory_mib: int = 2048,
               f"grep -q menuentry {shlex.quote(str(p.at('/boot/grub/grub.cfg')))}",
               f"grep -q ' {root}/data ' /proc/mounts",
               f"grep -qF ./{MODULE_NAME} {shlex.quote(cfg_dir + '/configuration.nix')}"]
-    h = params.settings.user.hashed_password
-    if h is not None:
-        needle = 'hashedPassword = "' + h + '";'
-        checks.append(f"grep -qF {shlex.quote(needle)} {shlex.quote(cfg_dir + '/' + MODULE_NAME)}")
+    if params.settings.user.hashed_password is not None:
+        # the module on /data is the one labkit wrote (it carries the hash); compared by sha256 so that
+        # the hash itself never appears in a command, the serial log or the transcript
+        want = hashlib.sha256(plan.module_file.encode()).hexdigest()
+        checks.append(f"sha256sum {shlex.quote(cfg_dir + '/' + MODULE_NAME)} | grep -q '^{want} '")
     out.append(Run("verify installed system", " && ".join(checks)))
     out.append(Run("finish", "sync", 120.0))
     return out
@@ -235,28 +241,48 @@ def login(shell: SerialShell, timeout: float = 120.0) -> float:
     return time.monotonic() - start
 
 
-def _run(shell: SerialShell, session: InstallSession, step: str, command: str, timeout: float) -> str:
+def _run(shell: SerialShell, session: InstallSession, step: str, command: str, timeout: float,
+         shown: str | None = None) -> str:
+    """Run one guest command; ``shown`` is what the records and errors say instead (a secret's base64)."""
+    label = shown or command
     try:
         res = shell.run(command, timeout=timeout)
     except SerialCommandFailed as exc:
-        session.records.append(CommandRecord(step, command, exc.result.rc, exc.result.duration_s))
-        raise GuestInstallFailed(step, command, exc.result.rc, exc.result.output) from None
+        session.records.append(CommandRecord(step, label, exc.result.rc, exc.result.duration_s))
+        raise GuestInstallFailed(step, label, exc.result.rc, shell.redact(exc.result.output)) from None
     except SerialTimeout as exc:
-        session.records.append(CommandRecord(step, command, None, timeout))
-        raise GuestInstallFailed(step, command, None, f"timed out after {timeout:g} s; {exc.tail[-300:]}") from None
-    session.records.append(CommandRecord(step, command, res.rc, res.duration_s))
+        session.records.append(CommandRecord(step, label, None, timeout))
+        raise GuestInstallFailed(step, label, None,
+                                 f"timed out after {timeout:g} s; {shell.redact(exc.tail[-300:])}") from None
+    session.records.append(CommandRecord(step, label, res.rc, res.duration_s))
     return res.output
 
 
 def put_file(shell: SerialShell, session: InstallSession, step: str, path: str, data: bytes,
-             mode: int = 0o644) -> None:
-    """Send ``data`` base64 in short lines to ``path.labkit-part``, check its sha256, rename it."""
+             mode: int = 0o644, *, secret: bool = False) -> None:
+    """Send ``data`` base64 in short lines to ``path.labkit-part``, check its sha256, rename it.
+
+    ``secret``: the terminal echo is off while the lines are sent (``stty -echo``), each base64 line is
+    redacted from the serial log, the runner's transcript and the session record, and the file is
+    created with mode 0600 before anything is written to it.
+    """
     part = f"{path}.labkit-part"
     q, qp = shlex.quote(path), shlex.quote(part)
-    _run(shell, session, step, f"mkdir -p {shlex.quote(str(PurePosixPath(path).parent))} && : > {qp}", 30.0)
+    create = f"( umask 077; : > {qp} )" if secret else f": > {qp}"
+    _run(shell, session, step, f"mkdir -p {shlex.quote(str(PurePosixPath(path).parent))} && {create}", 30.0)
     b64 = base64.b64encode(data).decode()
-    for i in range(0, len(b64), CHUNK):
-        _run(shell, session, step, f"echo {b64[i:i + CHUNK]} | base64 -d >> {qp}", 30.0)
+    if secret:
+        _run(shell, session, step, "stty -echo 2>/dev/null || true", 30.0)
+    try:
+        for i in range(0, len(b64), CHUNK):
+            chunk = b64[i:i + CHUNK]
+            if secret:
+                shell.add_secret(chunk)
+            _run(shell, session, step, f"echo {chunk} | base64 -d >> {qp}", 30.0,
+                 shown=f"echo <{len(chunk)} base64 characters, redacted> | base64 -d >> {qp}" if secret else None)
+    finally:
+        if secret:
+            _run(shell, session, step, "stty echo 2>/dev/null || true", 30.0)
     got = _run(shell, session, step, f"sha256sum {qp}", 30.0).split()
     want = hashlib.sha256(data).hexdigest()
     if want not in got:
@@ -281,7 +307,7 @@ def drive_install(shell: SerialShell, actions: Sequence[Action], *, login_timeou
         if isinstance(a, Run):
             _run(shell, session, a.step, a.line, a.timeout)
         elif isinstance(a, Put):
-            put_file(shell, session, a.step, a.path, a.data, a.mode)
+            put_file(shell, session, a.step, a.path, a.data, a.mode, secret=a.secret)
         else:
             old = get_file(shell, session, a.step, a.path).decode()
             put_file(shell, session, a.step, a.path, a.edit(old).encode())

@@ -138,6 +138,22 @@ class SerialShell:
     transcript: list[tuple[float, str, str]] = field(default_factory=list)  # (t, "rx"|"tx"|"cmd", text)
     _buf: str = ""
     _t0: float = field(default_factory=time.monotonic)
+    _secrets: list[str] = field(default_factory=list)
+
+    # -- secrets ---------------------------------------------------------------------------
+    def add_secret(self, value: str) -> None:
+        """``value`` is shown as ``***`` in :meth:`transcript_text` and in the runner's transcript."""
+        if value and value not in self._secrets:
+            self._secrets.append(value)
+            if self.runner is not None:
+                self.runner.add_secret(value)
+
+    def redact(self, text: str) -> str:
+        from labkit.core.runner import redact_secrets
+
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return redact_secrets(text)
 
     # -- low level -------------------------------------------------------------------------
     def send(self, text: str) -> None:
@@ -207,7 +223,9 @@ class SerialShell:
         # The echo of the line shows `__BEG''IN_…` and `$?`: only the shell's output matches.
         self.send(f"echo __BEG''IN_{nonce}__; eval {shlex.quote(command)}; echo __RC_{nonce}_$?__\n")
         try:
-            self.wait_for(rf"^{re.escape(begin)}$", timeout, f"the start of {command!r}")
+            # not anchored at the line start: with the terminal echo off (``stty -echo``, used while a
+            # secret is sent) the marker follows the prompt on the same line
+            self.wait_for(rf"{re.escape(begin)}$", timeout, f"the start of {command!r}")
             m = self.wait_for(rf"(?s)^(.*?){rc_re}$", max(0.1, timeout - (time.monotonic() - start)),
                               f"{command!r} to finish")
         except SerialTimeout as exc:
@@ -239,7 +257,7 @@ class SerialShell:
 
     def transcript_text(self) -> str:
         """What the console showed (received text only)."""
-        return "".join(text for _, kind, text in self.transcript if kind == "rx")
+        return self.redact("".join(text for _, kind, text in self.transcript if kind == "rx"))
 
 
 @contextlib.contextmanager

@@ -121,10 +121,11 @@ class StepOutcome:
 @dataclass
 class InstallPlan:
     params: InstallParams
-    module_text: str
+    module_text: str  # what is shown (notebooks, plans): the password hash redacted
     steps: list[Step] = field(default_factory=list)
     #: plan mode only: what the install would refuse until the user gives it (a login, a pin)
     findings: list[NeedsUserInput] = field(default_factory=list)
+    module_file: str = field(default="", repr=False)  # the exact labkit.nix written to /data (with the hash)
 
     def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)
@@ -242,6 +243,7 @@ def build_plan(params: InstallParams, *, plan_only: bool = False) -> InstallPlan
     findings: list[NeedsUserInput] = []
     module = render_module(params.settings, mem_total=mem_total_bytes(params.meminfo),
                            findings=findings if plan_only else None)
+    secret = params.settings.user.hashed_password is not None
     p = params
     root = p.root
 
@@ -298,7 +300,7 @@ def build_plan(params: InstallParams, *, plan_only: bool = False) -> InstallPlan
         if r.mode is Mode.APPLY:
             edit = edit_generated(cfg.read_text())
             atomic_write_text(cfg, edit.text)
-            atomic_write_text(mod, module)
+            atomic_write_text(mod, module, mode=0o600 if secret else None)  # holds the hash: root only
             atomic_write_bytes(probe, probe_script(), mode=0o644)
 
     def cfg_verify(r: Runner) -> None:
@@ -430,7 +432,8 @@ def build_plan(params: InstallParams, *, plan_only: bool = False) -> InstallPlan
         Step("verify installed system", final_check, final_apply, final_verify,
              "GRUB, grub.cfg, /data, hash, the system's copies of the configuration"),
     ]
-    return InstallPlan(params, module, steps, findings)
+    shown = render_module(params.settings, findings=[] if plan_only else None, redact=True)
+    return InstallPlan(params, shown, steps, findings, module_file=module)
 
 
 def run_plan(runner: Runner, plan: InstallPlan) -> list[StepOutcome]:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from labkit.core.errors import InputError
+from labkit.core.files import read_user_text
 from labkit.core.layout import LAB_LAYOUT, Layout, Role, human, parse_size
 from labkit.systems.nixos.hashes import check_hash
 from labkit.systems.nixos.nixexpr import Apply, Raw, render
@@ -85,6 +86,11 @@ HOME_MANAGER_PINS: dict[str, Pin] = {
 #: pins it (labkit never invents a hash).
 IMPERMANENCE_PINS: dict[str, Pin] = {}
 
+#: How a password hash is shown wherever labkit displays settings or the module.
+REDACTED = "<redacted password hash>"
+
+
+_MEMTOTAL_RE = re.compile(r"MemTotal:\s+([0-9]{1,15})\s+kB")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _TMPFS_RE = re.compile(r"^(?:[0-9]+[kKmMgG]?|[0-9]{1,3}%)$")
@@ -92,13 +98,19 @@ _KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp
               "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class User:
-    """The one login user (in ``wheel``); root gets no password (``nixos-install --no-root-passwd``)."""
+    """The one login user (in ``wheel``); root gets no password (``nixos-install --no-root-passwd``).
+
+    ``repr`` never shows the password hash (notebooks display settings objects)."""
 
     name: str = "lab"
     hashed_password: str | None = None
     ssh_keys: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        shown = None if self.hashed_password is None else REDACTED
+        return f"User(name={self.name!r}, hashed_password={shown}, ssh_keys={self.ssh_keys!r})"
 
 
 @dataclass(frozen=True)
@@ -145,15 +157,23 @@ class NixosSettings:
 
 def mem_total_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
     """``MemTotal`` of ``/proc/meminfo`` (a file path, so tests can give their own)."""
-    for line in meminfo.read_text().splitlines():
+    fix = "give a copy of the machine's /proc/meminfo, or its RAM with --machine-ram (e.g. 8G)"
+    # /proc files report size 0: read_user_text reads up to the limit whatever the size says
+    text = read_user_text(meminfo, what="the meminfo file", limit=1024 * 1024, fix=fix)
+    for line in text.splitlines():
         if line.startswith("MemTotal:"):
-            parts = line.split()
-            return int(parts[1]) * (1024 if parts[2:3] == ["kB"] else 1)
-    raise InputError(f"no MemTotal line in {meminfo}", "give the machine's RAM explicitly")
+            m = _MEMTOTAL_RE.fullmatch(line.strip())
+            if m is None:
+                raise InputError(f"{meminfo}: the MemTotal line {line[:60]!r} is not 'MemTotal: <kibibytes> kB'", fix)
+            total = int(m.group(1)) * 1024
+            if not 16 * 2**20 <= total <= 2**50:
+                raise InputError(f"{meminfo}: MemTotal {m.group(1)} kB is not a plausible machine's RAM", fix)
+            return total
+    raise InputError(f"no MemTotal line in {meminfo}", fix)
 
 
 def tmpfs_bytes(size: str, mem_total: int) -> int:
-    if not _TMPFS_RE.match(size):
+    if not _TMPFS_RE.fullmatch(size):
         raise InputError(f"tmpfs size {size!r} is not a size tmpfs understands",
                          "write it like 2G, 512M or 50% (of RAM)")
     if size.endswith("%"):
@@ -203,11 +223,8 @@ def pin_error(what: str, settings: NixosSettings) -> NeedsUserInput:
 def read_ssh_key_file(path: Path) -> tuple[str, ...]:
     """The public keys of an OpenSSH ``.pub`` or ``authorized_keys`` file (comments and blank lines skipped),
     each checked; a key is read from a file, never carried in a default or a notebook."""
-    try:
-        text = Path(path).expanduser().read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read the SSH key file {path}: {exc.strerror}",
-                         "give the path of your public key, e.g. ~/.ssh/id_ed25519.pub") from None
+    text = read_user_text(Path(path).expanduser(), what="the SSH public key file", limit=1024 * 1024,
+                          fix="give the path of your public key, e.g. ~/.ssh/id_ed25519.pub")
     keys = tuple(check_ssh_key(ln) for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
     if not keys:
         raise InputError(f"the SSH key file {path} holds no key", "give a .pub file (ssh-keygen -t ed25519 makes one)")
@@ -228,9 +245,9 @@ def check_settings(settings: NixosSettings, *, mem_total: int | None = None,
         findings.append(err)
 
     u = settings.user
-    if not _USER_RE.match(u.name) or u.name == "root":
+    if not _USER_RE.fullmatch(u.name) or u.name == "root":
         raise InputError(f"user name {u.name!r} is not usable", "use lowercase letters, digits, - or _ (not root)")
-    if not _HOST_RE.match(settings.hostname):
+    if not _HOST_RE.fullmatch(settings.hostname):
         raise InputError(f"host name {settings.hostname!r} is not a valid host name", "use letters, digits and -")
     if u.hashed_password is None and not u.ssh_keys:
         need(lockout_error(u))
@@ -383,16 +400,19 @@ def module_attrs(settings: NixosSettings,
 
 
 def render_module(settings: NixosSettings, *, mem_total: int | None = None,
-                  findings: list[NeedsUserInput] | None = None) -> str:
+                  findings: list[NeedsUserInput] | None = None, redact: bool = False) -> str:
     """The checked settings as a NixOS module (the text of ``labkit.nix``).
 
     ``findings`` (plan mode): collect what only the user can give instead of raising it; the text then
     carries each as a failing NixOS assertion and is marked as not installable.
+    ``redact``: the text to *show* (notebooks, plans): the password hash is replaced by a marker.
     """
     found: list[NeedsUserInput] = []
     check_settings(settings, mem_total=mem_total, findings=found if findings is not None else None)
     if findings is not None:
         findings.extend(found)
+    if redact and settings.user.hashed_password is not None:
+        settings = replace(settings, user=replace(settings.user, hashed_password=REDACTED))
     header = (
         "# labkit.nix — written by labkit from typed settings; change the settings, not this file.\n"
         "# tmpfs root; /nix and /data on disk; GRUB (EFI) behind rEFInd; configuration kept on /data.\n"

@@ -55,6 +55,13 @@ def hash_kind(value: str) -> str:
                      "yescrypt ($y$…$…$<43 chars>) or SHA-512 ($6$<salt>$<86 chars>) hash", _FIX)
 
 
+def looks_like_hash(value: str) -> bool:
+    """True for text shaped like a crypt(3) hash (``$6$...``, ``$y$...``): a secret, never a path."""
+    from labkit.core.runner import CRYPT_HASH_RE
+
+    return CRYPT_HASH_RE.search(value) is not None
+
+
 def check_hash(value: str) -> str:
     """Return ``value`` if it is a well-formed yescrypt or SHA-512 crypt hash, else raise."""
     hash_kind(value)
@@ -63,10 +70,14 @@ def check_hash(value: str) -> str:
 
 def read_hash_file(path: Path) -> str:
     """Read a hash written alone in a file (one trailing newline allowed) and check it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read the password hash file {path}: {exc.strerror}", _FIX) from None
+    from labkit.core.files import read_user_text
+
+    if looks_like_hash(str(path)):
+        # never echo it: the value given as a file name is the secret itself
+        raise InputError("the password hash file parameter holds a password hash, not a file name",
+                         "write the hash alone into a file (mkpasswd -m sha-512 > FILE; chmod 600 FILE) and "
+                         "pass that file's path")
+    text = read_user_text(path, what="the password hash file", limit=4096, fix=_FIX)
     if text.endswith("\n"):
         text = text[:-1]
     return check_hash(text)
