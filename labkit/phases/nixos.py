@@ -200,6 +200,12 @@ def resolve_install_disk(r: Runner, p: InstallParams) -> dict[str, str]:
     from labkit.targets.disks import read_disk
 
     plan = r.mode is Mode.PLAN
+    if plan and not (p.disk_fingerprint or "").strip():
+        # no disk given: the plan shows the /dev/disk/by-label paths and never asks this machine's
+        # disks (another disk with the same labels must not change the plan)
+        r.note("plan: no disk confirmed; the partitions are mounted by label — on the installer they must "
+               "resolve to one confirmed disk")
+        return {}
     found: dict[str, str] = {}
     problems: list[str] = []
     for _mp, dev, _fs in _mounts(p):
