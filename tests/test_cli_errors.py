@@ -120,6 +120,9 @@ def test_numbers_nan_inf_and_huge_are_refused(capsys: pytest.CaptureFixture[str]
                      ("--boots", "0"), ("--memory", "nan"), ("--warmup", "-1")):
         refused(["lab", opt, bad], capsys, f"argument {opt}")
     refused(["run", "--timeout", "NaN"], capsys, "argument --timeout")
+    refused(["run", "-p", "05_benchmark.warmup=NaN"], capsys, "holds NaN")
+    refused(["run", "-p", "05_benchmark.warmup=1e29"], capsys, "out of range")
+    refused(["run", "-p", "boots=inf"], capsys, "not a whole number")
     refused(["alpine", "audit", "x", "--large", "inf"], capsys, "argument --large")
     for bad in ("nan", "inf", "-inf", "1e29", "1_000", "0x1f", ""):
         with pytest.raises(InputError):

@@ -24,8 +24,22 @@ def parse_assignment(text: str) -> tuple[str, str]:
 
 
 def parse_loose(value: str) -> Any:
-    """A value for a notebook-specific parameter: JSON if it parses (numbers, true, lists), else text."""
+    """A value for a notebook-specific parameter: JSON if it parses (numbers, true, lists), else text.
+
+    ``NaN``/``Infinity`` (which Python's JSON reader accepts) and numbers beyond 1e15 are refused."""
+
+    def no_constant(name: str) -> Any:
+        raise InputError(f"-p value {value!r} holds {name}, which is not a number a parameter can take",
+                         "give a finite number")
+
+    def bounded(text: str) -> float:
+        number = float(text)
+        if not abs(number) <= 1e15:
+            raise InputError(f"-p value {value[:40]!r} is out of range for any parameter", "give a smaller number")
+        return number
+
     try:
-        return json.loads(value)
+        return json.loads(value, parse_constant=no_constant, parse_float=bounded,
+                          parse_int=lambda t: int(bounded(t)) if len(t) > 15 else int(t))
     except json.JSONDecodeError:
         return value
