@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from labkit.cli.args import assignment, decimal, whole
+from labkit.core.files import check_output_dir
 from labkit.core.layout import LAYOUTS
 
 
@@ -18,8 +20,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
 
     layout = LAYOUTS[args.layout]
     if args.size:
-        layout = layout.with_sizes(**dict(_size(s, parse_size) for s in args.size))
-    out = Path(args.out) if args.out else Path("runs") / f"install-{Path(args.device).name}"
+        layout = layout.with_sizes(**{role: parse_size(value) for role, value in args.size})
+    out = check_output_dir(Path(args.out) if args.out else Path("runs") / f"install-{Path(args.device).name}")
     mode = Mode.PLAN if args.plan else Mode.APPLY
     runner = Runner(mode=mode, transcript=out / ("plan.jsonl" if args.plan else "transcript.jsonl"))
     common: dict[str, Any] = {"confirm": args.confirm, "wipe": args.wipe, "allow_removable": args.allow_removable,
@@ -46,15 +48,6 @@ def _cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size(text: str, parse: Any) -> tuple[str, int]:
-    from labkit.core.errors import InputError
-
-    if "=" not in text:
-        raise InputError(f"--size {text!r} is not ROLE=SIZE", "write e.g. --size nix_store=64G")
-    role, value = text.split("=", 1)
-    return role.strip(), parse(value)
-
-
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
@@ -75,7 +68,7 @@ def _cmd_boot(args: argparse.Namespace) -> int:
     from labkit.core.runner import Runner
     from labkit.lab.diskboot import boot_disk
 
-    out = Path(args.out) if args.out else Path("runs") / f"boot-{Path(args.disk).name}-{args.system}"
+    out = check_output_dir(Path(args.out) if args.out else Path("runs") / f"boot-{Path(args.disk).name}-{args.system}")
     runner = Runner(transcript=out / "transcript.jsonl")
     res = boot_disk(runner, Path(args.disk), args.system, out, memory_mib=args.memory, timeout_s=args.boot_timeout,
                     accel_candidates=tuple(args.accel.split(",")))
@@ -93,7 +86,7 @@ def register(sub: Any) -> None:
                      help="ERASES the disk's partitions if they are not labkit's layout (needs --confirm)")
     ins.add_argument("--plan", action="store_true", help="print every command, execute none")
     ins.add_argument("--layout", default="seed", choices=sorted(LAYOUTS))
-    ins.add_argument("--size", action="append", default=[], metavar="ROLE=SIZE",
+    ins.add_argument("--size", action="append", default=[], metavar="ROLE=SIZE", type=assignment,
                      help="resize a partition, e.g. nix_store=64G (repeatable)")
     ins.add_argument("--systems", nargs="+", default=["nixos", "alpine"], choices=["nixos", "alpine"])
     ins.add_argument("--world", default="default", help="the rehearsal guests' package set (without an ISO)")
@@ -112,7 +105,8 @@ def register(sub: Any) -> None:
     boot.add_argument("--disk", required=True, help="an image file or a block device labkit installed")
     boot.add_argument("--system", required=True, choices=["nixos", "alpine"])
     boot.add_argument("--out", help="run folder (default runs/boot-<disk>-<system>)")
-    boot.add_argument("--memory", type=int, default=512, help="guest RAM in MiB (default 512)")
-    boot.add_argument("--boot-timeout", type=float, default=120.0, help="hard limit in seconds (default 120)")
+    boot.add_argument("--memory", type=whole(256, 1024 * 1024), default=512, help="guest RAM in MiB (default 512)")
+    boot.add_argument("--boot-timeout", type=decimal(1, 86400), default=120.0,
+                      help="hard limit in seconds (default 120)")
     boot.add_argument("--accel", default="kvm,tcg", help="accelerators to try in order (default kvm,tcg)")
     boot.set_defaults(func=_cmd_boot)
