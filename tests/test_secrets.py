@@ -40,6 +40,11 @@ def hash_file(tmp_path: Path) -> tuple[Path, str]:
 
 
 def test_settings_repr_and_shown_module_are_redacted(tmp_path: Path) -> None:
+    from labkit.systems.alpine.apkovl import ApkovlSpec
+    from labkit.systems.alpine.apkovl import User as AlpineUser
+
+    alpine = ApkovlSpec(root_password_hash=SHA512, users=(AlpineUser("juser", password_hash=SHA512),))
+    assert "saltsalt" not in repr(alpine)
     s = NixosSettings(user=User(hashed_password=SHA512))
     assert SHA512 not in repr(s) and REDACTED in repr(s.user) and "saltsalt" not in str(s)
     assert SHA512 in render_module(s) and SHA512 not in render_module(s, redact=True)

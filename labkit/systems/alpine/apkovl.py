@@ -57,7 +57,7 @@ def check_password_hash(value: str, who: str) -> str:
 class User:
     name: str
     uid: int = 1000
-    password_hash: str = "!"
+    password_hash: str = field(default="!", repr=False)  # never shown (notebooks display specs)
     gecos: str = ""
     shell: str = "/bin/sh"
     groups: tuple[str, ...] = ()
@@ -93,7 +93,7 @@ class ApkovlSpec:
     lbu_exclude: tuple[str, ...] = ()
     apk_cache: bool = True
     backup_limit: int | None = 3
-    root_password_hash: str = "*"
+    root_password_hash: str = field(default="*", repr=False)  # never shown
     root_ssh_keys: tuple[str, ...] = ()
     users: tuple[User, ...] = ()
     probe: str | None = None  # a POSIX sh script, installed as etc/local.d/labkit-probe.start
