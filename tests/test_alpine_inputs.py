@@ -116,7 +116,7 @@ def test_answer_file_is_sourced_by_sh_as_written(tmp_path: Path, capsys: pytest.
         AnswerSpec(user="juser", user_ssh_key="ssh-ed25519 AAAA x\nssh-rsa BBBB evil")
     with pytest.raises(InputError, match=r"lbu\.list line"):
         post_commands(("home\nrm -rf /",))
-    assert post_commands(("/root/.ssh",)) == [["lbu", "include", "/root/.ssh"], ["lbu", "commit", "-d"]]
+    assert post_commands(("/etc/ssh",)) == [["lbu", "include", "/etc/ssh"], ["lbu", "commit", "-d"]]
 
 
 def test_index_refuses_packages_the_media_does_not_carry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

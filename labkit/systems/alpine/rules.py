@@ -7,7 +7,7 @@ or the ``setup-alpine`` answer file (sourced by ``sh``). A newline or a blank in
 lines or fields the user never wrote, so each checker accepts only what the reader parses as one
 value, and every check is a full match (``re.fullmatch``: ``$`` would let a trailing newline through).
 
-Sources (see ``/work/notes/apk.md`` section 3 and ``alpine-boot.md``):
+Sources (the research notes on apk-tools, section 3, and on the Alpine boot, cited by file and line):
 
 - world: apk-tools 2.14 ``apk_blob_pull_dep`` (``src/package.c:190-273``) splits tokens at a space or
   newline and silently truncates the world at the first invalid token (``:275-286``). labkit writes the
