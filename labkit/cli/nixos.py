@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 
 def _settings(args: argparse.Namespace) -> NixosSettings:
+    from labkit.cli.args import ssh_keys
     from labkit.systems.nixos.config import (
         HOME_MANAGER_REPO,
         IMPERMANENCE_REPO,
@@ -24,8 +25,6 @@ def _settings(args: argparse.Namespace) -> NixosSettings:
         User,
     )
     from labkit.systems.nixos.hashes import read_hash_file
-
-    from labkit.cli.args import ssh_keys
 
     keys = ssh_keys(args.ssh_key or [])
     hashed = read_hash_file(Path(args.hashed_password_file)) if args.hashed_password_file else None
