@@ -154,7 +154,7 @@ def test_serial_actions_follow_the_install_plan() -> None:
     assert any(isinstance(a, Edit) and a.path.endswith("configuration.nix") for a in acts)
     # verify: the module on /data is labkit's (sha256), and the hash itself is in no command line
     module = puts["/mnt/data/etc/nixos/labkit.nix"]
-    assert module.secret and module.mode == 0o600
+    assert module.redact and module.mode == 0o600
     assert hashlib.sha256(module.data).hexdigest() in acts[-2].line and "sha256sum" in acts[-2].line
     assert not any(HASH in a.line for a in acts if isinstance(a, Run)) and HASH not in text
     inst = next(a for a in acts if isinstance(a, Run) and a.step == "nixos-install")
@@ -223,7 +223,7 @@ def test_a_secret_file_leaves_no_trace_in_the_logs(pty_shell: SerialShell, tmp_p
     lines reach the serial log, the session record or the runner's transcript; the file is 0600."""
     target = tmp_path / "data" / "labkit.nix"
     data = ('users.users.lab.hashedPassword = "' + HASH + '";\n').encode() * 30  # several base64 lines
-    session = drive_install(pty_shell, [Put("write configuration", str(target), data, 0o600, secret=True)],
+    session = drive_install(pty_shell, [Put("write configuration", str(target), data, 0o600, redact=True)],
                             logged_in=True)
     assert target.read_bytes() == data and target.stat().st_mode & 0o777 == 0o600
     b64 = base64.b64encode(data).decode()

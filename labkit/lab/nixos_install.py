@@ -97,7 +97,7 @@ class Put:
     mode: int = 0o644
     #: the data holds a secret (the module with the password hash): the terminal echo is turned off
     #: while it is sent, and its base64 never reaches the transcripts or an error message
-    secret: bool = False
+    redact: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def serial_actions(params: InstallParams, *, guest_memory_mib: int = 2048,
                     f"remove the systemd-boot lines, import ./{MODULE_NAME}"))
     out.append(Put(cstep, f"{cfg_dir}/{MODULE_NAME}", plan.module_file.encode(),
                    0o600 if params.settings.user.hashed_password is not None else 0o644,
-                   secret=params.settings.user.hashed_password is not None))
+                   redact=params.settings.user.hashed_password is not None))
     out.append(Put(cstep, f"{cfg_dir}/{PROBE_NAME}", probe_script()))
     for argv, env in recorded["nixos-install"]:
         out.append(Run("nixos-install", line([*argv, *nixos_install_args], env), p.install_timeout_s))
@@ -259,29 +259,29 @@ def _run(shell: SerialShell, session: InstallSession, step: str, command: str, t
 
 
 def put_file(shell: SerialShell, session: InstallSession, step: str, path: str, data: bytes,
-             mode: int = 0o644, *, secret: bool = False) -> None:
+             mode: int = 0o644, *, redact: bool = False) -> None:
     """Send ``data`` base64 in short lines to ``path.labkit-part``, check its sha256, rename it.
 
-    ``secret``: the terminal echo is off while the lines are sent (``stty -echo``), each base64 line is
-    redacted from the serial log, the runner's transcript and the session record, and the file is
-    created with mode 0600 before anything is written to it.
+    ``redact`` (the data holds a secret): the terminal echo is off while the lines are sent (``stty -echo``),
+    each base64 line is redacted from the serial log, the runner's transcript and the session record, and the
+    file is created with mode 0600 before anything is written to it.
     """
     part = f"{path}.labkit-part"
     q, qp = shlex.quote(path), shlex.quote(part)
-    create = f"( umask 077; : > {qp} )" if secret else f": > {qp}"
+    create = f"( umask 077; : > {qp} )" if redact else f": > {qp}"
     _run(shell, session, step, f"mkdir -p {shlex.quote(str(PurePosixPath(path).parent))} && {create}", 30.0)
     b64 = base64.b64encode(data).decode()
-    if secret:
+    if redact:
         _run(shell, session, step, "stty -echo 2>/dev/null || true", 30.0)
     try:
         for i in range(0, len(b64), CHUNK):
             chunk = b64[i:i + CHUNK]
-            if secret:
+            if redact:
                 shell.add_secret(chunk)
             _run(shell, session, step, f"echo {chunk} | base64 -d >> {qp}", 30.0,
-                 shown=f"echo <{len(chunk)} base64 characters, redacted> | base64 -d >> {qp}" if secret else None)
+                 shown=f"echo <{len(chunk)} base64 characters, redacted> | base64 -d >> {qp}" if redact else None)
     finally:
-        if secret:
+        if redact:
             _run(shell, session, step, "stty echo 2>/dev/null || true", 30.0)
     got = _run(shell, session, step, f"sha256sum {qp}", 30.0).split()
     want = hashlib.sha256(data).hexdigest()
@@ -307,7 +307,7 @@ def drive_install(shell: SerialShell, actions: Sequence[Action], *, login_timeou
         if isinstance(a, Run):
             _run(shell, session, a.step, a.line, a.timeout)
         elif isinstance(a, Put):
-            put_file(shell, session, a.step, a.path, a.data, a.mode, secret=a.secret)
+            put_file(shell, session, a.step, a.path, a.data, a.mode, redact=a.redact)
         else:
             old = get_file(shell, session, a.step, a.path).decode()
             put_file(shell, session, a.step, a.path, a.edit(old).encode())
