@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -93,9 +92,10 @@ def test_a_partition_held_open_by_a_process_is_seen(tmp_path: Path, make_loop) -
     dev, state = _partitioned(tmp_path, make_loop)
     part = read_disk(Runner(progress=None), dev).partition(3)
     assert part is not None
-    holder = subprocess.Popen(["python3", "-c", f"f = open({part.path!r}, 'rb'); import time; time.sleep(60)"])
+    holder = subprocess.Popen(["python3", "-c", f"f = open({part.path!r}, 'rb'); print('open', flush=True); "
+                               "import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"  # it holds it now
         t = tmp_path / "t.jsonl"
         with pytest.raises(Refused) as info:
             run_disk_phase(Runner(transcript=t, progress=None),
