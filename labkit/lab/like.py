@@ -23,33 +23,26 @@ from labkit.measure.environment import (
     capture_environment,
     environment_differences,
     load_environment,
+    recorded_params,
 )
 
 #: Settings that say where a run goes and what it writes, not what it measures: never taken from the old run
 #: (``labkit lab --like`` takes them from its own options).
 LOCAL_SETTINGS = ("out", "cache_dir", "report", "keep_image")
-#: Settings of the notebooks' chain, not of a lab run.
-NOT_LAB = ("run_dir", "interactive")
-#: Names a run recorded before the settings table (labkit's LabParams), and what they are called now.
-RENAMED = {"world": "package_set", "accel_candidates": "accel"}
+#: Settings of the notebooks' chain or of the matrix, not of one lab run.
+NOT_LAB = ("run_dir", "interactive", "grid", "scheduler")
 
 
 def params_from_record(record: Mapping[str, Any], **local: Any) -> tuple[Settings, list[str]]:
-    """The settings of a run from its recorded ``params`` (the local ones, such as ``out`` and ``cache_dir``,
-    from ``local``), and notes on recorded items this labkit does not know or that the record lacks."""
+    """The settings of a run from its recorded ``params`` (:func:`recorded_params`: older names mapped; the
+    local ones, such as ``out`` and ``cache_dir``, from ``local``), and notes on recorded items this labkit does
+    not know or that the record lacks."""
+    params = recorded_params({"params": record})
     known = set(names())
-    values: dict[str, Any] = {}
-    notes: list[str] = []
-    for key, value in record.items():
-        name = RENAMED.get(key, key) if key not in known else key
-        if name not in known:
-            notes.append(f"recorded parameter {key!r} is unknown to this labkit version: ignored")
-        elif name not in LOCAL_SETTINGS + NOT_LAB and value is not None and name not in values:
-            values[name] = coerce(name, value)
-    for name in names():
-        if "lab" in meta(name).scopes and name not in LOCAL_SETTINGS and name not in values \
-                and not any(RENAMED.get(k) == name or k == name for k in record):
-            notes.append(f"parameter {name!r} is not recorded: this labkit's default is used")
+    notes = [f"recorded parameter {k!r} is unknown to this labkit version: ignored" for k in params if k not in known]
+    values = {k: coerce(k, v) for k, v in params.items() if k in known and k not in LOCAL_SETTINGS + NOT_LAB}
+    notes += [f"parameter {n!r} is not recorded: this labkit's default is used" for n in names()
+              if "lab" in meta(n).scopes and n not in LOCAL_SETTINGS and n not in params]
     values.update({k: coerce(k, v) for k, v in local.items() if v is not None})
     return Settings(**values), sorted(notes)
 

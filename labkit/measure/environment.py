@@ -141,6 +141,22 @@ def load_environment(run_dir: Path) -> dict[str, Any]:
     return data
 
 
+#: Parameter names a run recorded before the settings table (labkit.lab.run.LabParams), and their names now.
+RENAMED_PARAMS = {"world": "package_set", "accel_candidates": "accel"}
+
+
+def recorded_params(env: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's recorded ``params`` under today's setting names: older runs' names mapped
+    (:data:`RENAMED_PARAMS`), their ``None`` (no value) written as today's empty value (``max_boots``: 0)."""
+    raw = env.get("params")
+    params = dict(raw) if isinstance(raw, Mapping) else {}
+    for old, new in RENAMED_PARAMS.items():
+        if old in params:
+            value = params.pop(old)
+            params.setdefault(new, value)
+    return {k: (0 if k == "max_boots" else "") if v is None else v for k, v in params.items()}
+
+
 def host_name(env: Mapping[str, Any]) -> str:
     """The host a run was measured on: ``host.hostname``, else the node field of ``host.uname`` (older runs)."""
     host = env.get("host") or {}

@@ -41,6 +41,7 @@ from labkit.measure.environment import (
     host_name,
     labkit_version,
     load_environment,
+    recorded_params,
 )
 from labkit.measure.loadcost import LOADCOST_FILE
 from labkit.measure.metrics import METRICS, applies, os_family
@@ -64,7 +65,7 @@ DECOMPRESSION_FILE = "decompression.json"
 #: The cell of runs that share every parameter (no factor varies).
 NO_FACTORS = "all"
 #: Parameters that say where a run went or what it wrote, never what it measured: not factors.
-NOT_FACTORS = ("out", "cache_dir", "report", "keep_image", "target")
+NOT_FACTORS = ("out", "cache_dir", "report", "keep_image", "target", "run_dir", "interactive", "grid", "scheduler")
 #: Files never copied with a run folder (the disk image and the work tree are large and rebuilt by a run).
 COPY_IGNORE = ("work", "*.img", ".report.tmp-*")
 #: The columns of runs.csv besides the factors.
@@ -96,8 +97,7 @@ class RunSource:
 
     @property
     def params(self) -> dict[str, Any]:
-        p = self.environment.get("params")
-        return dict(p) if isinstance(p, Mapping) else {}
+        return recorded_params(self.environment)
 
     @property
     def matrix(self) -> dict[str, Any]:
