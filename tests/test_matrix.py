@@ -304,3 +304,23 @@ def test_benchmark_notebook_plans_a_matrix(tmp_path: Path) -> None:
         papermill.execute_notebook(str(nb), str(tmp_path / "o2.ipynb"), kernel_name="python3", progress_bar=False,
                                    cwd=str(tmp_path), parameters={"target": "plan", "grid": {"colour": "1,2"},
                                                                   "interactive": False})
+
+
+@pytest.mark.skipif(Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1",
+                    reason="this host overcommits any amount of memory: QEMU would start")
+def test_qemu_that_cannot_start_is_retried_then_kept_as_failed(tmp_path: Path) -> None:
+    """The real path: the image is built, the accelerator chosen, then QEMU cannot set up 64 TiB of guest RAM
+    and exits before the firmware writes a line (QEMU_START_FAILED): the cell is tried once more, then kept as
+    failed with the reason and its files."""
+    log = io.StringIO()
+    run = run_matrix(parse_grid(["memory=67108864"]), FAST, tmp_path / "m", retries=1, log=log, poll_s=0.5,
+                     scratch=str(tmp_path / "scratch"))
+    (cell,) = run.cells
+    assert cell.status == "failed" and [a["status"] for a in cell.attempts] == ["infra", "infra"], log.getvalue()
+    reason = str(cell.attempts[0]["reason"])
+    assert reason.startswith("alpine #0: QEMU failed to start: qemu exited 1") and "guest memory" in reason
+    assert "(after 2 attempts)" in log.getvalue() and "retrying (2/2)" in log.getvalue()
+    assert (tmp_path / "m" / "attempts" / "memory_mib-67108864.attempt-1" / "boots.csv").is_file()
+    assert (tmp_path / "m" / "cells" / "memory_mib-67108864" / "transcript.jsonl").is_file()
+    # the cell's results.csv has no row; the merged folder is made from the cells that measured something
+    assert run.report is None or "QEMU failed to start" in run.report.read_text()

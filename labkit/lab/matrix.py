@@ -19,11 +19,12 @@ needed, and the scratch folder is removed once packed.
 
 Failures: a cell whose worker was lost (distributed's ``KilledWorker``, a closed comm) or whose QEMU could not
 start (:class:`labkit.lab.qemu.QemuStartError`, a boot marked :data:`labkit.lab.boot.QEMU_START_FAILED`, an
-``OSError``) is an infrastructure failure: it is submitted again, up to ``retries`` more times, and its
-failed attempts are kept in ``DIR/attempts/``. A cell whose guest failed (a boot without a usable bundle, a
-failed build) is kept as failed, never retried. The local cluster's scheduler sets ``allowed-failures`` to 0,
-so a lost worker reaches this code at once instead of being rescheduled silently; a remote scheduler should
-be started with ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0`` (labkit says so when it is not).
+``OSError``, a tool missing on that worker's machine) is an infrastructure failure: it is submitted again, up
+to ``retries`` more times, and its failed attempts are kept in ``DIR/attempts/``. A cell whose guest failed
+(a boot without a usable bundle, a failed build) is kept as failed, never retried. The local cluster's
+scheduler sets ``allowed-failures`` to 0, so a lost worker reaches this code at once instead of being
+rescheduled silently; a remote scheduler should be started with
+``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0`` (labkit says so when it is not).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from labkit.core.errors import InputError, LabkitError
+from labkit.core.errors import InputError, LabkitError, ToolMissing
 from labkit.core.runner import atomic_write_text
 from labkit.core.settings import Settings, coerce, default, kind, meta, names
 from labkit.lab.boot import QEMU_START_FAILED
@@ -332,7 +333,7 @@ def run_cell(spec: CellSpec, work: CellWork | None = None) -> CellOutcome:
     try:
         with log.open("w", encoding="utf-8") as progress:
             (work or lab_work)(cell_params(dict(spec.base), spec.cell, run_dir), record, progress)
-    except (QemuStartError, OSError) as exc:
+    except (QemuStartError, ToolMissing, OSError) as exc:  # this worker's machine, not the cell: try again
         status, reason = "infra", f"{type(exc).__name__}: {exc}"
     except LabkitError as exc:
         status, reason = "failed", str(exc)
