@@ -199,6 +199,10 @@ def dask_cluster(tmp_path: Path, control: Path) -> Iterator[tuple[str, list[subp
         address = json.loads(sched_file.read_text())["address"]
         workers = [start([str(DASK), "worker", address, "--nworkers", "1", "--nthreads", "1", "--resources",
                           f"{BOOTSLOT}=1", "--host", "127.0.0.1", "--no-dashboard"], f"worker{i}") for i in range(2)]
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=120)
         yield address, workers
     finally:
         for p in reversed(procs):

@@ -15,8 +15,8 @@ import synth
 
 from labkit.cli import main as cli
 from labkit.core.errors import InputError
+from labkit.core.settings import Settings
 from labkit.lab.like import params_from_record, setup_differences
-from labkit.lab.run import LabParams
 from labkit.measure.environment import environment_differences, host_name
 from labkit.report.merge import MergeError, load_merged, merge_runs, overlap_word, per_cell_wide
 from labkit.report.report import load_report_context, render_report
@@ -133,19 +133,23 @@ def test_overlap_of_two_intervals() -> None:
 
 
 # -- labkit lab --like -----------------------------------------------------------------------------------
-def test_recorded_parameters_come_back_as_lab_parameters(tmp_path: Path) -> None:
-    p = LabParams(out=tmp_path / "x", boots=2, warmup=0, systems=("alpine",), memory_mib=384, load_cost=False,
-                  spread_threshold=0.1, max_boots=4)
+def test_recorded_parameters_come_back_as_lab_settings(tmp_path: Path) -> None:
+    p = Settings(out=str(tmp_path / "x"), boots=2, warmup=0, systems=("alpine",), memory_mib=384, load_cost=False,
+                 spread_threshold=0.1, max_boots=4, cache_dir="/elsewhere/cache")
     record = json.loads(json.dumps(p.as_record()))  # as environment.json holds it
     record["a_newer_option"] = 1
-    del record["world"]
-    back, notes = params_from_record(record, out=tmp_path / "y")
+    del record["package_set"]
+    back, notes = params_from_record(record, out=str(tmp_path / "y"))
     assert back.boots == 2 and back.systems == ("alpine",) and back.memory_mib == 384 and back.max_boots == 4
-    assert back.load_sets == ("small", "medium", "large") and back.out == tmp_path / "y"
-    assert back.cache_dir == LabParams().cache_dir  # local, never the other machine's path
-    assert notes == ["parameter 'world' is not recorded: this labkit's default is used",
+    assert back.load_sets == ("small", "medium", "large") and back.out == str(tmp_path / "y")
+    assert back.cache_dir == ""  # local: this machine's cache, never the other machine's path
+    assert notes == ["parameter 'package_set' is not recorded: this labkit's default is used",
                      "recorded parameter 'a_newer_option' is unknown to this labkit version: ignored"]
-    with pytest.raises(InputError, match="not a int"):
+    # a run recorded before the settings table (LabParams' names and None values)
+    old, notes = params_from_record({"world": "small", "accel_candidates": ["tcg"], "max_boots": None,
+                                     "alpine_iso": None, "boots": 1, "systems": ["alpine"], "load_cost": False})
+    assert (old.package_set, old.accel, old.max_boots, old.alpine_iso, old.boots) == ("small", ("tcg",), 0, "", 1)
+    with pytest.raises(InputError, match="is not a whole number"):
         params_from_record({"boots": "three"})
 
 

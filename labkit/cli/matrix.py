@@ -40,7 +40,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         for r in pair.to_dict("records"):
             print(f"  {r['metric']:<30} {r['os']:<18} A {r['A: median [95 % CI]']:<32} "
                   f"B {r['B: median [95 % CI]']:<32} {r['overlap']}")
-    if not args.no_report:
+    if merged.rows == 0:
+        print("no result row in these runs (every boot failed): merged, but no report")
+    elif not args.no_report:
         from labkit.report.report import render_report
 
         print(f"report: {render_report(merged.out)}")

@@ -635,6 +635,9 @@ def _merge_and_report(out: Path, states: Sequence[CellState], *, report: bool, l
     merged = merge_runs(folders, out, matrix={k: v for k, v in matrix.items() if k != "cells"})
     for n in merged.notes:
         _note(log, f"merge: {n}")
+    if merged.rows == 0:
+        _note(log, "no cell measured anything (every boot failed): merged, but no report")
+        return None
     if not report:
         return None
     from labkit.report.report import render_report

@@ -336,6 +336,7 @@ class MergeResult:
     factors: list[str]
     hosts: list[str]
     overlap: pd.DataFrame
+    rows: int = 0  # result rows merged
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -477,7 +478,7 @@ def merge_runs(inputs: Sequence[str | Path], out: Path, *, matrix: Mapping[str, 
         "matrix": dict(matrix) if matrix else None,
     }
     atomic_write_text(out / MERGE_FILE, json.dumps(info, indent=2, default=str) + "\n")
-    return MergeResult(out, meta, factors, hosts, overlap, duplicates, notes)
+    return MergeResult(out, meta, factors, hosts, overlap, len(results), duplicates, notes)
 
 
 # -- reading a merged folder (the report) ----------------------------------------------------------
