@@ -120,7 +120,7 @@ def test_bad_merges_are_refused(tmp_path: Path) -> None:
         merge_runs([tmp_path / "empty"], tmp_path / "m")
     with pytest.raises(MergeError, match="not a directory"):
         merge_runs([tmp_path / "nope"], tmp_path / "m")
-    with pytest.raises(MergeError, match="already holds a run"):
+    with pytest.raises(InputError, match="already holds a run"):  # the one run-folder rule (core/runfolder)
         merge_runs([a], a)
     assert not (tmp_path / "m").exists()
 

@@ -13,7 +13,8 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
 
     grid = parse_grid(args.grid)
     base = from_args(args, "lab")
-    run = run_matrix(grid, base, Path(args.out), scheduler=args.scheduler, workers=args.workers,
+    run = run_matrix(grid, base, Path(args.out) if args.out else None, runs_root=Path(args.runs_root),
+                     scheduler=args.scheduler, workers=args.workers,
                      retries=args.retries, report=base.report, log=sys.stderr)
     for c in run.cells:
         last = c.attempts[-1] if c.attempts else {}
@@ -29,7 +30,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from labkit.report.merge import merge_runs, overlap_view
 
-    merged = merge_runs(args.run_dirs, Path(args.out))
+    merged = merge_runs(args.run_dirs, Path(args.out) if args.out else None, runs_root=Path(args.runs_root))
     for n in merged.notes:
         print(f"labkit: note: {n}", file=sys.stderr)
     print(f"merged {len(merged.runs)} run(s) from {len(merged.hosts)} host(s) into {merged.out}; factors: "
@@ -54,7 +55,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a lab parameter and its values (repeatable; cells = every combination), e.g. "
                         "memory=384,512 or world=small,default or systems=alpine+nixos,alpine")
-    m.add_argument("--out", required=True, help="the matrix folder (new or empty): cells/, results.csv, report.html")
+    m.add_argument("--out", help="the matrix folder (new or empty): cells/, results.csv, report.html; "
+                                 "default: a new runs/<run-id>")
+    m.add_argument("--runs-root", default="runs", help="where new run folders go (default runs/)")
     m.add_argument("--scheduler", metavar="tcp://HOST:8786",
                    help="a running Dask scheduler (its workers run the cells); default: a local cluster")
     m.add_argument("--workers", type=int, default=1,
@@ -70,6 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     g = sub.add_parser("merge", help="merge run folders (from here or copied from other machines) into one report")
     g.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, or merged/matrix folders")
-    g.add_argument("--out", required=True, help="the merged folder (new)")
+    g.add_argument("--out", help="the merged folder (new or empty; default: a new runs/<run-id>)")
+    g.add_argument("--runs-root", default="runs", help="where new run folders go (default runs/)")
     g.add_argument("--no-report", action="store_true", help="write the merged tables but skip the HTML report")
     g.set_defaults(func=_cmd_merge)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from labkit.core.settings import Settings
 from labkit.lab.matrix import MatrixRun, expand_grid, grid_from_mapping, run_matrix
-from labkit.lab.run import LabRun, lab_plan, new_run_id, run_lab
+from labkit.lab.run import LabRun, lab_plan, run_lab
 
 
 def params(s: Settings, *, out: str = "") -> Settings:
@@ -53,8 +53,8 @@ def run(target: str, p: Settings) -> LabRun | MatrixRun | None:
         print(f"{sum(d.record.ok for d in done)}/{len(done)} boots ok; results: {out / 'results.csv'}")
         return None
     if p.grid:
-        folder = Path(p.out) if p.out else Path("runs") / f"matrix-{new_run_id()}"
-        matrix = run_matrix(grid_from_mapping(p.grid), p, folder, scheduler=p.scheduler or None)
+        matrix = run_matrix(grid_from_mapping(p.grid), p, Path(p.out) if p.out else None,
+                            scheduler=p.scheduler or None)
         print(f"matrix {matrix.matrix_id}: {len(matrix.cells) - len(matrix.failed)}/{len(matrix.cells)} cells ok; "
               f"report: {matrix.report}")
         return matrix

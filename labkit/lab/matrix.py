@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import sys
 import tarfile
@@ -50,11 +51,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from labkit.core.errors import InputError, LabkitError, ToolMissing
+from labkit.core.runfolder import new_run_id, prepare_run_dir
 from labkit.core.runner import atomic_write_text
 from labkit.core.settings import Settings, coerce, default, kind, meta, names
 from labkit.lab.boot import QEMU_START_FAILED
 from labkit.lab.qemu import QemuStartError
-from labkit.lab.run import new_run_id, run_lab
+from labkit.lab.run import run_lab
 from labkit.report.merge import MATRIX_FILE
 
 if TYPE_CHECKING:
@@ -462,15 +464,6 @@ def _note(log: TextIO | None, msg: str) -> None:
         print(msg, file=log, flush=True)
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a directory", "choose a new directory for the matrix")
-    if out.is_dir() and any(out.iterdir()):
-        raise InputError(f"--out {out} is not empty; labkit never overwrites a matrix or a run",
-                         "choose a new or empty directory")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _write_matrix_json(out: Path, matrix_id: str, grid: Sequence[tuple[str, Sequence[object]]],
                        base: Mapping[str, object], states: Sequence[CellState], extra: Mapping[str, object]) -> None:
     def js(v: object) -> object:
@@ -486,8 +479,9 @@ def _write_matrix_json(out: Path, matrix_id: str, grid: Sequence[tuple[str, Sequ
 def run_matrix(
     grid: Sequence[tuple[str, Sequence[object]]],
     base: Settings,
-    out: Path,
+    out: Path | None = None,
     *,
+    runs_root: Path = Path("runs"),
     scheduler: str | None = None,
     workers: int = 1,
     retries: int = DEFAULT_RETRIES,
@@ -499,16 +493,17 @@ def run_matrix(
     scratch: str | None = None,
 ) -> MatrixRun:
     """Run every cell of ``grid`` (on ``base``) on Dask, retry infrastructure failures up to ``retries``
-    times, unpack each cell into ``out/cells/<cell-id>/``, merge them into ``out`` and render the report."""
+    times, unpack each cell into ``out/cells/<cell-id>/``, merge them into ``out`` and render the report.
+    ``out``: a new or empty folder; None: a new ``runs_root/<run-id>``."""
     from distributed import Future
 
     started = time.monotonic()
     cells = expand_grid(grid, base)
     if retries < 0:
         raise InputError(f"--retries {retries} is negative", "use 0 (no retry) or more")
-    out = Path(out)
-    _prepare_out(out)
-    matrix_id = new_run_id()
+    _, out = prepare_run_dir(Path(out) if out is not None else None, runs_root)  # new or empty, else runs/<id>
+    # cells' run ids are <matrix id>-<cell id>: unique even for matrices started the same second on two machines
+    matrix_id = f"{new_run_id()}-{secrets.token_hex(2)}"
     over = base_overrides(base)
     states = {c.cell_id: CellState(c) for c in cells}
     meta: dict[str, object] = {"scheduler": scheduler or f"local ({workers} worker(s))", "retries": retries}

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.core.errors import LabkitError
+from labkit.core.runfolder import prepare_run_dir
 from labkit.core.runner import atomic_write_bytes, atomic_write_text
 from labkit.measure.environment import (
     ENVIRONMENT_FILE,
@@ -358,12 +359,17 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def merge_runs(inputs: Sequence[str | Path], out: Path, *, matrix: Mapping[str, Any] | None = None) -> MergeResult:
-    """Merge the run folders ``inputs`` into ``out`` (see the module docstring). Run folders outside ``out``
-    are copied into ``out/runs/<run-id>/`` (without their work tree), so the merged folder stands alone and
-    can itself be merged again. ``matrix``: the matrix's own record (matrix.json), kept in merge.json."""
-    out = Path(out)
-    _check_out(out)
+def merge_runs(inputs: Sequence[str | Path], out: Path | None = None, *, runs_root: Path = Path("runs"),
+               matrix: Mapping[str, Any] | None = None) -> MergeResult:
+    """Merge the run folders ``inputs`` into ``out`` (see the module docstring): a new or empty folder, or a new
+    ``runs/<run-id>`` (:func:`labkit.core.runfolder.prepare_run_dir`); for a matrix (``matrix``: its record,
+    kept in merge.json) the matrix's own folder, which holds the cells. Run folders outside ``out`` are copied
+    into ``out/runs/<run-id>/`` (without their work tree), so the merged folder stands alone and can itself be
+    merged again."""
+    if matrix is not None:
+        if out is None:
+            raise MergeError("a matrix is merged into its own folder", "pass the matrix folder as out")
+        _check_out(Path(out))
     folders = run_folders(inputs)
     runs: list[RunSource] = []
     duplicates: list[dict[str, Any]] = []
@@ -383,6 +389,10 @@ def merge_runs(inputs: Sequence[str | Path], out: Path, *, matrix: Mapping[str, 
             notes.append(f"run {r.run_id} ({folder}) has no {ENVIRONMENT_FILE}: its host and parameters are unknown")
         seen[r.run_id] = r
         runs.append(r)
+    if matrix is None:
+        out = prepare_run_dir(Path(out) if out is not None else None, runs_root)[1]
+    assert out is not None
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / ENVIRONMENTS_DIR).mkdir(exist_ok=True)
     factors = find_factors(runs)
