@@ -7,18 +7,60 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labkit.cli.args import ssh_keys
 from labkit.core.errors import LabkitError
 from labkit.core.text import dumps_json
+
+if TYPE_CHECKING:
+    from labkit.lab.run import LabRun
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
     from labkit.core.settings import from_args
     from labkit.lab.run import run_lab
 
+    if args.like:
+        return _cmd_lab_like(args)
     params = from_args(args, "lab", nixos_ssh_keys=tuple(ssh_keys(args.nixos_ssh_keys or [])))
-    run = run_lab(params, runs_root=Path(args.runs_root))
+    return _report_lab(run_lab(params, runs_root=Path(args.runs_root)))
+
+
+def _cmd_lab_like(args: argparse.Namespace) -> int:
+    """``labkit lab --like RUN_DIR``: the recorded parameters, a warning for every difference in host, tools
+    and versions (before the run, and after it for the guest kernel and accelerator)."""
+    from labkit.core.errors import InputError
+    from labkit.core.settings import meta, names
+    from labkit.lab.like import LOCAL_SETTINGS, like_record, load_like, run_differences, setup_differences
+    from labkit.lab.run import run_lab
+    from labkit.measure.environment import load_environment
+
+    given = [n for n in names() if "lab" in meta(n).scopes and n not in LOCAL_SETTINGS
+             and getattr(args, n, None) is not None]
+    if given:
+        options = ", ".join(meta(n).cli or "--" + n.replace("_", "-") for n in given)
+        raise InputError(f"--like takes every parameter from {args.like}/environment.json, but {options} "
+                         "was given too", "drop those options, or run without --like")
+    local = {n: getattr(args, n) for n in LOCAL_SETTINGS if getattr(args, n, None) is not None}
+    params, env, notes = load_like(Path(args.like), **local)
+    for n in notes:
+        print(f"labkit: warning: {n}", file=sys.stderr)
+    diffs = setup_differences(env)
+    for key, old, new in diffs:
+        print(f"labkit: warning: {key} differs from the recorded run: recorded {old!r}, here {new!r}", file=sys.stderr)
+    if not diffs:
+        print("labkit: host, tools and versions are the same as in the recorded run", file=sys.stderr)
+    run = run_lab(params, runs_root=Path(args.runs_root), record=like_record(Path(args.like), env))
+    after = [d for d in run_differences(env, load_environment(run.run_dir)) if d not in diffs]
+    for key, old, new in after:
+        print(f"labkit: warning: {key} differs from the recorded run: recorded {old!r}, this run {new!r}",
+              file=sys.stderr)
+    print(f"compare the two: labkit merge {args.like} {run.run_dir} --out <folder>")
+    return _report_lab(run)
+
+
+def _report_lab(run: LabRun) -> int:
     print(f"run {run.run_id}: {len(run.boots) - len(run.failed)}/{len(run.boots)} boots ok, accelerator {run.accel}")
     for b in run.failed:
         print(f"  failed: {b.os} #{b.boot}: {b.reason} (serial log: {run.run_dir / b.serial_log})")
@@ -51,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(lab, "lab")
     lab.add_argument("--runs-root", default="runs", help="where new run directories go (default runs/)")
+    lab.add_argument("--like", metavar="RUN_DIR",
+                     help="run again with the parameters recorded in RUN_DIR/environment.json, warning about every "
+                          "difference in host, tools and versions (then: labkit merge RUN_DIR NEW --out DIR)")
     lab.set_defaults(func=_cmd_lab)
 
     lay = sub.add_parser("layout", help="show a disk layout")
@@ -85,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     from labkit.cli.parse import register as register_parse
 
     register_parse(sub)
+
+    from labkit.cli.matrix import register as register_matrix
+
+    register_matrix(sub)
     return p
 
 

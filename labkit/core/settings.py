@@ -139,6 +139,11 @@ class Settings:
     load_sets: tuple[str, ...] = setting(("small", "medium", "large"), "package sets of the load-cost experiment",
                                          "nb", "lab", choices=PACKAGE_SET_NAMES)
     boot_check: bool = setting(True, "lab target: boot the image once after the phase", "nb")
+    # -- the benchmark matrix (labkit matrix; 05_benchmark) --------------------------------------------------
+    grid: dict[str, str] = setting({}, "a benchmark matrix: lab setting -> its values, e.g. {'memory_mib': "
+                                   "'384,512'}; one lab run per combination, on Dask (empty: one lab run)", "nb")
+    scheduler: str = setting("", "the matrix's Dask scheduler, tcp://HOST:8786 (empty: a local cluster, one boot "
+                             "at a time)", "nb")
     # -- real media -------------------------------------------------------------------------------------
     alpine_iso: str = setting("", "an Alpine ISO to take Alpine from (checksum-checked, extracted without "
                               "mounting); empty: the Alpine-style rehearsal", "nb", "lab", "install")
@@ -421,7 +426,7 @@ NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "04_alpine": (*_COMMON, "package_set", "hostname", "alpine_iso", "alpine_iso_sha256", "alpine_world",
                   "alpine_media", "boot_check"),
     "05_benchmark": ("target", "run_dir", "device", "fingerprint", "systems", "boots", "warmup", "package_set",
-                     "memory_mib", "load_cost", "load_sets", "interactive"),
+                     "memory_mib", "load_cost", "load_sets", "grid", "scheduler", "interactive"),
     "06_report": ("run_dir",),
 }
 

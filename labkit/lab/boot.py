@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from labkit.systems.nixos.iso import IsoBootFiles
 
 
+#: The start of a boot's ``reason`` when QEMU never started the guest (:attr:`qemu.BootResult.failed_to_start`):
+#: an infrastructure failure, which :mod:`labkit.lab.matrix` retries, unlike a guest that failed.
+QEMU_START_FAILED = "QEMU failed to start"
+
+
 @dataclass(frozen=True)
 class BootRecord:
     os: str
@@ -99,7 +104,9 @@ def run_boot(
         rows: list[ResultRow] = []
         missing = ""
         good = [b for b in bundles if b.ok]
-        if not bundles:
+        if res.failed_to_start:
+            ok, reason = False, f"{QEMU_START_FAILED}: {res.reason}"
+        elif not bundles:
             ok, reason = False, f"no probe bundle on serial ({res.reason})"
         elif not good:
             ok, reason = False, f"bundle incomplete: {'; '.join(bundles[0].problems)} ({res.reason})"

@@ -33,6 +33,11 @@ LAST_SMOKE_TIMEOUT_S = 60.0
 FATAL_STDERR = ("KVM internal error", "failed to initialize kvm", "Could not access KVM")
 
 
+class QemuStartError(LabkitError):
+    """QEMU could not start a guest at all (an infrastructure failure: a matrix cell is retried, see
+    :mod:`labkit.lab.matrix`), as opposed to a guest that started and then failed."""
+
+
 @dataclass(frozen=True)
 class BootResult:
     ok: bool
@@ -46,6 +51,12 @@ class BootResult:
     reason: str
     stderr: str = ""
     stopped: bool = False  # stop_on matched and labkit ended the run
+
+    @property
+    def failed_to_start(self) -> bool:
+        """QEMU exited with an error before the firmware wrote a single serial line (bad option,
+        missing firmware file, no memory, ...): nothing of the guest ran."""
+        return not (self.ok or self.stopped or self.timed_out) and not self.lines and self.rc not in (0, None)
 
     def find(self, pattern: str) -> SerialLine | None:
         """First serial line containing ``pattern`` (plain substring)."""
@@ -237,8 +248,8 @@ def choose_accelerator(
             why = f"{res.reason} [{detail}]" if detail and detail not in res.reason else res.reason
             tried.append((accel, False, why))
             runner.note(f"accelerator {accel} failed the smoke boot: {why}")
-    raise LabkitError(f"no accelerator can boot OVMF here: {tried}",
-                      "check that qemu-system-x86 and ovmf are installed; try candidates=('tcg',)")
+    raise QemuStartError(f"no accelerator can boot OVMF here: {tried}",
+                         "check that qemu-system-x86 and ovmf are installed; try candidates=('tcg',)")
 
 
 def host_versions(runner: Runner | None = None) -> dict[str, str]:

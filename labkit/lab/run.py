@@ -19,7 +19,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -135,7 +135,9 @@ def cache_dir(params: Settings) -> Path:
     return Path(params.cache_dir) if params.cache_dir else default_cache_dir()
 
 
-def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_root: Path = Path("runs")) -> LabRun:
+def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_root: Path = Path("runs"),
+            record: Mapping[str, object] | None = None) -> LabRun:
+    """``record``: more items for environment.json's ``extra`` (the matrix cell, the run repeated by ``--like``)."""
     params.validate()
     params.validate_lab()
     run_id, run_dir = prepare_run_dir(params.path("out"), runs_root)
@@ -224,6 +226,7 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
             "boots_ok": sum(b.ok for b in boots),
             "boots_failed": sum(not b.ok for b in boots),
             "wall_s": round(time.monotonic() - started, 1),
+            **(record or {}),
         }
         if lab is not None:
             extra["qemu_argv_example"] = qemu.qemu_argv(lab.image.path, vars_file=work / "qemu" / "OVMF_VARS.fd",

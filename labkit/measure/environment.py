@@ -103,6 +103,7 @@ def capture_environment(
         "captured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {
             "uname": " ".join([uname.system, uname.node, uname.release, uname.version, uname.machine]),
+            "hostname": uname.node,
             "kernel_release": uname.release,
             "machine": uname.machine,
             "cpu_model": _cpu_model(root),
@@ -138,6 +139,70 @@ def load_environment(run_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LabkitError(f"{path} must hold a JSON object")
     return data
+
+
+#: Parameter names a run recorded before the settings table (labkit.lab.run.LabParams), and their names now.
+RENAMED_PARAMS = {"world": "package_set", "accel_candidates": "accel"}
+
+
+def recorded_params(env: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's recorded ``params`` under today's setting names: older runs' names mapped
+    (:data:`RENAMED_PARAMS`), their ``None`` (no value) written as today's empty value (``max_boots``: 0)."""
+    raw = env.get("params")
+    params = dict(raw) if isinstance(raw, Mapping) else {}
+    for old, new in RENAMED_PARAMS.items():
+        if old in params:
+            value = params.pop(old)
+            params.setdefault(new, value)
+    return {k: (0 if k == "max_boots" else "") if v is None else v for k, v in params.items()}
+
+
+def host_name(env: Mapping[str, Any]) -> str:
+    """The host a run was measured on: ``host.hostname``, else the node field of ``host.uname`` (older runs)."""
+    host = env.get("host") or {}
+    name = host.get("hostname") if isinstance(host, Mapping) else None
+    if not name and isinstance(host, Mapping) and isinstance(host.get("uname"), str):
+        parts = host["uname"].split()
+        name = parts[1] if len(parts) > 1 else None
+    return str(name) if name else "unknown-host"
+
+
+#: Items of environment.json that say on what (host, tools, versions) a run was measured: ``--like`` warns
+#: about each one that differs, and the merge lists those that differ between runs.
+SETUP_PREFIXES: tuple[str, ...] = ("host.", "python", "labkit_version", "packages.", "extra.host_versions.",
+                                   "guest_kernel", "extra.accel", "extra.guest_kind", "extra.guests.")
+#: Items that differ on every run and say nothing about the setup.
+VOLATILE_KEYS: tuple[str, ...] = ("captured_at", "extra.run_id", "extra.wall_s", "extra.image.", "params.out",
+                                  "params.cache_dir", "extra.matrix.", "extra.like.", "extra.boots_ok",
+                                  "extra.boots_failed", "extra.qemu_argv_example", "extra.load_cost.rows")
+
+
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    """``key`` is one of ``prefixes`` or lies under one (``extra.accel`` matches itself, not ``extra.accel_tried``,
+    whose smoke-boot messages differ on every run)."""
+    return any(key == p or key.startswith(p if p.endswith(".") else p + ".") for p in prefixes)
+
+
+def _is_setup(key: str) -> bool:
+    return _matches(key, SETUP_PREFIXES) and not _matches(key, VOLATILE_KEYS)
+
+
+def environment_differences(
+    a: Mapping[str, Any], b: Mapping[str, Any], *, setup_only: bool = True
+) -> list[tuple[str, str, str]]:
+    """``(item, value in a, value in b)`` for every flattened item that differs (``—``: absent).
+
+    ``setup_only``: only the host, tools and versions (:data:`SETUP_PREFIXES`); else every item but the
+    volatile ones (time stamps, run ids, durations)."""
+    fa, fb = flatten(a), flatten(b)
+    out = []
+    for key in sorted(set(fa) | set(fb)):
+        if _matches(key, VOLATILE_KEYS) or (setup_only and not _is_setup(key)):
+            continue
+        va, vb = fa.get(key, "—"), fb.get(key, "—")
+        if va != vb:
+            out.append((key, va, vb))
+    return out
 
 
 def flatten(env: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -220,8 +220,9 @@ def metric_definitions() -> list[dict[str, str]]:
 
 
 def os_family(os_id: str) -> str:
-    """``alpine-rehearsal`` → ``alpine``; ``nixos`` → ``nixos``."""
-    return os_id.split("-", 1)[0]
+    """``alpine-rehearsal`` → ``alpine``; ``nixos`` → ``nixos``; a merged report's group label
+    (``alpine-rehearsal | memory_mib=384``, :mod:`labkit.report.merge`) → ``alpine``."""
+    return re.split(r"[^A-Za-z0-9_]", os_id, maxsplit=1)[0]
 
 
 def applies(metric: str, os_id: str) -> bool:

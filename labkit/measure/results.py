@@ -142,8 +142,10 @@ def summarize(df: pd.DataFrame, *, include_warmup: bool = False) -> pd.DataFrame
 
 
 def per_boot_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Wide table: one row per (os, boot), one column per metric; absent metrics are NaN."""
-    wide = df.pivot_table(index=["os", "boot", "warmup"], columns="metric", values="value", aggfunc="first")
+    """Wide table: one row per (os, boot), one column per metric; absent metrics are NaN. Rows of several
+    runs (a merged folder) are told apart by their run id."""
+    index = ["run_id", "os", "boot", "warmup"] if df["run_id"].nunique() > 1 else ["os", "boot", "warmup"]
+    wide = df.pivot_table(index=index, columns="metric", values="value", aggfunc="first")
     known = [m.name for m in METRICS]
     extra = sorted(c for c in wide.columns if c not in known)
     wide = wide.reindex(columns=known + extra)

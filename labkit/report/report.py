@@ -26,6 +26,15 @@ from labkit.measure.loadcost import FIREFOX_MB, LOADCOST_FILE, LoadCost, LoadCos
 from labkit.measure.metrics import PHASES, applies, metric_definitions, os_family
 from labkit.measure.results import load_results, per_boot_table, summarize
 from labkit.measure.stats import compare_systems, outliers_table, relative_spread
+from labkit.report.merge import (
+    STATS_CELL_FILE,
+    MergedFolder,
+    factor_figure,
+    is_merged,
+    load_merged,
+    overlap_view,
+    per_cell_wide,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -58,6 +67,8 @@ class ReportContext:
     loadcost: pd.DataFrame | None = None
     decompression: dict[str, Any] | None = None
     boots: pd.DataFrame | None = None  # boots.csv: every boot with its outcome (failed ones too)
+    #: A merged folder (labkit merge / labkit matrix): ``results`` then has one "os" per group (os | cell @ host)
+    merged: MergedFolder | None = None
 
     @property
     def systems(self) -> list[str]:
@@ -92,8 +103,11 @@ def validate_run_dir(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def load_report_context(run_dir: str | os.PathLike[str]) -> ReportContext:
-    """Validate ``run_dir`` and read results.csv + environment.json."""
+    """Validate ``run_dir`` and read results.csv + environment.json (a merged folder: its merged tables, one
+    group per os × cell × host, see :mod:`labkit.report.merge`)."""
     path = validate_run_dir(run_dir)
+    if is_merged(path):
+        return _merged_context(path)
     results = load_results(path / RESULTS_FILE)
     if results.empty:
         raise ReportError(f"{path / RESULTS_FILE} has no rows", "the benchmark recorded no metric; check its log")
@@ -106,6 +120,20 @@ def load_report_context(run_dir: str | os.PathLike[str]) -> ReportContext:
         dec = json.loads((path / DECOMPRESSION_FILE).read_text(encoding="utf-8"))
     boots = pd.read_csv(path / BOOTS_FILE) if (path / BOOTS_FILE).is_file() else None
     return ReportContext(path, results, summarize(results), env, lc, dec, boots)
+
+
+def _merged_context(path: Path) -> ReportContext:
+    m = load_merged(path)
+    results = m.grouped_results()
+    if results.empty:
+        raise ReportError(f"{path / RESULTS_FILE} has no rows", "the merged runs recorded no metric")
+    lc = load_loadcost(path / LOADCOST_FILE) if (path / LOADCOST_FILE).is_file() else None
+    dec = None
+    if (path / DECOMPRESSION_FILE).is_file():
+        import json
+
+        dec = json.loads((path / DECOMPRESSION_FILE).read_text(encoding="utf-8"))
+    return ReportContext(path, results, summarize(results), dict(m.environment), lc, dec, m.grouped_boots(), m)
 
 
 def origin_label(results: pd.DataFrame, environment: dict[str, Any]) -> str:
@@ -206,8 +234,8 @@ def warmup_table(ctx: ReportContext) -> pd.DataFrame:
     """The warm-up boots (discarded from the statistics, reported here)."""
     w = ctx.results[ctx.results["warmup"]]
     if w.empty:
-        return pd.DataFrame(columns=["os", "boot", "metric", "value", "unit"])
-    return w[["os", "boot", "metric", "value", "unit"]].reset_index(drop=True)
+        return pd.DataFrame(columns=["run_id", "os", "boot", "metric", "value", "unit"])
+    return w[["run_id", "os", "boot", "metric", "value", "unit"]].reset_index(drop=True)
 
 
 def loadcost_analysis(ctx: ReportContext) -> LoadCost | None:
@@ -244,8 +272,8 @@ def boots_table(ctx: ReportContext) -> pd.DataFrame:
     """Every boot the run attempted, failed ones included (boots.csv), or an empty table."""
     if ctx.boots is None:
         return pd.DataFrame(columns=["os", "boot", "warmup", "ok", "reason", "wall_s", "timed_out", "serial_log"])
-    cols = [c for c in ("os", "boot", "warmup", "ok", "reason", "wall_s", "accel", "timed_out", "serial_log",
-                        "missing") if c in ctx.boots.columns]
+    cols = [c for c in ("run_id", "os", "boot", "warmup", "ok", "reason", "wall_s", "accel", "timed_out",
+                        "serial_log", "missing") if c in ctx.boots.columns]
     return ctx.boots[cols]
 
 
@@ -310,7 +338,7 @@ def threats(ctx: ReportContext) -> list[str]:
             "system's boot *mechanism*; they are not Alpine or NixOS, and their numbers do not predict those systems'."
         )
     measured = ctx.results[~ctx.results["warmup"]]
-    n_by_os = measured.groupby("os")["boot"].nunique().to_dict()
+    n_by_os = _boot_counts(measured)
     n_text = ", ".join(f"{k}: n={v}" for k, v in sorted(n_by_os.items())) or "no measured boots"
     small = any(v < 10 for v in n_by_os.values()) or not n_by_os
     out.append(
@@ -330,6 +358,16 @@ def threats(ctx: ReportContext) -> list[str]:
         )
     elif ctx.loadcost is not None:
         out.append("**Load cost**: too few load-cost boots for a fit (needs >= 3 boots at >= 2 sizes).")
+    if ctx.merged is not None and len(ctx.merged.hosts) > 1:
+        out.append(
+            f"**Several hosts** ({', '.join(ctx.merged.hosts)}): every statistic is per host and cell; a difference "
+            "between hosts mixes their CPUs, load and tool versions (see the environment differences)."
+        )
+    if ctx.merged is not None and len(ctx.merged.overlap):
+        n_no = int((ctx.merged.overlap["overlap"] == "no").sum())
+        if n_no:
+            out.append(f"**Replicates disagree**: {n_no} metric(s) of runs of the same cell have CIs that do not "
+                       "overlap; the setup or the host's load changed between them.")
     out.append(
         "**RAM**: read once at probe start, right after the boot (no settle delay); page cache and lazily freed "
         "memory can still move afterwards."
@@ -511,13 +549,18 @@ def _display_fig(fig: Figure) -> None:
     plt.close(fig)
 
 
+def _boot_counts(results: pd.DataFrame) -> dict[str, int]:
+    """Boots per os (a boot is a run id and a boot number: merged runs number their boots alike)."""
+    counts = results[["os", "run_id", "boot"]].drop_duplicates().groupby("os").size()
+    return {str(k): int(v) for k, v in counts.items()}
+
+
 def _boots_text(ctx: ReportContext) -> str:
     r = ctx.results
     parts = []
+    warm_n, meas_n = _boot_counts(r[r["warmup"]]), _boot_counts(r[~r["warmup"]])
     for os_id in ctx.systems:
-        sub = r[r["os"] == os_id]
-        warm = sub.loc[sub["warmup"], "boot"].nunique()
-        meas = sub.loc[~sub["warmup"], "boot"].nunique()
+        warm, meas = warm_n.get(os_id, 0), meas_n.get(os_id, 0)
         parts.append(f"{os_id}: {meas} measured boot(s)" + (f" + {warm} warm-up" if warm else ""))
     return ", ".join(parts)
 
@@ -599,7 +642,8 @@ def show_warmup(ctx: ReportContext) -> None:
     if t.empty:
         _display_md("_No warm-up boots in this run._")
         return
-    _display_html(_html_table(t.pivot_table(index=["os", "boot"], columns="metric", values="value").reset_index()))
+    index = ["run_id", "os", "boot"] if t["run_id"].nunique() > 1 else ["os", "boot"]
+    _display_html(_html_table(t.pivot_table(index=index, columns="metric", values="value").reset_index()))
 
 
 def show_loadcost(ctx: ReportContext) -> None:
@@ -620,6 +664,41 @@ def show_loadcost(ctx: ReportContext) -> None:
 def show_tables_written(ctx: ReportContext) -> None:
     paths = write_tables(ctx)
     _display_md("Every table is also a CSV file: " + ", ".join(f"`{TABLES_DIR}/{p.name}`" for p in paths))
+
+
+def show_merge(ctx: ReportContext) -> None:
+    """A merged folder: its runs and hosts, what differs between them, statistics per host and cell with the
+    factors as columns, the factors' figure, and whether replicate runs' CIs overlap."""
+    m = ctx.merged
+    if m is None:
+        _display_md("_A single run: nothing merged (`labkit merge` and `labkit matrix` write merged folders)._")
+        return
+    _display_md(f"**{len(m.runs)} run(s) from {len(m.hosts)} host(s)** ({', '.join(m.hosts)}); factors: "
+                f"{', '.join(f'`{f}`' for f in m.factors) or 'none (every run has the same parameters)'}. "
+                "Statistics are computed per host and cell first; hosts are never pooled."
+                + "".join(f"\n\n- {n}" for n in m.info.get("notes", [])))
+    cells = m.matrix_cells()
+    if len(cells):
+        _display_md("**Matrix cells** (an infrastructure failure is retried, a guest failure is kept):")
+        _display_html(_html_table(cells))
+    _display_html(_html_table(m.runs.fillna("")))
+    if m.env_differences.empty:
+        _display_md("Host, tools and versions are the same in every run.")
+    else:
+        _display_md("**Host, tool and version items that differ between the runs:**")
+        _display_html(_html_table(m.env_differences))
+    fig = factor_figure(m, ctx.origin)
+    if fig is not None:
+        _display_fig(fig)
+    wide = per_cell_wide(m.per_cell, with_host=len(m.hosts) > 1)
+    if len(wide):
+        _display_md("**Per host and cell**: median, 95 % bootstrap CI and number of boots of that host and cell "
+                    f"(tidy, with one column per factor: `{STATS_CELL_FILE}`):")
+        _display_html(_html_table(wide))
+    if len(m.overlap):
+        _display_md("**Do the runs' 95 % CIs overlap?** (runs of the same cell, or the two runs merged; "
+                    "'no' means the difference is larger than the runs' own spread)")
+        _display_html(_html_table(overlap_view(m.overlap)))
 
 
 def show_threats(ctx: ReportContext) -> None:
