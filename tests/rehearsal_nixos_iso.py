@@ -82,6 +82,12 @@ cp -a "$P/boot/." "$root/boot/" || exit 1
 system=$(cat "$P/system-path") || exit 1
 mkdir -p "$root/nix/var/nix/profiles" && ln -sfn "$system" "$root/nix/var/nix/profiles/system" || exit 1
 mkdir -p "$root/etc" && cp "$cfg" "$root/nix/var/nix/labkit-configuration.nix"
+# what the real build keeps in the system (copySystemConfiguration: configuration.nix; labkit.nix links itself
+# and the probe into it): copies of the files on /data
+d=$(dirname "$cfg")
+for f in configuration.nix labkit.nix labkit-probe.sh; do
+	cp "$d/$f" "$root$system/$f" || fail "cannot keep $f in the system"
+done
 sync
 echo "installation finished! (labkit rehearsal)"
 """

@@ -10,6 +10,7 @@ import pytest
 import synth
 
 from labkit.core.errors import VerifyFailed
+from labkit.core.host import LocalHost
 from labkit.core.layout import SEED_LAYOUT
 from labkit.core.runner import Mode, Runner, read_transcript
 from labkit.phases.nixos import (
@@ -107,7 +108,8 @@ def test_plan_skips_what_is_done_and_uses_found_grub(tmp_path: Path) -> None:
     mods.mkdir(parents=True)
     (mods / "modinfo.sh").write_text("grub_target_cpu=x86_64\n")
     text = plan_of(tmp_path, params(tmp_path, NixosSettings(user=User(ssh_keys=(KEY,)))))
-    assert "[mount tmpfs root] # already done" in text and "[mount partitions] # already done" in text
+    assert "[mount tmpfs root] # done already: nothing to do" in text
+    assert "[mount partitions] # done already: nothing to do" in text
     assert "mount -t" not in text
     assert "--directory=/mnt/nix/store/abc123-grub-2.12/lib/grub/x86_64-efi" in text
 
@@ -125,9 +127,8 @@ def test_data_not_mounted_is_refused(tmp_path: Path) -> None:
     write_mountinfo(tmp_path / "mountinfo", root, {"/": "tmpfs", "/nix": "ext4", "/boot": "ext4"})
     p = params(tmp_path, NixosSettings(user=User(ssh_keys=(KEY,))))
     step = next(s for s in build_plan(p) if s.name == "write configuration")
-    runner = Runner(progress=None)
     with pytest.raises(VerifyFailed, match=r"/data is not mounted at .*mnt/data .*lost at the first reboot") as exc:
-        step.apply(runner)
+        step.apply(LocalHost(Runner(progress=None)))
     assert "mount the /data partition" in str(exc.value.fix)
     assert not (root / "data").exists()
 

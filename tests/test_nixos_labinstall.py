@@ -5,6 +5,7 @@ OVMF → rEFInd → GRUB → the installed system's probe bundle."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -20,15 +21,7 @@ from rehearsal_nixos_iso import RehearsalInstallerIso
 
 from labkit.core.errors import InputError, LabkitError
 from labkit.core.runner import Runner, read_transcript
-from labkit.lab.nixos_install import (
-    Edit,
-    GuestInstallFailed,
-    Put,
-    Run,
-    actions_text,
-    drive_install,
-    serial_actions,
-)
+from labkit.lab.nixos_install import GuestInstallFailed, SerialHost, guest_params
 from labkit.lab.serialshell import FdTransport, SerialShell
 from labkit.phases.nixos import InstallParams
 from labkit.rehearsal.kernel import GuestKernel
@@ -135,34 +128,20 @@ def test_iso_boot_files_extracts_without_mounting(tmp_path: Path) -> None:
         iso_boot_files(runner, iso3, tmp_path / "out3")
 
 
-def test_serial_actions_follow_the_install_plan() -> None:
-    acts = serial_actions(InstallParams(NixosSettings(user=User(hashed_password=HASH), tmpfs_size="256M")),
-                          guest_memory_mib=512)
-    steps = list(dict.fromkeys(a.step for a in acts))
-    assert steps == ["mount tmpfs root", "mount partitions", "write configuration", "nixos-install", "grub-install",
-                     "rEFInd ext4 driver", "verify installed system", "finish"]
-    text = actions_text(acts)
-    assert "grep -q ' /mnt ' /proc/mounts || mount -t tmpfs -o size=256M,mode=755 none /mnt" in text
-    assert "mount -t vfat /dev/disk/by-label/ESP /mnt/boot/efi" in text
-    assert ("NIXOS_CONFIG=/mnt/data/etc/nixos/configuration.nix TMPDIR=/mnt/nix/tmp nixos-install --root /mnt "
-            "--no-root-passwd") in text
-    grub = next(a for a in acts if isinstance(a, Run) and a.step == "grub-install")
-    assert "--no-nvram" in grub.line and "--bootloader-id=NixOS" in grub.line and "modinfo.sh" in grub.line
-    puts = {a.path: a for a in acts if isinstance(a, Put)}
-    assert set(puts) == {"/mnt/data/etc/nixos/labkit.nix", "/mnt/data/etc/nixos/labkit-probe.sh"}
-    assert HASH.encode() in puts["/mnt/data/etc/nixos/labkit.nix"].data
-    assert any(isinstance(a, Edit) and a.path.endswith("configuration.nix") for a in acts)
-    # verify: the module on /data is labkit's (sha256), and the hash itself is in no command line
-    module = puts["/mnt/data/etc/nixos/labkit.nix"]
-    assert module.redact and module.mode == 0o600
-    assert hashlib.sha256(module.data).hexdigest() in acts[-2].line and "sha256sum" in acts[-2].line
-    assert not any(HASH in a.line for a in acts if isinstance(a, Run)) and HASH not in text
-    inst = next(a for a in acts if isinstance(a, Run) and a.step == "nixos-install")
-    assert inst.timeout == 3600.0
-    # the tmpfs size is checked against the installer VM's RAM
-    with pytest.raises(InputError, match="RAM"):
-        serial_actions(InstallParams(NixosSettings(user=User(ssh_keys=(KEY,)), tmpfs_size="2G")),
-                       guest_memory_mib=512)
+def test_the_installer_vm_gets_the_plans_own_parameters(tmp_path: Path) -> None:
+    """The serial install runs build_plan's steps; only the machine changes: the VM's RAM bounds the tmpfs,
+    its own mountinfo is read there, the by-label paths stay."""
+    from labkit.phases.nixos import build_plan
+
+    params = InstallParams(NixosSettings(user=User(hashed_password=HASH), tmpfs_size="256M"))
+    gp = guest_params(params, 512, tmp_path)
+    assert gp.mountinfo == Path("/proc/self/mountinfo") and gp.resolve_labels is False
+    plan = build_plan(gp)
+    assert [s.name for s in plan] == ["mount tmpfs root", "mount partitions", "write configuration", "nixos-install",
+                                     "grub-install", "rEFInd ext4 driver", "verify installed system"]
+    with pytest.raises(InputError, match="RAM"):  # 2G of tmpfs in a 512 MiB installer VM
+        build_plan(guest_params(InstallParams(NixosSettings(user=User(ssh_keys=(KEY,)), tmpfs_size="2G")), 512,
+                                tmp_path))
 
 
 @pytest.fixture
@@ -190,52 +169,62 @@ def pty_shell(tmp_path: Path) -> Iterator[SerialShell]:
         os.close(master)
 
 
-def test_drive_install_on_a_host_pty(pty_shell: SerialShell, tmp_path: Path) -> None:
-    """Put (base64 in short lines, sha256 read back), Edit (read, change on the host, write back) and
-    Run with exit status, against busybox sh behind a pty: no QEMU."""
+def test_serial_host_on_a_host_pty(pty_shell: SerialShell, tmp_path: Path) -> None:
+    """What the install's steps ask of a machine, over a line to busybox sh behind a pty (no QEMU): files
+    written (base64 in short lines, sha256 read back) and read back, tests, links, patterns, commands with
+    their exit status and timeout."""
+    runner = pty_shell.runner
+    assert runner is not None
+    host = SerialHost(runner, pty_shell)
     root = tmp_path / "root"
     data = bytes(range(256)) * 20  # 5 KiB of binary: several lines
-    acts = [Run("prep", f"mkdir -p {root}/etc && echo 'old line' > {root}/etc/cfg"),
-            Put("write", f"{root}/etc/blob", data, 0o600),
-            Edit("edit", f"{root}/etc/cfg", lambda t: t.replace("old", "new"), "old -> new")]
-    session = drive_install(pty_shell, acts, logged_in=True)
-    assert (root / "etc" / "blob").read_bytes() == data
-    assert (root / "etc" / "blob").stat().st_mode & 0o777 == 0o600
-    assert (root / "etc" / "cfg").read_text() == "new line\n"
+    with runner.step("write"):
+        host.write_bytes(root / "etc" / "blob", data, mode=0o600)
+    assert (root / "etc" / "blob").read_bytes() == data and (root / "etc" / "blob").stat().st_mode & 0o777 == 0o600
     assert not list((root / "etc").glob("*.labkit-part"))
-    assert all(r.rc == 0 for r in session.records) and len(session.records) > 5
+    assert host.read_bytes(root / "etc" / "blob") == data and host.read_bytes(root / "nope") is None
+    assert host.is_file(root / "etc" / "blob") and not host.is_file(root / "etc")
+    os.symlink("/nix/store/abc-system", root / "system")
+    assert host.readlink(root / "system") == "/nix/store/abc-system" and host.readlink(root / "etc") is None
+    assert host.lexists(root / "system") and not host.lexists(root / "missing")
+    (root / "s" / "x-grub-2" / "lib").mkdir(parents=True)
+    assert host.glob(f"{root}/s/*-grub-*/lib") == [str(root / "s" / "x-grub-2" / "lib")]
+    assert host.glob(f"{root}/none/*") == []
+    assert host.which("busybox") and host.which("no-such-tool-here") is None
+    res = host.run(["sh", "-c", "echo out; exit 0"], env={"A": "b c"})
+    assert res.rc == 0 and "out" in res.stdout
     # a failing command: its step, command and exit status
-    with pytest.raises(GuestInstallFailed) as exc:
-        drive_install(pty_shell, [Run("nixos-install", "echo 'no such option' >&2; sh -c 'exit 7'")],
-                      logged_in=True, session=session)
+    with runner.step("nixos-install"), pytest.raises(GuestInstallFailed) as exc:
+        host.run(["sh", "-c", "echo 'no such option' >&2; exit 7"])
     assert exc.value.rc == 7 and exc.value.step == "nixos-install"
     assert "exit status 7" in str(exc.value) and "no such option" in str(exc.value)
-    assert session.records[-1].rc == 7
-    assert json.loads(session.as_json())["commands"][-1]["rc"] == 7
+    assert json.loads(host.session.as_json())["commands"][-1]["rc"] == 7
     # a timeout is reported as such
     with pytest.raises(GuestInstallFailed, match="timed out") as exc2:
-        drive_install(pty_shell, [Run("slow", "sleep 5", timeout=0.5)], logged_in=True, session=session)
+        host.run(["sleep", "5"], timeout=0.5)
     assert exc2.value.rc is None
 
 
 def test_a_secret_file_leaves_no_trace_in_the_logs(pty_shell: SerialShell, tmp_path: Path) -> None:
     """The module holding the password hash is sent with the echo off; neither the hash nor its base64
     lines reach the serial log, the session record or the runner's transcript; the file is 0600."""
+    runner = pty_shell.runner
+    assert runner is not None
+    host = SerialHost(runner, pty_shell)
     target = tmp_path / "data" / "labkit.nix"
     data = ('users.users.lab.hashedPassword = "' + HASH + '";\n').encode() * 30  # several base64 lines
-    session = drive_install(pty_shell, [Put("write configuration", str(target), data, 0o600, redact=True)],
-                            logged_in=True)
+    host.write_bytes(target, data, mode=0o600, secret=True)
     assert target.read_bytes() == data and target.stat().st_mode & 0o777 == 0o600
     b64 = base64.b64encode(data).decode()
     chunks = [b64[i:i + 60] for i in range(0, len(b64), 60)]
-    logs = {"serial log": pty_shell.transcript_text(), "session": session.as_json(),
+    logs = {"serial log": pty_shell.transcript_text(), "session": host.session.as_json(),
             "transcript": (tmp_path / "t.jsonl").read_text()}
     for name, text in logs.items():
         assert HASH not in text, name
         assert not any(c in text for c in chunks), f"base64 of the secret in the {name}"
     assert "redacted" in logs["session"]
     # the echo is back on afterwards: an ordinary command is echoed again
-    drive_install(pty_shell, [Run("after", "echo visible-again")], logged_in=True)
+    host.run(["echo", "visible-again"])
     assert "echo visible-again" in pty_shell.transcript_text()
 
 
@@ -278,7 +267,7 @@ def test_install_over_serial_and_boot_through_refind_grub(
     accel = qemu.choose_accelerator(runner, ("kvm", "tcg"), workdir=tmp_path / "accel").accel
 
     # 1. a failing install command (the stand-in nixos-install rejects an unknown flag, exit 1)
-    bad = serial_actions(params, guest_memory_mib=512, nixos_install_args=(FAIL_FLAG,))
+    bad = dataclasses.replace(params, nixos_install_args=(FAIL_FLAG,))
     with pytest.raises(GuestInstallFailed) as exc:
         install_over_serial(runner, boot, image.path, bad, log_dir=tmp_path / "fail", accel=accel, memory_mib=512)
     assert exc.value.step == "nixos-install" and exc.value.rc == 1
@@ -287,8 +276,7 @@ def test_install_over_serial_and_boot_through_refind_grub(
     assert "nixos-install (labkit rehearsal): unknown option" in (tmp_path / "fail" / "install.log").read_text()
 
     # 2. the install, again on the same disk (mounts and the generated config are already there)
-    good = serial_actions(params, guest_memory_mib=512)
-    session = install_over_serial(runner, boot, image.path, good, log_dir=tmp_path / "ok", accel=accel,
+    session = install_over_serial(runner, boot, image.path, params, log_dir=tmp_path / "ok", accel=accel,
                                   memory_mib=512)
     assert [r for r in session.records if r.rc != 0] == []
     log = (tmp_path / "ok" / "install.log").read_text()
@@ -336,7 +324,6 @@ def test_lab_nixos_iso_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[
     (tmp_path / "nixos.iso.sha256").write_text("0" * 64 + "  nixos.iso\n")
     with pytest.raises(ChecksumMismatch):
         checked_iso(iso)
-    import hashlib
 
     assert checked_iso(iso, hashlib.sha256(b"x").hexdigest()) == iso
 

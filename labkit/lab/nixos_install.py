@@ -7,11 +7,12 @@
    refind.conf whose NixOS stanza chainloads ``EFI/NixOS/grubx64.efi`` (which the install writes),
    empty ext4 nixboot / nix / data (and alpine) filesystems.
 3. :func:`install_over_serial` boots the ISO's kernel/initrd in QEMU (``-kernel/-initrd -append
-   "… console=ttyS0,115200n8"``, lab disk and ISO as virtio disks) and :func:`drive_install` drives
-   the install: wait for the prompt (the live ISO logs in user ``nixos``), ``sudo -i``, then the
-   commands of :func:`labkit.phases.nixos.build_plan` (:func:`serial_actions`), each with its
-   exit status checked and its own timeout, files sent base64 over the line and read back by
-   sha256, everything in the transcript; then ``poweroff``.
+   "… console=ttyS0,115200n8"``, lab disk and ISO as virtio disks), waits for the prompt (the live ISO
+   logs in user ``nixos``), becomes root with ``sudo -i`` and runs the NixOS install's own steps
+   (:func:`labkit.phases.nixos.build_plan`) on a :class:`SerialHost`: every command, file read and file
+   write of those steps goes over the serial line (each command's exit status checked, files sent base64
+   and read back by sha256, everything in the transcript). There is no second description of the
+   install: the steps that run on a NixOS installer run here, unchanged. Then ``poweroff``.
 4. :func:`boot_installed` boots the disk through OVMF → rEFInd → GRUB → the installed system with
    :func:`labkit.lab.run.run_boot` and collects the probe's bundle.
 
@@ -24,27 +25,34 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
+import os
 import shlex
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from labkit.core.errors import LabkitError
+from labkit.core.host import Host
 from labkit.core.layout import LAB_LAYOUT, Layout, Role
-from labkit.core.runner import Mode, Runner, atomic_write_text
+from labkit.core.runner import CommandResult, Runner, atomic_write_text
 from labkit.lab import qemu
-from labkit.lab.serialshell import SerialCommandFailed, SerialError, SerialShell, SerialTimeout, spawn_serial
+from labkit.lab.serialshell import (
+    SerialCommandFailed,
+    SerialError,
+    SerialShell,
+    SerialTimeout,
+    ShellResult,
+    spawn_serial,
+)
 from labkit.phases.install import build_image
-from labkit.phases.nixos import GRUB_EFI_BINARY, GRUB_EFI_SUBDIR, REFIND_EXT4_DRIVER, InstallParams, build_plan
+from labkit.phases.nixos import InstallParams
 from labkit.rehearsal.types import BootEntry, GuestBuild
 from labkit.systems import bootchain
-from labkit.systems.nixos.config import MODULE_NAME, PROBE_NAME, probe_script
-from labkit.systems.nixos.generate import edit_generated
 from labkit.systems.nixos.iso import IsoBootFiles
 from labkit.targets.image import ImageInfo
 
@@ -80,135 +88,6 @@ def target_image(runner: Runner, out: Path, title: str, *, layout: Layout = LAB_
 
 
 # -- 3. the install over the serial console --------------------------------------------------------
-@dataclass(frozen=True)
-class Run:
-    step: str
-    line: str
-    timeout: float = 60.0
-
-
-@dataclass(frozen=True)
-class Put:
-    """Write ``data`` to ``path`` in the guest (base64 over the line; sha256 read back)."""
-
-    step: str
-    path: str
-    data: bytes = field(repr=False)
-    mode: int = 0o644
-    #: the data holds a secret (the module with the password hash): the terminal echo is turned off
-    #: while it is sent, and its base64 never reaches the transcripts or an error message
-    redact: bool = False
-
-
-@dataclass(frozen=True)
-class Edit:
-    """Read ``path`` from the guest, transform it on the host, write it back."""
-
-    step: str
-    path: str
-    edit: Callable[[str], str]
-    describe: str = ""
-
-
-Action = Run | Put | Edit
-
-
-def _mounted_guard(argv: Sequence[str]) -> str | None:
-    """``mount ... <mp>``: the mount point, so the command can skip an existing mount (the step's check)."""
-    return argv[-1] if argv and argv[0] == "mount" else None
-
-
-def serial_actions(params: InstallParams, *, guest_memory_mib: int = 2048,
-                   nixos_install_args: Sequence[str] = ()) -> list[Action]:
-    """The install plan of :func:`labkit.phases.nixos.build_plan` as guest command lines.
-
-    The plan's commands (recorded in plan mode) run as they are, each ``mount`` guarded by a
-    /proc/mounts check (the step's check, so a retried install skips what is done); the config
-    step's file writes become :class:`Edit`/:class:`Put`; grub-install finds its EFI modules in
-    the store in the guest; the rEFInd driver and final checks become ``test``/``grep`` lines.
-    The tmpfs size is checked against ``guest_memory_mib`` (the installer VM's RAM).
-    """
-    with tempfile.TemporaryDirectory(prefix="labkit-serial-plan-") as tmp:
-        t = Path(tmp)
-        (t / "meminfo").write_text(f"MemTotal: {guest_memory_mib * 1024} kB\n")
-        (t / "mountinfo").write_text("")
-        p = InstallParams(params.settings, root=params.root, layout=params.layout, mountinfo=t / "mountinfo",
-                          meminfo=t / "meminfo", store_dirs=(t / "nostore",),
-                          install_timeout_s=params.install_timeout_s, resolve_labels=False)
-        plan = build_plan(p)
-        runner = Runner(Mode.PLAN, transcript=t / "plan.jsonl", progress=None)
-        recorded: dict[str, list[tuple[list[str], dict[str, str]]]] = {}
-        for step in plan:
-            before = len(runner.planned)
-            with runner.step(step.name):
-                step.apply(runner)
-            # host-side reads (query commands) are not guest commands
-            recorded[step.name] = [(list(c.argv), dict(c.env)) for c in runner.planned[before:] if not c.query]
-    root = str(p.root)
-    cfg_dir = str(p.config_dir)
-    esp = str(p.at("/boot/efi"))
-    out: list[Action] = []
-
-    def line(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
-        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted((env or {}).items()))
-        return (envs + " " if envs else "") + shlex.join(argv)
-
-    for name in ("mount tmpfs root", "mount partitions"):
-        for argv, env in recorded[name]:
-            mp = _mounted_guard(argv)
-            cmd = line(argv, env)
-            out.append(Run(name, f"grep -q ' {mp} ' /proc/mounts || {cmd}" if mp else cmd))
-    cstep = "write configuration"
-    gen = next((a for a, _ in recorded[cstep] if a[0] == "nixos-generate-config"),
-               ["nixos-generate-config", "--root", root, "--dir", cfg_dir])
-    out.append(Run(cstep, line(gen), 120.0))
-    out.append(Edit(cstep, f"{cfg_dir}/configuration.nix", lambda text: edit_generated(text).text,
-                    f"remove the systemd-boot lines, import ./{MODULE_NAME}"))
-    out.append(Put(cstep, f"{cfg_dir}/{MODULE_NAME}", plan.module_file.encode(),
-                   0o600 if params.settings.user.hashed_password is not None else 0o644,
-                   redact=params.settings.user.hashed_password is not None))
-    out.append(Put(cstep, f"{cfg_dir}/{PROBE_NAME}", probe_script()))
-    for argv, env in recorded["nixos-install"]:
-        out.append(Run("nixos-install", line([*argv, *nixos_install_args], env), p.install_timeout_s))
-    stores = [f"{root}/nix/store", "/nix/store"]
-    globs = " ".join(f"{s}/*-grub-*/{GRUB_EFI_SUBDIR}/modinfo.sh" for s in stores)
-    grub_args = next(a for a, _ in recorded["grub-install"] if "--no-nvram" in a)[1:]
-    grub_args = [a for a in grub_args if not a.startswith("--directory=")]
-    out.append(Run("grub-install", (
-        f"m=$(ls -d {globs} 2>/dev/null | head -n 1); d=${{m%/modinfo.sh}}; "
-        f"if [ -z \"$m\" ]; then echo 'GRUB EFI modules (modinfo.sh) not found in: {globs}; "
-        "nix-shell -p grub2_efi' >&2; false; else g=${d%/lib/grub/x86_64-efi}/sbin/grub-install; "
-        "[ -x \"$g\" ] || g=grub-install; echo \"using $g --directory=$d\"; "
-        f"\"$g\" {shlex.join(grub_args)} \"--directory=$d\"; fi"), 300.0))
-    drivers = [f"{esp}/{REFIND_EXT4_DRIVER}", f"{esp}/{bootchain.ESP_EXT4_DRIVER}"]
-    out.append(Run("rEFInd ext4 driver", " || ".join(f"test -f {shlex.quote(d)}" for d in drivers)))
-    checks = [f"test -f {shlex.quote(esp + '/' + GRUB_EFI_BINARY)}",
-              f"grep -q menuentry {shlex.quote(str(p.at('/boot/grub/grub.cfg')))}",
-              f"grep -q ' {root}/data ' /proc/mounts",
-              f"grep -qF ./{MODULE_NAME} {shlex.quote(cfg_dir + '/configuration.nix')}"]
-    if params.settings.user.hashed_password is not None:
-        # the module on /data is the one labkit wrote (it carries the hash); compared by sha256 so that
-        # the hash itself never appears in a command, the serial log or the transcript
-        want = hashlib.sha256(plan.module_file.encode()).hexdigest()
-        checks.append(f"sha256sum {shlex.quote(cfg_dir + '/' + MODULE_NAME)} | grep -q '^{want} '")
-    out.append(Run("verify installed system", " && ".join(checks)))
-    out.append(Run("finish", "sync", 120.0))
-    return out
-
-
-def actions_text(actions: Sequence[Action]) -> str:
-    """The guest session as readable lines (plan mode for the serial install)."""
-    lines = []
-    for a in actions:
-        if isinstance(a, Run):
-            lines.append(f"[{a.step}] $ {a.line}")
-        elif isinstance(a, Put):
-            lines.append(f"[{a.step}] > {a.path} ({len(a.data)} bytes, base64 over the serial line)")
-        else:
-            lines.append(f"[{a.step}] ~ {a.path}: {a.describe or 'edited on the host'}")
-    return "\n".join(lines) + "\n"
-
-
 @dataclass
 class CommandRecord:
     step: str
@@ -228,6 +107,104 @@ class InstallSession:
                            "commands": [vars(r) for r in self.records]}, indent=2) + "\n"
 
 
+class SerialHost(Host):
+    """The installer VM, through its root shell on the serial console: what :class:`~labkit.core.host.Host`
+    asks, done with shell commands (``test``, ``base64``, ``readlink``, a ``for`` over a pattern)."""
+
+    name = "the installer VM"
+
+    def __init__(self, runner: Runner, shell: SerialShell, session: InstallSession | None = None) -> None:
+        super().__init__(runner)
+        self.shell = shell
+        self.session = session if session is not None else InstallSession()
+
+    @property
+    def step(self) -> str:
+        return self.runner.step_name.rsplit(" / ", 1)[-1] or "install"
+
+    def _line(self, command: str, timeout: float, *, check: bool = True, shown: str | None = None) -> ShellResult:
+        """Run one guest command line; ``shown`` is what the records and errors say instead (a secret)."""
+        label = shown or command
+        try:
+            res = self.shell.run(command, timeout=timeout, check=check)
+        except SerialCommandFailed as exc:
+            self.session.records.append(CommandRecord(self.step, label, exc.result.rc, exc.result.duration_s))
+            raise GuestInstallFailed(self.step, label, exc.result.rc, self.shell.redact(exc.result.output)) from None
+        except SerialTimeout as exc:
+            self.session.records.append(CommandRecord(self.step, label, None, timeout))
+            raise GuestInstallFailed(self.step, label, None,
+                                     f"timed out after {timeout:g} s; {self.shell.redact(exc.tail[-300:])}") from None
+        self.session.records.append(CommandRecord(self.step, label, res.rc, res.duration_s))
+        return res
+
+    def run(self, argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
+            check: bool = True, timeout: float | None = None, query: bool = False) -> CommandResult:
+        args = [os.fspath(a) for a in argv]
+        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted((env or {}).items()))
+        line = (envs + " " if envs else "") + shlex.join(args)
+        res = self._line(line, timeout or 60.0, check=check)
+        return CommandResult(tuple(args), None, res.rc, res.duration_s, res.output, "", executed=True)
+
+    def read_bytes(self, path: str | os.PathLike[str]) -> bytes | None:
+        q = shlex.quote(os.fspath(path))
+        res = self._line(f"test -f {q} && base64 {q}", 60.0, check=False)
+        return base64.b64decode("".join(res.output.split())) if res.rc == 0 else None
+
+    def write_bytes(self, path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
+                    secret: bool = False) -> None:
+        """Send ``data`` base64 in short lines to ``path.labkit-part``, check its sha256, rename it.
+
+        ``secret``: the terminal echo is off while the lines are sent (``stty -echo``), each base64 line is
+        redacted from the serial log, the runner's transcript and the session record, and the file is created
+        with mode 0600 before anything is written to it."""
+        path = os.fspath(path)
+        part = f"{path}.labkit-part"
+        q, qp = shlex.quote(path), shlex.quote(part)
+        create = f"( umask 077; : > {qp} )" if secret else f": > {qp}"
+        self._line(f"mkdir -p {shlex.quote(str(PurePosixPath(path).parent))} && {create}", 30.0)
+        b64 = base64.b64encode(data).decode()
+        if secret:
+            self._line("stty -echo 2>/dev/null || true", 30.0)
+        try:
+            for i in range(0, len(b64), CHUNK):
+                chunk = b64[i:i + CHUNK]
+                if secret:
+                    self.shell.add_secret(chunk)
+                self._line(f"echo {chunk} | base64 -d >> {qp}", 30.0,
+                           shown=f"echo <{len(chunk)} base64 characters, redacted> | base64 -d >> {qp}"
+                           if secret else None)
+        finally:
+            if secret:
+                self._line("stty echo 2>/dev/null || true", 30.0)
+        got = self._line(f"sha256sum {qp}", 30.0).output.split()
+        want = hashlib.sha256(data).hexdigest()
+        if want not in got:
+            raise GuestInstallFailed(self.step, f"sha256sum {part}", 1, f"expected {want}, the guest has {got[:1]}")
+        self._line(f"chmod {mode:o} {qp} && mv -f {qp} {q}", 30.0)
+
+    def is_file(self, path: str | os.PathLike[str]) -> bool:
+        return self._line(f"test -f {shlex.quote(os.fspath(path))}", 30.0, check=False).rc == 0
+
+    def lexists(self, path: str | os.PathLike[str]) -> bool:
+        q = shlex.quote(os.fspath(path))
+        return self._line(f"test -e {q} || test -L {q}", 30.0, check=False).rc == 0
+
+    def readlink(self, path: str | os.PathLike[str]) -> str | None:
+        q = shlex.quote(os.fspath(path))
+        res = self._line(f"test -L {q} && readlink {q}", 30.0, check=False)
+        return res.output.strip() if res.rc == 0 else None
+
+    def glob(self, pattern: str) -> list[str]:
+        # the pattern is labkit's own (store paths, a '*'): the shell expands it; only existing paths print
+        res = self._line(f'for f in {pattern}; do [ -e "$f" ] && echo "$f"; done; true', 30.0)
+        return sorted(ln.strip() for ln in res.output.splitlines() if ln.strip())
+
+    def which(self, tool: str) -> str | None:
+        res = self._line(f"command -v {shlex.quote(tool)}", 30.0, check=False)
+        out = res.output.strip().splitlines()
+        return out[-1] if res.rc == 0 and out else None
+
+
 def login(shell: SerialShell, timeout: float = 120.0) -> float:
     """Wait for the live system's prompt; become root with ``sudo -i`` unless already root."""
     start = time.monotonic()
@@ -241,78 +218,14 @@ def login(shell: SerialShell, timeout: float = 120.0) -> float:
     return time.monotonic() - start
 
 
-def _run(shell: SerialShell, session: InstallSession, step: str, command: str, timeout: float,
-         shown: str | None = None) -> str:
-    """Run one guest command; ``shown`` is what the records and errors say instead (a secret's base64)."""
-    label = shown or command
-    try:
-        res = shell.run(command, timeout=timeout)
-    except SerialCommandFailed as exc:
-        session.records.append(CommandRecord(step, label, exc.result.rc, exc.result.duration_s))
-        raise GuestInstallFailed(step, label, exc.result.rc, shell.redact(exc.result.output)) from None
-    except SerialTimeout as exc:
-        session.records.append(CommandRecord(step, label, None, timeout))
-        raise GuestInstallFailed(step, label, None,
-                                 f"timed out after {timeout:g} s; {shell.redact(exc.tail[-300:])}") from None
-    session.records.append(CommandRecord(step, label, res.rc, res.duration_s))
-    return res.output
-
-
-def put_file(shell: SerialShell, session: InstallSession, step: str, path: str, data: bytes,
-             mode: int = 0o644, *, redact: bool = False) -> None:
-    """Send ``data`` base64 in short lines to ``path.labkit-part``, check its sha256, rename it.
-
-    ``redact`` (the data holds a secret): the terminal echo is off while the lines are sent (``stty -echo``),
-    each base64 line is redacted from the serial log, the runner's transcript and the session record, and the
-    file is created with mode 0600 before anything is written to it.
-    """
-    part = f"{path}.labkit-part"
-    q, qp = shlex.quote(path), shlex.quote(part)
-    create = f"( umask 077; : > {qp} )" if redact else f": > {qp}"
-    _run(shell, session, step, f"mkdir -p {shlex.quote(str(PurePosixPath(path).parent))} && {create}", 30.0)
-    b64 = base64.b64encode(data).decode()
-    if redact:
-        _run(shell, session, step, "stty -echo 2>/dev/null || true", 30.0)
-    try:
-        for i in range(0, len(b64), CHUNK):
-            chunk = b64[i:i + CHUNK]
-            if redact:
-                shell.add_secret(chunk)
-            _run(shell, session, step, f"echo {chunk} | base64 -d >> {qp}", 30.0,
-                 shown=f"echo <{len(chunk)} base64 characters, redacted> | base64 -d >> {qp}" if redact else None)
-    finally:
-        if redact:
-            _run(shell, session, step, "stty echo 2>/dev/null || true", 30.0)
-    got = _run(shell, session, step, f"sha256sum {qp}", 30.0).split()
-    want = hashlib.sha256(data).hexdigest()
-    if want not in got:
-        raise GuestInstallFailed(step, f"sha256sum {part}", 1, f"expected {want}, the guest has {got[:1]}")
-    _run(shell, session, step, f"chmod {mode:o} {qp} && mv -f {qp} {q}", 30.0)
-
-
-def get_file(shell: SerialShell, session: InstallSession, step: str, path: str) -> bytes:
-    out = _run(shell, session, step, f"base64 {shlex.quote(path)}", 60.0)
-    return base64.b64decode("".join(out.split()))
-
-
-def drive_install(shell: SerialShell, actions: Sequence[Action], *, login_timeout: float = 120.0,
-                  logged_in: bool = False, session: InstallSession | None = None) -> InstallSession:
-    """Log in (unless ``logged_in``) and run ``actions``; raise :class:`GuestInstallFailed` at the first
-    failure (its step, command and exit status, or the timeout)."""
-    session = session or InstallSession()
-    if not logged_in:
-        session.login_s = login(shell, login_timeout)
-    start = time.monotonic()
-    for a in actions:
-        if isinstance(a, Run):
-            _run(shell, session, a.step, a.line, a.timeout)
-        elif isinstance(a, Put):
-            put_file(shell, session, a.step, a.path, a.data, a.mode, redact=a.redact)
-        else:
-            old = get_file(shell, session, a.step, a.path).decode()
-            put_file(shell, session, a.step, a.path, a.edit(old).encode())
-    session.install_s += time.monotonic() - start
-    return session
+def guest_params(params: InstallParams, guest_memory_mib: int, work: Path) -> InstallParams:
+    """The install's parameters for the installer VM: its RAM bounds the tmpfs (the plan is validated
+    against it), its own /proc/self/mountinfo tells what is mounted there (read through the host), and its
+    partitions keep their /dev/disk/by-label paths (the VM's only disk is the lab disk)."""
+    meminfo = work / "guest-meminfo"
+    atomic_write_text(meminfo, f"MemTotal: {guest_memory_mib * 1024} kB\n")
+    return dataclasses.replace(params, meminfo=meminfo, mountinfo=Path("/proc/self/mountinfo"),
+                               store_dirs=None, resolve_labels=False)
 
 
 def installer_argv(boot: IsoBootFiles, disk: Path, *, accel: str = "tcg", memory_mib: int = 2048,
@@ -331,7 +244,7 @@ def install_over_serial(
     runner: Runner,
     boot: IsoBootFiles,
     disk: Path,
-    actions: Sequence[Action],
+    params: InstallParams,
     *,
     log_dir: Path,
     accel: str = "tcg",
@@ -340,14 +253,23 @@ def install_over_serial(
     login_timeout: float = 180.0,
     poweroff_timeout: float = 60.0,
 ) -> InstallSession:
-    """Boot the installer, drive ``actions``, power off; the console goes to ``log_dir/install.log``
-    and the per-command record to ``log_dir/install-commands.json`` (also on failure)."""
+    """Boot the installer, run the NixOS install's steps in it (:class:`SerialHost`), power off; the console goes
+    to ``log_dir/install.log`` and the per-command record to ``log_dir/install-commands.json`` (also on
+    failure)."""
+    from labkit.phases.nixos import build_plan, run_plan
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    plan = build_plan(guest_params(params, memory_mib, log_dir))  # refuses a tmpfs the VM's RAM cannot hold
     argv = installer_argv(boot, disk, accel=accel, memory_mib=memory_mib, network=network)
     session = InstallSession()
-    log_dir.mkdir(parents=True, exist_ok=True)
     with runner.step(f"install from {boot.iso.name} over the serial console"), spawn_serial(runner, argv) as shell:
+        host = SerialHost(runner, shell, session)
         try:
-            drive_install(shell, actions, login_timeout=login_timeout, session=session)
+            session.login_s = login(shell, login_timeout)
+            start = time.monotonic()
+            run_plan(host, plan)
+            host.run(["sync"], timeout=120.0)
+            session.install_s = time.monotonic() - start
             shell.send("poweroff\n")
             try:
                 shell.wait_for(r"(?!x)x", poweroff_timeout, "the installer to power off")

@@ -268,12 +268,12 @@ def nixos_install_params(params: LabParams) -> InstallParams:
 def install_nixos(runner: Runner, params: LabParams, lab: LabImage, *, run_dir: Path, accel: str) -> None:
     """Install NixOS from ``lab.nixos_boot`` onto the lab image over the serial console (log in
     ``run_dir/install``). The real ISO gets a user-mode NIC (nixos-install downloads); the rehearsal none."""
-    from labkit.lab.nixos_install import install_over_serial, serial_actions
+    from labkit.lab.nixos_install import install_over_serial
 
     boot = lab.nixos_boot
     assert boot is not None
-    actions = serial_actions(nixos_install_params(params), guest_memory_mib=params.nixos_install_memory_mib)
-    install_over_serial(runner, boot, lab.image.path, actions, log_dir=run_dir / "install", accel=accel,
+    install_over_serial(runner, boot, lab.image.path, nixos_install_params(params), log_dir=run_dir / "install",
+                        accel=accel,
                         memory_mib=params.nixos_install_memory_mib, network=boot.rehearsal is None)
 
 

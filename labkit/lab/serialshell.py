@@ -26,11 +26,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from labkit.core.console import ANSI_RE  # the one ANSI stripper
 from labkit.core.errors import LabkitError
 from labkit.core.runner import Runner
 
-ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]")
-ANSI_TEXT = re.compile(ANSI.pattern.decode("latin-1"))
 DEFAULT_PROMPT = r"(?:[#$]|\w+[#$>]) ?$"
 
 
@@ -167,11 +166,11 @@ class SerialShell:
             raise SerialError(f"serial session ended: {exc}; last output: {self._buf[-300:]!r}",
                               "look at the transcript: the guest may have crashed or powered off") from None
         if data:
-            text = ANSI.sub(b"", data).decode("latin-1").replace("\r", "")
+            text = ANSI_RE.sub("", data.decode("latin-1")).replace("\r", "")
             self.transcript.append((time.monotonic() - self._t0, "rx", text))
             # strip again over the joined buffer: an escape sequence split across two reads (busybox
             # ash's cursor query ESC[6n after its prompt) would otherwise hide the prompt
-            self._buf = ANSI_TEXT.sub("", self._buf + text)
+            self._buf = ANSI_RE.sub("", self._buf + text)
 
     def wait_for(self, pattern: str, timeout: float, what: str | None = None) -> re.Match[str]:
         """Read until ``pattern`` (multiline regex) matches the unread output; consume through the match."""

@@ -25,6 +25,7 @@ build: that is the post's "cannot find them on its own").
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 from collections.abc import Callable, Iterator, Sequence
@@ -32,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.core.errors import InputError, VerifyFailed
+from labkit.core.host import Host, LocalHost
 from labkit.core.layout import LAB_LAYOUT, Layout, Role
-from labkit.core.runner import Mode, Runner, atomic_write_bytes, atomic_write_text, which
+from labkit.core.runner import Mode, Runner, which
+from labkit.core.steps import Step, run_steps
 from labkit.systems import bootchain
 from labkit.systems.nixos.config import (
     MODULE_NAME,
@@ -47,7 +50,7 @@ from labkit.systems.nixos.config import (
 )
 from labkit.systems.nixos.generate import edit_generated
 from labkit.systems.nixos.hashes import check_hash
-from labkit.targets.mounts import mounted_fstype, require_mounted
+from labkit.targets.mounts import mounted_fstype_in
 
 GRUB_EFI_SUBDIR = "lib/grub/x86_64-efi"
 GRUB_PLACEHOLDER = "<x86_64-efi modules: found in the store after nixos-install>"
@@ -88,6 +91,8 @@ class InstallParams:
     #: Look the labels up on this machine (False: the plan is for another machine — the lab's
     #: installer VM, whose only disk is the lab disk — and keeps the /dev/disk/by-label paths).
     resolve_labels: bool = True
+    #: More arguments for ``nixos-install`` (the lab's tests make the rehearsal's stand-in fail with one).
+    nixos_install_args: tuple[str, ...] = ()
 
     def at(self, path: str) -> Path:
         """``path`` (absolute, as seen by the installed system) under the install root."""
@@ -103,11 +108,14 @@ class InstallParams:
 
 
 @dataclass(frozen=True)
-class Step:
+class InstallStep:
+    """One step of the NixOS install, for a host given when it runs (this machine, or the installer VM over
+    its serial console): :meth:`InstallPlan.steps` binds it into a :class:`~labkit.core.steps.Step`."""
+
     name: str
-    check: Callable[[Runner], bool]
-    apply: Callable[[Runner], None]
-    verify: Callable[[Runner], None]
+    check: Callable[[Host], bool]
+    apply: Callable[[Host], None]
+    verify: Callable[[Host], None]
     describe: str = ""
 
 
@@ -121,14 +129,25 @@ class StepOutcome:
 @dataclass
 class InstallPlan:
     params: InstallParams
-    module_text: str  # what is shown (notebooks, plans): the password hash redacted
-    steps: list[Step] = field(default_factory=list)
+    #: the module as shown (the password hash replaced by a marker): for notebooks and plans
+    module_text: str
+    steps_for_host: list[InstallStep] = field(default_factory=list)
     #: plan mode only: what the install would refuse until the user gives it (a login, a pin)
     findings: list[NeedsUserInput] = field(default_factory=list)
-    module_file: str = field(default="", repr=False)  # the exact labkit.nix written to /data (with the hash)
+    #: the exact file written to /data (holds the hash): never displayed
+    module_file: str = field(default="", repr=False)
 
-    def __iter__(self) -> Iterator[Step]:
-        return iter(self.steps)
+    def __iter__(self) -> Iterator[InstallStep]:
+        return iter(self.steps_for_host)
+
+    def steps(self, host: Host) -> list[Step]:
+        """The install's steps bound to ``host``: the one description, run here or in the installer VM."""
+        return [Step(s.name, apply=functools.partial(s.apply, host), check=functools.partial(s.check, host),
+                     verify=functools.partial(s.verify, host), describe=s.describe) for s in self.steps_for_host]
+
+    def table(self, host: Host) -> list[dict[str, object]]:
+        """One row per step: what it does and whether it is done already on ``host`` (reads only)."""
+        return [{"step": s.name, "what": s.describe, "done already": s.check(host)} for s in self.steps_for_host]
 
 
 def on_nixos_installer(root: Path = Path("/")) -> bool:
@@ -141,39 +160,64 @@ def rebuild_command(settings: NixosSettings) -> list[str]:
     return ["nixos-rebuild", "switch", "-I", f"nixos-config={settings.config_dir}/configuration.nix"]
 
 
-def find_grub_efi_dir(stores: Sequence[Path]) -> Path | None:
-    """GRUB's x86_64-efi modules: a package in the installer's own /nix/store that also has its
-    ``sbin/grub-install`` (runnable here, and its modules match it) wins; else the first found."""
-    found = [m.parent for store in stores for m in sorted(store.glob(f"*-grub-*/{GRUB_EFI_SUBDIR}/modinfo.sh"))]
-    own = [d for d in found if grub_install_of(d) is not None]
+def find_grub_efi_dir(h: Host, stores: Sequence[Path]) -> Path | None:
+    """GRUB's x86_64-efi modules on ``h``: a package in the installer's own /nix/store that also has its
+    ``sbin/grub-install`` (runnable there, and its modules match it) wins; else the first found."""
+    found = [Path(m).parent for store in stores for m in h.glob(f"{store}/*-grub-*/{GRUB_EFI_SUBDIR}/modinfo.sh")]
+    own = [d for d in found if grub_install_of(h, d) is not None]
     return (own or found)[0] if found else None
 
 
-def grub_install_of(modules: Path) -> Path | None:
-    """``<grub2_efi>/sbin/grub-install`` of the package holding ``modules``, when it can run here: GRUB installs
-    it in sbin (GRUB Makefile.util.def ``installdir = sbin``; install-grub.pl runs ``$grubEfi/sbin/grub-install``),
-    and only a package of this machine's /nix/store finds its libraries (not one under the target's /mnt)."""
+def grub_install_of(h: Host, modules: Path) -> Path | None:
+    """``<grub2_efi>/sbin/grub-install`` of the package holding ``modules``, when it can run on ``h``: GRUB
+    installs it in sbin (GRUB Makefile.util.def ``installdir = sbin``; install-grub.pl runs
+    ``$grubEfi/sbin/grub-install``), and only a package of the installer's own /nix/store finds its libraries
+    (not one under the target's /mnt)."""
     tool = modules.parents[2] / "sbin" / "grub-install"
-    return tool if tool.is_relative_to("/nix/store") and tool.exists() else None
+    return tool if tool.is_relative_to("/nix/store") and h.is_file(tool) else None
 
 
-def resolve_in_root(root: Path, path: str, *, hops: int = 40) -> Path:
-    """``path`` as the installed system sees it, read under ``root``: absolute symlinks (the system profile,
-    store paths) are followed inside ``root``, never on this machine."""
-    parts = [p for p in path.split("/") if p]
+def resolve_in_root(h: Host, root: Path, path: str, *, hops: int = 40) -> Path:
+    """``path`` as the installed system sees it, read under ``root`` on ``h``: absolute symlinks (the system
+    profile, store paths) are followed inside ``root``, never on the machine running the install."""
+    parts = [x for x in path.split("/") if x]
     cur = root
     while parts:
         nxt = cur / parts.pop(0)
-        if nxt.is_symlink():
+        target = h.readlink(nxt)
+        if target is not None:
             hops -= 1
             if hops < 0:
                 raise VerifyFailed(f"too many symlinks under {root} resolving {path}", "look at the installed system")
-            target = os.readlink(nxt)
-            parts = [p for p in target.split("/") if p] + parts
+            parts = [x for x in target.split("/") if x] + parts
             cur = root if target.startswith("/") else cur
             continue
         cur = nxt
     return cur
+
+
+def refind_driver_on(h: Host) -> Path | None:
+    """``ext4_x64.efi`` of the rEFInd package whose ``refind-install`` is on ``h``'s PATH, or None."""
+    tool = h.which("refind-install")
+    if tool is None:
+        return None
+    prefix = Path(tool).parent.parent
+    return next((prefix / sub / "ext4_x64.efi" for sub in bootchain.REFIND_DRIVER_DIRS
+                 if h.is_file(prefix / sub / "ext4_x64.efi")), None)
+
+
+def mounted_on(h: Host, p: InstallParams, path: Path) -> str | None:
+    """The filesystem type mounted exactly at ``path`` on ``h`` (its mountinfo), or None."""
+    return mounted_fstype_in(h.read_text(p.mountinfo) or "", path)
+
+
+def require_mounted_on(h: Host, p: InstallParams, mount_point: str, *, why: str = "") -> None:
+    target = p.at(mount_point)
+    if mounted_on(h, p, target) is None:
+        raise VerifyFailed(
+            f"{mount_point} is not mounted at {target} (checked {p.mountinfo} on {h.name})"
+            + (f": {why}" if why else ""),
+            f"mount the {mount_point} partition there first (the 'mount partitions' step), then run this step again")
 
 
 def _mounts(p: InstallParams) -> list[tuple[str, str, str]]:
@@ -253,110 +297,112 @@ def build_plan(params: InstallParams, *, plan_only: bool = False) -> InstallPlan
     p = params
     root = p.root
 
-    def is_mounted(path: str) -> bool:
-        return mounted_fstype(p.at(path), p.mountinfo) is not None
+    def is_mounted(h: Host, path: str) -> bool:
+        return mounted_on(h, p, p.at(path)) is not None
 
     # 1. tmpfs root
-    def root_check(_: Runner) -> bool:
-        return mounted_fstype(root, p.mountinfo) == "tmpfs"
+    def root_check(h: Host) -> bool:
+        return mounted_on(h, p, root) == "tmpfs"
 
-    def root_apply(r: Runner) -> None:
-        r.run(["mkdir", "-p", root])
-        r.run(["mount", "-t", "tmpfs", "-o", f"size={p.settings.tmpfs_size},mode=755", "none", root])
+    def root_apply(h: Host) -> None:
+        h.run(["mkdir", "-p", root])
+        h.run(["mount", "-t", "tmpfs", "-o", f"size={p.settings.tmpfs_size},mode=755", "none", root])
 
-    def root_verify(_: Runner) -> None:
-        if not root_check(_):
+    def root_verify(h: Host) -> None:
+        if not root_check(h):
             raise VerifyFailed(f"{root} is not a tmpfs after mounting it", "look at `findmnt` and the transcript")
 
     # 2. partitions
-    def parts_check(_: Runner) -> bool:
-        return all(is_mounted(mp) for mp, _d, _t in _mounts(p))
+    def parts_check(h: Host) -> bool:
+        return all(is_mounted(h, mp) for mp, _d, _t in _mounts(p))
 
-    def parts_apply(r: Runner) -> None:
-        nodes = resolve_install_disk(r, p) if p.resolve_labels else {}
+    def parts_apply(h: Host) -> None:
+        nodes = resolve_install_disk(h.runner, p) if p.resolve_labels and isinstance(h, LocalHost) else {}
         for mp, dev, fstype in _mounts(p):
-            if is_mounted(mp):
-                r.note(f"{mp} already mounted")
+            if is_mounted(h, mp):
+                h.note(f"{mp} already mounted")
                 continue
-            r.run(["mkdir", "-p", p.at(mp)])
-            r.run(["mount", "-t", fstype, nodes.get(dev.rsplit("/", 1)[-1], dev), p.at(mp)])
-        r.run(["mkdir", "-p", p.at("/nix/tmp"), p.config_dir])
+            h.run(["mkdir", "-p", p.at(mp)])
+            h.run(["mount", "-t", fstype, nodes.get(dev.rsplit("/", 1)[-1], dev), p.at(mp)])
+        h.run(["mkdir", "-p", p.at("/nix/tmp"), p.config_dir])
 
-    def parts_verify(_: Runner) -> None:
+    def parts_verify(h: Host) -> None:
         for mp, _d, _t in _mounts(p):
-            require_mounted(root, mp, p.mountinfo)
+            require_mounted_on(h, p, mp)
 
     # 3. configuration on /data
     cfg, mod, probe = p.config_dir / "configuration.nix", p.config_dir / MODULE_NAME, p.config_dir / PROBE_NAME
 
-    def cfg_check(_: Runner) -> bool:
-        try:
-            return mod.read_text() == module and "./" + MODULE_NAME in cfg.read_text() and probe.is_file()
-        except OSError:
-            return False
+    def cfg_check(h: Host) -> bool:
+        text = h.read_text(cfg)
+        return h.read_bytes(mod) == module.encode() and text is not None and "./" + MODULE_NAME in text \
+            and h.is_file(probe)
 
-    def cfg_apply(r: Runner) -> None:
-        if r.mode is Mode.APPLY:
-            require_mounted(root, "/data", p.mountinfo, why="the configuration would be written to the tmpfs "
-                            "and lost at the first reboot")
-        if not cfg.is_file():
-            r.run(["nixos-generate-config", "--root", root, "--dir", p.config_dir])
-        r.note(f"edit {cfg}: remove the systemd-boot lines, import ./{MODULE_NAME}")
-        r.note(f"write {mod} and {probe}")
-        if r.mode is Mode.APPLY:
-            edit = edit_generated(cfg.read_text())
-            atomic_write_text(cfg, edit.text)
-            atomic_write_text(mod, module, mode=0o600 if secret else None)  # holds the hash: root only
-            atomic_write_bytes(probe, probe_script(), mode=0o644)
+    def cfg_apply(h: Host) -> None:
+        if h.mode is Mode.APPLY:
+            require_mounted_on(h, p, "/data", why="the configuration would be written to the tmpfs and lost at the "
+                               "first reboot")
+        if not h.is_file(cfg):
+            h.run(["nixos-generate-config", "--root", root, "--dir", p.config_dir], timeout=120.0)
+        h.note(f"edit {cfg}: remove the systemd-boot lines, import ./{MODULE_NAME}")
+        h.note(f"write {mod} and {probe}")
+        if h.mode is Mode.APPLY:
+            generated = h.read_text(cfg)
+            if generated is None:
+                raise VerifyFailed(f"nixos-generate-config wrote no {cfg}", "read its output in the transcript")
+            h.write_bytes(cfg, edit_generated(generated).text.encode())
+            h.write_bytes(mod, module.encode(), mode=0o600 if secret else 0o644, secret=secret)  # the hash: root only
+            h.write_bytes(probe, probe_script(), mode=0o644)
 
-    def cfg_verify(r: Runner) -> None:
-        require_mounted(root, "/data", p.mountinfo)
-        if not cfg_check(r):
+    def cfg_verify(h: Host) -> None:
+        require_mounted_on(h, p, "/data")
+        if not cfg_check(h):
             raise VerifyFailed(f"the configuration in {p.config_dir} is not labkit's", "run the step again")
-        if which("nix-instantiate"):
+        if h.which("nix-instantiate"):
             for f in (cfg, mod, p.config_dir / "hardware-configuration.nix"):
-                r.run(["nix-instantiate", "--parse", f], query=True)
+                h.run(["nix-instantiate", "--parse", f], query=True)
 
     # 4. nixos-install
     system_profile = p.at("/nix/var/nix/profiles/system")
 
-    def inst_check(_: Runner) -> bool:
-        return system_profile.is_symlink() or system_profile.exists()
+    def inst_check(h: Host) -> bool:
+        return h.lexists(system_profile)
 
-    def inst_apply(r: Runner) -> None:
+    def inst_apply(h: Host) -> None:
         env = {"TMPDIR": str(p.at("/nix/tmp")), "NIXOS_CONFIG": str(cfg)}
-        r.run(["nixos-install", "--root", root, "--no-root-passwd"], env=env, timeout=p.install_timeout_s)
+        h.run(["nixos-install", "--root", root, "--no-root-passwd", *p.nixos_install_args], env=env,
+              timeout=p.install_timeout_s)
 
-    def inst_verify(_: Runner) -> None:
-        if not inst_check(_):
+    def inst_verify(h: Host) -> None:
+        if not inst_check(h):
             raise VerifyFailed(f"no system profile at {system_profile} after nixos-install", "read its output")
 
     # 5. grub-install (why it is kept: the module docstring)
     grub_bin = p.at("/boot/efi") / GRUB_EFI_BINARY
     nixos_grub = p.at("/boot/efi") / NIXOS_GRUB_EFI_BINARY
 
-    def grub_check(_: Runner) -> bool:
-        return grub_bin.is_file()
+    def grub_check(h: Host) -> bool:
+        return h.is_file(grub_bin)
 
-    def grub_apply(r: Runner) -> None:
-        if nixos_grub.is_file():
-            r.note(f"nixos-install installed GRUB at {nixos_grub} (install-grub.pl); adding the post's "
+    def grub_apply(h: Host) -> None:
+        if h.is_file(nixos_grub):
+            h.note(f"nixos-install installed GRUB at {nixos_grub} (install-grub.pl); adding the post's "
                    f"{GRUB_EFI_BINARY}, the loader labkit's rEFInd entry names")
-        found = find_grub_efi_dir(p.stores)
+        found = find_grub_efi_dir(h, p.stores)
         if found is None:
             patterns = [f"{s}/*-grub-*/{GRUB_EFI_SUBDIR}/modinfo.sh" for s in p.stores]
-            if r.mode is Mode.APPLY:
+            if h.mode is Mode.APPLY:
                 raise GrubModulesMissing(patterns)
-            r.note("GRUB EFI modules not in the store yet (nixos-install brings them); looked in: " +
+            h.note("GRUB EFI modules not in the store yet (nixos-install brings them); looked in: " +
                    ", ".join(patterns))
-        own = grub_install_of(found) if found is not None else None
+        own = grub_install_of(h, found) if found is not None else None
         tool = str(own) if own is not None else "grub-install"  # else: grub2_efi's, from nix-shell -p grub2_efi
-        r.run([tool, "--target=x86_64-efi", f"--efi-directory={p.at('/boot/efi')}",
+        h.run([tool, "--target=x86_64-efi", f"--efi-directory={p.at('/boot/efi')}",
                f"--boot-directory={p.at('/boot')}", "--bootloader-id=NixOS", "--no-nvram",
-               f"--directory={found if found is not None else GRUB_PLACEHOLDER}"])
+               f"--directory={found if found is not None else GRUB_PLACEHOLDER}"], timeout=300.0)
 
-    def grub_verify(_: Runner) -> None:
-        if not grub_bin.is_file():
+    def grub_verify(h: Host) -> None:
+        if not h.is_file(grub_bin):
             raise VerifyFailed(f"no GRUB EFI binary at {grub_bin}", "read grub-install's output in the transcript")
 
     # 6. rEFInd's ext4 driver: the seed's pitfall (refind-install leaves it out while /boot is not ext4); the
@@ -364,30 +410,30 @@ def build_plan(params: InstallParams, *, plan_only: bool = False) -> InstallPlan
     drivers = [p.at("/boot/efi") / d for d in REFIND_EXT4_DRIVERS]
     driver = drivers[0]
 
-    def drv_check(_: Runner) -> bool:
-        return any(d.is_file() for d in drivers)
+    def drv_check(h: Host) -> bool:
+        return any(h.is_file(d) for d in drivers)
 
-    def drv_apply(r: Runner) -> None:
+    def drv_apply(h: Host) -> None:
         esp = p.at("/boot/efi")
         # beside the rEFInd that is there: refind-install's EFI/refind/, else the removable path (the lab's)
-        dest = next((d for d in drivers if (esp / bootchain.refind_binary_beside(d.relative_to(esp))).is_file()),
+        dest = next((d for d in drivers if h.is_file(esp / bootchain.refind_binary_beside(d.relative_to(esp)))),
                     driver)
-        src = bootchain.refind_ext4_driver(which("refind-install"))
-        if r.mode is Mode.PLAN and src is not None and not src.is_relative_to("/nix/store"):
+        src = refind_driver_on(h)
+        if h.mode is Mode.PLAN and src is not None and not src.is_relative_to("/nix/store"):
             src = None  # a plan is for the NixOS installer: not this machine's (Debian) rEFInd
         if src is None:
-            if r.mode is Mode.APPLY:
+            if h.mode is Mode.APPLY:
                 raise VerifyFailed(f"rEFInd's ext4 driver is missing from the ESP ({dest}) and no rEFInd package "
-                                   "is on this machine to copy it from",
+                                   f"is on {h.name} to copy it from",
                                    "run `nix-shell -p refind` (its drivers are in $out/share/refind/drivers_x64/), "
                                    "then run the step again")
-            r.note("on the NixOS installer, `nix-shell -p refind` brings rEFInd's drivers "
+            h.note("on the NixOS installer, `nix-shell -p refind` brings rEFInd's drivers "
                    "($out/share/refind/drivers_x64/)")
-        r.run(["mkdir", "-p", dest.parent])
-        r.run(["cp", src if src is not None else bootchain.REFIND_NIX_EXT4_PLACEHOLDER, dest])
+        h.run(["mkdir", "-p", dest.parent])
+        h.run(["cp", src if src is not None else bootchain.REFIND_NIX_EXT4_PLACEHOLDER, dest])
 
-    def drv_verify(_: Runner) -> None:
-        if not drv_check(_):
+    def drv_verify(h: Host) -> None:
+        if not drv_check(h):
             raise VerifyFailed(f"rEFInd's ext4 driver is missing: none of {', '.join(map(str, drivers))} — rEFInd "
                                "cannot read /boot or Alpine",
                                "run the rEFInd phase again (it installs drivers_x64/ext4_x64.efi)")
@@ -395,74 +441,64 @@ def build_plan(params: InstallParams, *, plan_only: bool = False) -> InstallPlan
     # 7. the installed system
     grub_cfg = p.at("/boot/grub/grub.cfg")
 
-    def final_check(_: Runner) -> bool:
+    def final_check(h: Host) -> bool:
         return False
 
-    def final_apply(r: Runner) -> None:
-        r.note(f"verify {grub_bin}, {grub_cfg}, {mod} on /data, the password hash, and that the installed system "
+    def final_apply(h: Host) -> None:
+        h.note(f"verify {grub_bin}, {grub_cfg}, {mod} on /data, the password hash, and that the installed system "
                f"keeps {', '.join(SYSTEM_COPIES)} (copySystemConfiguration + labkit.nix)")
-        if r.mode is Mode.APPLY:
-            final_verify(r)
+        if h.mode is Mode.APPLY:
+            final_verify(h)
 
-    def final_verify(r: Runner) -> None:
-        grub_verify(r)
-        if not grub_cfg.is_file() or "menuentry" not in grub_cfg.read_text(errors="replace"):
+    def final_verify(h: Host) -> None:
+        grub_verify(h)
+        text = h.read_text(grub_cfg)
+        if text is None or "menuentry" not in text:
             raise VerifyFailed(f"{grub_cfg} is missing or has no menu entry", "run nixos-install again")
-        require_mounted(root, "/data", p.mountinfo, why="the configuration must live on /data")
-        if not cfg_check(r):
+        require_mounted_on(h, p, "/data", why="the configuration must live on /data")
+        if not cfg_check(h):  # the module on /data is byte for byte the one labkit wrote (hash included)
             raise VerifyFailed(f"{mod} on /data is not the configuration labkit wrote", "run the config step again")
         if p.settings.user.hashed_password is not None:
-            text = mod.read_text()
-            h = p.settings.user.hashed_password
-            if f'hashedPassword = "{h}";' not in text:
-                raise VerifyFailed(f"{mod} does not carry the user's password hash", "run the config step again")
-            check_hash(h)
+            check_hash(p.settings.user.hashed_password)
         # copySystemConfiguration keeps configuration.nix only; labkit.nix links itself and the probe into the
         # system too: the installed system's copies must be the files on /data
-        system = resolve_in_root(root, "/nix/var/nix/profiles/system")
+        system = resolve_in_root(h, root, "/nix/var/nix/profiles/system")
         for name in SYSTEM_COPIES:
-            copy = resolve_in_root(root, str(system.relative_to(root)) + "/" + name) if system != root else None
+            copy = resolve_in_root(h, root, str(system.relative_to(root)) + "/" + name) if system != root else None
             original = p.config_dir / name
-            if copy is None or not copy.is_file() or copy.read_bytes() != original.read_bytes():
+            if copy is None or h.read_bytes(copy) is None or h.read_bytes(copy) != h.read_bytes(original):
                 raise VerifyFailed(f"the installed system does not keep {name} as it is on /data ({original})",
                                    "run nixos-install again with NIXOS_CONFIG pointing at /data (the config step)")
 
     steps = [
-        Step("mount tmpfs root", root_check, root_apply, root_verify, f"tmpfs size={p.settings.tmpfs_size} at {root}"),
-        Step("mount partitions", parts_check, parts_apply, parts_verify, "/nix /boot /boot/efi /data"),
-        Step("write configuration", cfg_check, cfg_apply, cfg_verify, f"nixos-generate-config + labkit.nix in "
-             f"{p.config_dir}"),
-        Step("nixos-install", inst_check, inst_apply, inst_verify, "TMPDIR on /nix, NIXOS_CONFIG on /data"),
-        Step("grub-install", grub_check, grub_apply, grub_verify, "EFI GRUB as EFI/NixOS, no NVRAM entry"),
-        Step("rEFInd ext4 driver", drv_check, drv_apply, drv_verify, REFIND_EXT4_DRIVER),
-        Step("verify installed system", final_check, final_apply, final_verify,
-             "GRUB, grub.cfg, /data, hash, the system's copies of the configuration"),
+        InstallStep("mount tmpfs root", root_check, root_apply, root_verify,
+                    f"tmpfs size={p.settings.tmpfs_size} at {root}"),
+        InstallStep("mount partitions", parts_check, parts_apply, parts_verify, "/nix /boot /boot/efi /data"),
+        InstallStep("write configuration", cfg_check, cfg_apply, cfg_verify, f"nixos-generate-config + labkit.nix "
+                    f"in {p.config_dir}"),
+        InstallStep("nixos-install", inst_check, inst_apply, inst_verify, "TMPDIR on /nix, NIXOS_CONFIG on /data"),
+        InstallStep("grub-install", grub_check, grub_apply, grub_verify, "EFI GRUB as EFI/NixOS, no NVRAM entry"),
+        InstallStep("rEFInd ext4 driver", drv_check, drv_apply, drv_verify, REFIND_EXT4_DRIVER),
+        InstallStep("verify installed system", final_check, final_apply, final_verify,
+                    "GRUB, grub.cfg, /data, hash, the system's copies of the configuration"),
     ]
     shown = render_module(params.settings, findings=[] if plan_only else None, redact=True)
     return InstallPlan(params, shown, steps, findings, module_file=module)
 
 
-def run_plan(runner: Runner, plan: InstallPlan) -> list[StepOutcome]:
-    """Run (or, in plan mode, record) every step; then say how to change the system later."""
-    out: list[StepOutcome] = []
-    with runner.step("nixos install"):
-        for f in plan.findings:
-            runner.note(f"finding: the install is refused until this is given: {f.problem} (fix: {f.fix})")
-        if plan.findings and runner.mode is Mode.APPLY:
-            raise plan.findings[0]
-        for step in plan:
-            with runner.step(step.name):
-                if step.check(runner):
-                    runner.note("already done")
-                    out.append(StepOutcome(step.name, skipped=True, verified=False))
-                    continue
-                step.apply(runner)
-                verified = runner.mode is Mode.APPLY
-                if verified:
-                    step.verify(runner)
-                out.append(StepOutcome(step.name, skipped=False, verified=verified))
-        runner.note("to change the installed system later: " + shlex.join(rebuild_command(plan.params.settings)))
-    return out
+def run_plan(runner: Runner | Host, plan: InstallPlan) -> list[StepOutcome]:
+    """Run (or, in plan mode, record) every step on ``runner``'s machine (a :class:`Host`: this machine, or the
+    installer VM); then say how to change the system later."""
+    host = runner if isinstance(runner, Host) else LocalHost(runner)
+    r = host.runner
+    for f in plan.findings:
+        r.note(f"finding: the install is refused until this is given: {f.problem} (fix: {f.fix})")
+    if plan.findings and r.mode is Mode.APPLY:
+        raise plan.findings[0]
+    res = run_steps(r, "nixos install", plan.steps(host))
+    r.note("to change the installed system later: " + shlex.join(rebuild_command(plan.params.settings)))
+    return [StepOutcome(o.name, skipped=o.status == "done already", verified=o.status == "applied")
+            for o in res.outcomes]
 
 
 def plan_text(events: Sequence[dict[str, object]]) -> str:

@@ -17,8 +17,19 @@ def _unescape(field: str) -> str:
 
 def mount_table(mountinfo: Path = Path("/proc/self/mountinfo")) -> dict[str, tuple[str, str]]:
     """mount point -> (fstype, source); a later (upper) mount hides an earlier one."""
+    return mount_table_of(mountinfo.read_text())
+
+
+def mounted_fstype_in(mountinfo_text: str, path: Path) -> str | None:
+    """The filesystem type mounted exactly at ``path`` in a mountinfo text (any machine's), or None."""
+    entry = mount_table_of(mountinfo_text).get(os.path.normpath(str(path)))
+    return entry[0] if entry is not None else None
+
+
+def mount_table_of(text: str) -> dict[str, tuple[str, str]]:
+    """:func:`mount_table` of a mountinfo text."""
     table: dict[str, tuple[str, str]] = {}
-    for line in mountinfo.read_text().splitlines():
+    for line in text.splitlines():
         left, sep, right = line.partition(" - ")
         fields = left.split()
         if not sep or len(fields) < 5:
