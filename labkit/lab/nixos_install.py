@@ -94,6 +94,7 @@ class CommandRecord:
     command: str
     rc: int | None
     duration_s: float
+    query: bool = False  # a read-only question (test -f, readlink, base64 of a file): a non-zero status is an answer
 
 
 @dataclass
@@ -122,19 +123,20 @@ class SerialHost(Host):
     def step(self) -> str:
         return self.runner.step_name.rsplit(" / ", 1)[-1] or "install"
 
-    def _line(self, command: str, timeout: float, *, check: bool = True, shown: str | None = None) -> ShellResult:
+    def _line(self, command: str, timeout: float, *, check: bool = True, shown: str | None = None,
+              query: bool = False) -> ShellResult:
         """Run one guest command line; ``shown`` is what the records and errors say instead (a secret)."""
         label = shown or command
         try:
             res = self.shell.run(command, timeout=timeout, check=check)
         except SerialCommandFailed as exc:
-            self.session.records.append(CommandRecord(self.step, label, exc.result.rc, exc.result.duration_s))
+            self.session.records.append(CommandRecord(self.step, label, exc.result.rc, exc.result.duration_s, query))
             raise GuestInstallFailed(self.step, label, exc.result.rc, self.shell.redact(exc.result.output)) from None
         except SerialTimeout as exc:
-            self.session.records.append(CommandRecord(self.step, label, None, timeout))
+            self.session.records.append(CommandRecord(self.step, label, None, timeout, query))
             raise GuestInstallFailed(self.step, label, None,
                                      f"timed out after {timeout:g} s; {self.shell.redact(exc.tail[-300:])}") from None
-        self.session.records.append(CommandRecord(self.step, label, res.rc, res.duration_s))
+        self.session.records.append(CommandRecord(self.step, label, res.rc, res.duration_s, query))
         return res
 
     def run(self, argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
@@ -142,12 +144,12 @@ class SerialHost(Host):
         args = [os.fspath(a) for a in argv]
         envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted((env or {}).items()))
         line = (envs + " " if envs else "") + shlex.join(args)
-        res = self._line(line, timeout or 60.0, check=check)
+        res = self._line(line, timeout or 60.0, check=check, query=query)
         return CommandResult(tuple(args), None, res.rc, res.duration_s, res.output, "", executed=True)
 
     def read_bytes(self, path: str | os.PathLike[str]) -> bytes | None:
         q = shlex.quote(os.fspath(path))
-        res = self._line(f"test -f {q} && base64 {q}", 60.0, check=False)
+        res = self._line(f"test -f {q} && base64 {q}", 60.0, check=False, query=True)
         return base64.b64decode("".join(res.output.split())) if res.rc == 0 else None
 
     def write_bytes(self, path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
@@ -183,24 +185,24 @@ class SerialHost(Host):
         self._line(f"chmod {mode:o} {qp} && mv -f {qp} {q}", 30.0)
 
     def is_file(self, path: str | os.PathLike[str]) -> bool:
-        return self._line(f"test -f {shlex.quote(os.fspath(path))}", 30.0, check=False).rc == 0
+        return self._line(f"test -f {shlex.quote(os.fspath(path))}", 30.0, check=False, query=True).rc == 0
 
     def lexists(self, path: str | os.PathLike[str]) -> bool:
         q = shlex.quote(os.fspath(path))
-        return self._line(f"test -e {q} || test -L {q}", 30.0, check=False).rc == 0
+        return self._line(f"test -e {q} || test -L {q}", 30.0, check=False, query=True).rc == 0
 
     def readlink(self, path: str | os.PathLike[str]) -> str | None:
         q = shlex.quote(os.fspath(path))
-        res = self._line(f"test -L {q} && readlink {q}", 30.0, check=False)
+        res = self._line(f"test -L {q} && readlink {q}", 30.0, check=False, query=True)
         return res.output.strip() if res.rc == 0 else None
 
     def glob(self, pattern: str) -> list[str]:
         # the pattern is labkit's own (store paths, a '*'): the shell expands it; only existing paths print
-        res = self._line(f'for f in {pattern}; do [ -e "$f" ] && echo "$f"; done; true', 30.0)
+        res = self._line(f'for f in {pattern}; do [ -e "$f" ] && echo "$f"; done; true', 30.0, query=True)
         return sorted(ln.strip() for ln in res.output.splitlines() if ln.strip())
 
     def which(self, tool: str) -> str | None:
-        res = self._line(f"command -v {shlex.quote(tool)}", 30.0, check=False)
+        res = self._line(f"command -v {shlex.quote(tool)}", 30.0, check=False, query=True)
         out = res.output.strip().splitlines()
         return out[-1] if res.rc == 0 and out else None
 
