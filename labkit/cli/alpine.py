@@ -12,21 +12,31 @@ from labkit.core.errors import InputError
 
 def _apkovl(args: argparse.Namespace) -> int:
     from labkit.systems.alpine.apkindex import package_set
-    from labkit.systems.alpine.apkovl import ApkovlSpec, User, write_apkovl
+    from labkit.systems.alpine.apkovl import ApkovlSpec, User, read_password_hash_file, write_apkovl
 
+    for opt in ("root_password_hash", "user_password_hash"):
+        if getattr(args, opt) is not None:
+            flag = "--" + opt.replace("_", "-")
+            raise InputError(f"{flag} takes the hash on the command line, where shell history and ps keep it",
+                             f"write the hash alone in a file (openssl passwd -6 > FILE) and pass {flag}-file FILE")
     world = tuple(args.world or ()) + tuple(p for s in args.set or () for p in package_set(s))
-    users = tuple(User(name=u, password_hash=args.user_password_hash or "!", uid=1000 + i)
-                  for i, u in enumerate(args.user or ()))
+    user_hash = (read_password_hash_file(Path(args.user_password_hash_file), "the users")
+                 if args.user_password_hash_file else "!")
+    users = tuple(User(name=u, password_hash=user_hash, uid=1000 + i) for i, u in enumerate(args.user or ()))
     keys = tuple(Path(k).read_text().strip() for k in args.root_ssh_key or ())
+    root_hash = (read_password_hash_file(Path(args.root_password_hash_file), "root")
+                 if args.root_password_hash_file else "*")
     spec = ApkovlSpec(
         hostname=args.hostname, media=args.media, media_uuid=args.media_uuid, world=world or ("alpine-base",),
         mirror=args.mirror, lbu_include=tuple(args.include or ()), lbu_exclude=tuple(args.exclude or ()),
-        root_password_hash=args.root_password_hash or "*", root_ssh_keys=keys, users=users,
+        root_password_hash=root_hash, root_ssh_keys=keys, users=users,
         probe=Path(args.probe).read_text() if args.probe else None, rc_logger=not args.no_rc_logger,
-        root_size=args.root_size,
+        root_size=args.root_size, no_login=args.no_login,
     )
     out = write_apkovl(spec, Path(args.out))
     print(f"wrote {out}")
+    if spec.no_login:
+        print("note: --no-login: nobody can log in to this system (a measurement-only apkovl)")
     if spec.kernel_args():
         print(f"kernel options for refind_linux.conf: {' '.join(spec.kernel_args())}")
     return 0
@@ -113,10 +123,15 @@ def register(subparsers: Any) -> None:
     ap.add_argument("--mirror", help="extra repository base, e.g. https://dl-cdn.alpinelinux.org/alpine/v3.20")
     ap.add_argument("--include", nargs="+", help="lbu include paths (relative)")
     ap.add_argument("--exclude", nargs="+", help="lbu exclude paths (relative)")
-    ap.add_argument("--root-password-hash", help="crypt(3) hash (openssl passwd -6); never a plaintext password")
-    ap.add_argument("--root-ssh-key", nargs="+", help="public key files for root")
-    ap.add_argument("--user", nargs="+", help="extra users (locked password unless --user-password-hash)")
-    ap.add_argument("--user-password-hash")
+    ap.add_argument("--root-password-hash-file",
+                    help="file holding root's crypt(3) hash (openssl passwd -6 > FILE); musl: not yescrypt")
+    ap.add_argument("--root-password-hash", help=argparse.SUPPRESS)  # refused: hashes come from a file
+    ap.add_argument("--root-ssh-key", nargs="+", help="public key files for root (add openssh to --world)")
+    ap.add_argument("--user", nargs="+", help="extra users (locked password unless --user-password-hash-file)")
+    ap.add_argument("--user-password-hash-file", help="file holding the users' crypt(3) hash")
+    ap.add_argument("--user-password-hash", help=argparse.SUPPRESS)  # refused: hashes come from a file
+    ap.add_argument("--no-login", action="store_true",
+                    help="a measurement-only apkovl nobody can log in to (else a locked one is refused)")
     ap.add_argument("--probe", help="script installed as etc/local.d/labkit-probe.start")
     ap.add_argument("--no-rc-logger", action="store_true")
     ap.add_argument("--root-size", help="tmpfs root size (rootflags=size=), e.g. 512m or 75%%")

@@ -71,8 +71,12 @@ def lab_apkovl_spec(
     root_size: str | None = None,
     extra: Mapping[str, tuple[bytes, int]] | None = None,
 ) -> ApkovlSpec:
-    """labkit's declarative apkovl for the lab: hostname, world, LBU media, the probe as
-    ``etc/local.d/labkit-probe.start`` with the runlevel link, ``etc/labkit-os`` and a poweroff script.
+    """labkit's declarative apkovl for the lab: hostname, world, LBU media, the runlevel links of a
+    diskless setup-alpine system plus ``local``, the probe as ``etc/local.d/labkit-probe.start``,
+    ``etc/labkit-os`` and a poweroff script.
+
+    It is a measurement-only overlay: root stays locked, there is no user and no key, so it is built
+    with ``no_login=True`` (stated here, not defaulted: labkit refuses such an apkovl otherwise).
 
     The same overlay boots real Alpine media and the Alpine-style rehearsal: the init comes from the
     packages (alpine-base/openrc, or the rehearsal base package), never from the overlay.
@@ -88,6 +92,7 @@ def lab_apkovl_spec(
         probe=guest_data("probe.sh").decode(),
         root_size=root_size,
         extra_files=tuple((path, data, mode) for path, (data, mode) in sorted(files.items())),
+        no_login=True,  # measurement-only: nobody logs in to a lab guest (see the docstring)
     )
 
 
