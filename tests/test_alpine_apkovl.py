@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from paths import ALPINE_FIXTURES
 
-from labkit.core.errors import InputError
 from labkit.cli.main import main
+from labkit.core.errors import InputError
 from labkit.systems.alpine.apkovl import (
     INITRAMFS_DEFAULT_SERVICES,
     ApkovlSpec,

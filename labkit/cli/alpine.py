@@ -42,9 +42,35 @@ def _apkovl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_disk(args: argparse.Namespace) -> int:
+    from labkit.core.runner import Runner
+    from labkit.systems.alpine.diskaudit import audit_disk
+
+    res = audit_disk(Runner(), Path(args.file))
+    if args.json:
+        print(json.dumps(res.as_json(), indent=2))
+    else:
+        for p in res.partitions:
+            what = (f"{len(p.apkovls)} apkovl(s) {', '.join(p.apkovls) or '-'}; "
+                    f"boot repositories {', '.join(p.repositories) or '-'}") if not p.note else p.note
+            print(f"{p.where:<14} {p.fstype or '-':<6} {p.label or '-':<10} {what}")
+        for f in res.findings:
+            print(f"{f.severity}: {f.path}: {f.message}")
+        for key, (ovl, fs) in res.apkovls.items():
+            print(f"{key}: {len(ovl.members)} entries, {ovl.total_size} bytes of files")
+            for f in fs:
+                print(f"  {f.severity}: {f.path}: {f.message}")
+    warn = [f for f in res.findings if f.severity == "warning"]
+    warn += [f for _o, fs in res.apkovls.values() for f in fs if f.severity == "warning"]
+    return 1 if warn else 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     from labkit.systems.alpine.audit import as_json, audit_file
+    from labkit.systems.alpine.diskaudit import looks_like_apkovl
 
+    if not looks_like_apkovl(Path(args.file)):  # a disk image or a block device: every partition
+        return _audit_disk(args)
     ovl, findings = audit_file(Path(args.file), large=args.large)
     if args.json:
         print(json.dumps(as_json(ovl, findings), indent=2))
@@ -137,8 +163,9 @@ def register(subparsers: Any) -> None:
     ap.add_argument("--root-size", help="tmpfs root size (rootflags=size=), e.g. 512m or 75%%")
     ap.set_defaults(func=_apkovl)
 
-    au = sub.add_parser("audit", help="list an apkovl, its size and what should not be in it")
-    au.add_argument("file")
+    au = sub.add_parser("audit", help="list an apkovl, its size and what should not be in it; or, given a disk "
+                        "image or device, every apkovl and boot repository the initramfs would find on it")
+    au.add_argument("file", help="an apkovl, or a disk image / block device (all partitions are read)")
     au.add_argument("--json", action="store_true")
     au.add_argument("--large", type=int, default=1024 * 1024, help="size threshold in bytes (default 1 MiB)")
     au.set_defaults(func=_audit)
