@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from labkit.core.data import guest_data
 from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Runner, atomic_write_text
-from labkit.rehearsal.initramfs import build_initramfs
+from labkit.rehearsal.initramfs import build_initramfs, build_modloop
 from labkit.rehearsal.kernel import GuestKernel
 from labkit.rehearsal.payloads import (
     BASE_PACKAGE,
@@ -30,6 +30,8 @@ from labkit.systems.alpine.apkovl import ApkovlSpec, build_apkovl, write_apkovl
 
 CONSOLE = "console=ttyS0,115200"
 ALPINE_MODULES = "modules=virtio_pci,virtio_blk,ext4"
+#: As Alpine's boot entries name it (relative to the boot medium; read by the modloop service).
+MODLOOP_PATH = "boot/modloop-lts"
 
 
 def resolve_world(world: Sequence[str] | str) -> list[str]:
@@ -54,11 +56,13 @@ def _cmdline(*parts: str) -> str:
 # -- Alpine ---------------------------------------------------------------------------------------
 LAB_MEDIA = "vda4"  # the Alpine partition in the lab VM (virtio-blk, partition 4): LBU media and repository
 POWEROFF_NAME = "zz-labkit-poweroff.start"
-#: Real Alpine: after the probe, OpenRC's poweroff (QEMU runs with -no-reboot). The rehearsal's stand-in
-#: for OpenRC powers off by itself after /etc/local.d, so the script steps aside there.
+LAB_INTERFACES = "auto lo\niface lo inet loopback\n"
+#: After the probe: poweroff (QEMU exits; -no-reboot). On Alpine, and in the rehearsal which runs the same
+#: busybox init + OpenRC, busybox poweroff only signals init, which acts once ``openrc default`` (this
+#: local.d script included) has returned, then runs ``openrc shutdown`` (busybox init/init.c l.1182-1186).
 POWEROFF_SCRIPT = b"""#!/bin/sh
 # labkit lab: the probe has printed its bundle; power off (QEMU exits, -no-reboot)
-[ -e /etc/labkit-rehearsal ] || poweroff
+poweroff
 """
 
 
@@ -70,6 +74,7 @@ def lab_apkovl_spec(
     media: str = LAB_MEDIA,
     root_size: str | None = None,
     extra: Mapping[str, tuple[bytes, int]] | None = None,
+    runlevels: bool = True,
 ) -> ApkovlSpec:
     """labkit's declarative apkovl for the lab: hostname, world, LBU media, the runlevel links of a
     diskless setup-alpine system plus ``local``, the probe as ``etc/local.d/labkit-probe.start``,
@@ -81,18 +86,23 @@ def lab_apkovl_spec(
     The same overlay boots real Alpine media and the Alpine-style rehearsal: the init comes from the
     packages (alpine-base/openrc, or the rehearsal base package), never from the overlay.
     ``os_id`` is what a real system reports; the rehearsal's base package overrides it with its marker.
+    ``runlevels=False`` leaves the runlevel links out but ``local`` (labkit's apkovl before they were
+    written): what a real Alpine would boot without is then visible in the lab.
     """
     files = {"etc/labkit-os": (f"{os_id}\n".encode(), 0o644),
              f"etc/local.d/{POWEROFF_NAME}": (POWEROFF_SCRIPT, 0o755)}
     files.update({k.lstrip("/"): v for k, v in (extra or {}).items()})
     return ApkovlSpec(
         hostname=hostname,
+        # the lab VM has no network card (qemu -nic none): only the loopback, so networking starts cleanly
+        interfaces=LAB_INTERFACES,
         world=tuple(dict.fromkeys(["alpine-base", *world])),
         media=media,
         probe=guest_data("probe.sh").decode(),
         root_size=root_size,
         extra_files=tuple((path, data, mode) for path, (data, mode) in sorted(files.items())),
         no_login=True,  # measurement-only: nobody logs in to a lab guest (see the docstring)
+        runlevels=runlevels,
     )
 
 
@@ -108,7 +118,7 @@ def alpine_entry(cmdline_extra: str = "") -> BootEntry:
         partition_role="alpine",
         kernel="boot/vmlinuz-lts",
         initrd="boot/initramfs-lts",
-        cmdline=_cmdline(ALPINE_MODULES, CONSOLE, "quiet", cmdline_extra),
+        cmdline=_cmdline(ALPINE_MODULES, f"modloop=/{MODLOOP_PATH}", CONSOLE, "quiet", cmdline_extra),
     )
 
 
@@ -121,21 +131,27 @@ def build_alpine_tree(
     cmdline_extra: str = "",
     extra_overlay: Mapping[str, tuple[bytes, int]] | None = None,
     media: str = LAB_MEDIA,
+    runlevels: bool = True,
 ) -> GuestBuild:
-    """Fill ``tree`` (the Alpine partition's root) with boot/, apks/ and ``<hostname>.apkovl.tar.gz``.
+    """Fill ``tree`` (the Alpine partition's root) with boot/ (kernel, initramfs, modloop), apks/ and
+    ``<hostname>.apkovl.tar.gz``.
 
-    ``extra_overlay`` adds files to the apkovl: ``{"etc/local.d/x.start": (data, 0o755)}``.
+    ``extra_overlay`` adds files to the apkovl: ``{"etc/local.d/x.start": (data, 0o755)}``;
+    ``runlevels=False`` writes an apkovl without the runlevel links (see :func:`lab_apkovl_spec`).
     """
     tree = Path(tree)
     names = resolve_world(world)
     with runner.step("rehearsal guest: Alpine-style tree"):
         _copy(kernel.vmlinuz, tree / "boot" / "vmlinuz-lts")
         build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts")
+        build_modloop(runner, kernel, tree / MODLOOP_PATH)
         infos = write_alpine_repo(alpine_payloads(runner, names), tree)
-        spec = lab_apkovl_spec(hostname, [n for n in names if n != BASE_PACKAGE], extra=extra_overlay, media=media)
+        spec = lab_apkovl_spec(hostname, [n for n in names if n != BASE_PACKAGE], extra=extra_overlay, media=media,
+                               runlevels=runlevels)
         ovl = write_apkovl(spec, tree / spec.filename).name
     entry = alpine_entry(cmdline_extra)
-    files = (("apkovl", ovl), ("kernel", entry.kernel), ("initrd", entry.initrd), ("repository", "apks"))
+    files = (("apkovl", ovl), ("kernel", entry.kernel), ("initrd", entry.initrd), ("repository", "apks"),
+             ("modloop", MODLOOP_PATH))
     return GuestBuild("alpine-rehearsal", entry, tuple(infos), kernel.version, files)
 
 
