@@ -25,6 +25,7 @@ from labkit.rehearsal.payloads import (
     write_alpine_repo,
     write_store_path,
 )
+from labkit.rehearsal.systemd import write_systemd_store
 from labkit.rehearsal.types import BootEntry, GuestBuild, PackageInfo
 from labkit.systems.alpine.apkovl import ApkovlSpec, build_apkovl, write_apkovl
 
@@ -187,6 +188,9 @@ def _add_store_dir(store: Path, name: str, build: Path) -> str:
 
 
 BIN_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin")
+#: The rehearsal system's /etc/os-release (systemd greets with PRETTY_NAME): never NixOS's.
+NIXOS_REHEARSAL_OS_RELEASE = ('NAME="labkit rehearsal"\nID=labkit-rehearsal\nVARIANT_ID=nixos-style\n'
+                              'PRETTY_NAME="labkit NixOS-style rehearsal (not NixOS)"\n')
 
 
 def _sw_links(busybox: Payload, bb_store: str, pkgs: Sequence[tuple[Payload, str]]) -> dict[str, str]:
@@ -248,6 +252,10 @@ def build_nixos_trees(
             pkg_names.append((p, PurePosixPath(info.file).name))
         for info in infos:
             fix_mtimes(store_tree / info.file)
+        sd = write_systemd_store(runner, store, (bb, bb_name))
+        for name in (sd.systemd, sd.libs):
+            size = sum(f.stat().st_size for f in (store / name).rglob("*") if f.is_file() and not f.is_symlink())
+            infos.append(PackageInfo(name.split("-", 1)[1], "debian", size, 0, f"store/{name}"))
         with tempfile.TemporaryDirectory(dir=store) as tmp:
             probe_dir = Path(tmp) / "probe"
             (probe_dir / "bin").mkdir(parents=True)
@@ -260,15 +268,21 @@ def build_nixos_trees(
             (system / "sw" / "bin").mkdir(parents=True)
             (system / "etc" / "labkit-os").write_text("nixos-rehearsal\n")
             (system / "etc" / "hostname").write_text(f"{hostname}\n")
+            (system / "etc" / "os-release").write_text(NIXOS_REHEARSAL_OS_RELEASE)
+            (system / "etc" / "systemd").mkdir()
+            os.symlink(f"/nix/store/{sd.units}", system / "etc" / "systemd" / "system")  # environment.etc
+            os.symlink(f"/nix/store/{sd.systemd}", system / "systemd")  # toplevel's systemd link
+            os.symlink(f"/nix/store/{sd.fhs}", system / "fhs")  # rehearsal only: see labkit.rehearsal.systemd
             links = _sw_links(bb, bb_name, pkg_names)
             links["labkit-probe"] = f"/nix/store/{probe_name}/bin/labkit-probe"
             for link, target in sorted(links.items()):
                 os.symlink(target, system / "sw" / "bin" / link)
             # The init names its own store path: hash the template with the inputs, like a derivation.
             template = guest_data("nixos-stage2.sh").decode()
-            drv = hashlib.sha256(f"{template}\0{bb_name}\0{probe_name}\0{sorted(links.items())}".encode())
+            drv = hashlib.sha256(f"{template}\0{bb_name}\0{probe_name}\0{sorted(links.items())}\0{sd}".encode())
             sys_name = f"{nix_base32(drv.digest()[:20])}-labkit-system"
-            init = template.replace("@busybox@", f"/nix/store/{bb_name}").replace("@system@", f"/nix/store/{sys_name}")
+            init = (template.replace("@busybox@", f"/nix/store/{bb_name}").replace("@system@", f"/nix/store/{sys_name}")
+                    .replace("@systemd@", f"/nix/store/{sd.systemd}"))
             (system / "init").write_text(init)
             os.chmod(system / "init", 0o755)
             fix_mtimes(system)
@@ -288,5 +302,5 @@ def build_nixos_trees(
         cmdline=_cmdline(f"init=/nix/store/{sys_name}/init", CONSOLE, "quiet", cmdline_extra),
     )
     files = (("system", f"store/{sys_name}"), ("kernel", entry.kernel), ("initrd", entry.initrd),
-             ("probe", f"store/{probe_name}"))
+             ("probe", f"store/{probe_name}"), ("systemd", f"store/{sd.systemd}"), ("units", f"store/{sd.units}"))
     return GuestBuild("nixos-rehearsal", entry, tuple(infos), kernel.version, files)

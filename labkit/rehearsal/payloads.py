@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -314,7 +315,20 @@ def write_alpine_repo(payloads: Sequence[Payload], tree: Path) -> list[PackageIn
 
 # -- Nix side ------------------------------------------------------------------------------------
 def store_name(payload: Payload) -> str:
-    return f"{payload.content_hash()}-{payload.name}-{payload.fs_version}"
+    """``<hash>-<name>-<version>``, with the characters a Nix store name cannot hold (``~``, ``:``) as ``_``
+    (Nix allows ``[A-Za-z0-9+._?=-]``)."""
+    return re.sub(r"[^A-Za-z0-9+._?=-]", "_", f"{payload.content_hash()}-{payload.name}-{payload.fs_version}")
+
+
+def nix_layout(payload: Payload, name: str | None = None) -> Payload:
+    """A Debian package's files laid out as a Nix store path: ``usr/`` folded into the top (``/usr/bin/x``
+    and ``/bin/x`` → ``bin/x``, ``/lib/systemd`` → ``lib/systemd``), as nixpkgs builds install to ``$out``.
+    Symlinks keep their targets (absolute ones resolve through the guest's FHS view)."""
+    out: dict[str, PkgEntry] = {}
+    for e in payload.entries:
+        rel = e.path[4:] if e.path.startswith("usr/") else e.path
+        out.setdefault(rel, PkgEntry(rel, e.kind, e.mode, e.size, e.source, e.target, e.data))
+    return Payload(name or payload.name, payload.version, tuple(out[k] for k in sorted(out)))
 
 
 def write_store_path(payload: Payload, store: Path) -> PackageInfo:

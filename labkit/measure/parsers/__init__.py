@@ -35,7 +35,7 @@ from labkit.measure.parsers.apk import (
 )
 from labkit.measure.parsers.mkinitfs import parse_initramfs_messages
 from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
-from labkit.measure.parsers.system import parse_free, parse_os_release, parse_rc_log
+from labkit.measure.parsers.system import parse_free, parse_os_release, parse_rc_log, parse_rc_status
 from labkit.measure.parsers.systemd import (
     parse_duration,
     parse_systemd_blame,
@@ -59,6 +59,7 @@ FORMATS: dict[str, Callable[[str], Any]] = {
     "systemd_blame": parse_systemd_blame,
     "systemd_critical_chain": parse_systemd_critical_chain,
     "rc_log": parse_rc_log,
+    "rc_status": parse_rc_status,
     "apk_installed": parse_apk_installed,
     "apk_world": parse_apk_world,
     "apk_cache": parse_ls_sizes,
@@ -85,6 +86,7 @@ _DETECT: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("apk_list", re.compile(r"^\S+ \S+ \{[^}]*\} \(.*\)(?: \[(?:installed|upgradable from: \S+)\])?$", re.M)),
     ("apk_installed", re.compile(r"^P:\S+\nV:", re.M)),
     ("rc_log", re.compile(r"^rc \S+ logging started at ", re.M)),
+    ("rc_status", re.compile(r"^Runlevel: \S+\n(?: \S+\s+\[|Runlevel: )", re.M)),
     # text lines, or --json: a list (Nix <= 2.18) or an object keyed by store path (Nix >= 2.19)
     ("nix_path_info", re.compile(r"^(?:/nix/store/\S+\s+[0-9.]+[KMGT]?(?:\s+[0-9.]+[KMGT]?)?\s*$|\[\{\"path\"|"
                                  r"\{\s*\"/nix/store/)", re.M)),
@@ -171,6 +173,7 @@ __all__ = [
     "parse_nix_path_info",
     "parse_os_release",
     "parse_rc_log",
+    "parse_rc_status",
     "parse_section",
     "parse_systemd_blame",
     "parse_systemd_critical_chain",
