@@ -51,6 +51,7 @@ rtc_exists() {  # MK310 l.349-355
 }
 
 QUIET=
+MARKER_REMOVED=
 ROOTSIZE=50%
 MODULES_OPT=
 CONSOLES=
@@ -161,6 +162,7 @@ if [ -f "$sysroot/etc/.default_boot_services" ] || [ ! -f "$OVL" ]; then
 
 	rc_add firstboot default
 	rm -f "$sysroot/etc/.default_boot_services"
+	MARKER_REMOVED=y
 fi
 
 INDEX="$REPO/x86_64/LABKIT-INDEX"
@@ -210,8 +212,12 @@ for name in $PKGS; do
 	fi
 done
 # The apkovl's files are the user's: apk add --overlay-from-stdin never replaces them (MK310 l.917-934);
-# busybox tar cannot exclude a list, so the rehearsal lays the apkovl over the packages again.
-[ -f "$OVL" ] && tar -C $sysroot -xzf "$OVL"
+# busybox tar cannot exclude a list, so the rehearsal lays the apkovl over the packages again, and removes
+# again what the init removed since (the marker: apk does not bring back a file of the overlay list).
+if [ -f "$OVL" ]; then
+	tar -C $sysroot -xzf "$OVL"
+	[ -z "$MARKER_REMOVED" ] || rm -f "$sysroot/etc/.default_boot_services"
+fi
 [ "$fail" = 0 ]
 eend $?
 say "labkit-rehearsal: OK: $kib KiB in $count packages ($fail missing or broken)"
