@@ -133,6 +133,21 @@ def test_initramfs_is_reproducible(runner: Runner, kernel: GuestKernel, tmp_path
     assert n.read_bytes() != a.read_bytes()
 
 
+def test_modloop_is_reproducible_and_holds_the_drivers(runner: Runner, kernel: GuestKernel, tmp_path: Path) -> None:
+    from labkit.rehearsal.initramfs import build_modloop
+
+    a = build_modloop(runner, kernel, tmp_path / "a" / "modloop-lts")
+    b = build_modloop(runner, kernel, tmp_path / "b" / "modloop-lts")
+    assert a.read_bytes() == b.read_bytes()
+    ls = subprocess.run(["debugfs", "-R", f"ls -p /modules/{kernel.version}", str(a)], capture_output=True,
+                        text=True, check=True).stdout
+    assert "/modules.dep/" in ls and "/modules.alias/" in ls
+    alias = subprocess.run(["debugfs", "-R", f"cat /modules/{kernel.version}/modules.alias", str(a)],
+                           capture_output=True, text=True, check=True).stdout
+    # depmod's format, from the modules' own .modinfo: the ICH9 AHCI controller of QEMU's q35 -> ahci
+    assert re.search(r"^alias pci:v00008086d00002922sv\*sd\*bc\*sc\*i\* ahci$", alias, re.M), alias[:500]
+
+
 def test_payloads_are_real_and_reproducible(runner: Runner, tmp_path: Path) -> None:
     gdisk = host_package(runner, "gdisk")
     assert gdisk.installed_size > 100_000

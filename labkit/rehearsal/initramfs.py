@@ -41,6 +41,8 @@ FLAVOR_MODULES: dict[str, tuple[str, ...]] = {
 #: VM's devices (QEMU q35: ICH9 LPC, SMBus and AHCI, the PC speaker, fw_cfg), which hwdrivers loads.
 MODLOOP_MODULES = (*FLAVOR_MODULES["alpine"], "lpc_ich", "i2c_i801", "ahci", "pcspkr", "qemu_fw_cfg")
 LOAD_ORDER = "labkit-load-order"
+#: Fixed, with -U clear and E2FSPROGS_FAKE_TIME: the modloop image is byte-reproducible
+MODLOOP_HASH_SEED = "6c61626b-6974-2d6d-6f64-6c6f6f700001"
 
 
 
@@ -152,9 +154,18 @@ def build_modloop(runner: Runner, kernel: GuestKernel, out: Path, roots: tuple[s
         os.replace(kdir, final / "modules" / kernel.version)
         fix_mtimes(final)
         size_kib = 1024 + 2 * sum(p.stat().st_size for p in final.rglob("*") if p.is_file()) // 1024
+        tmp_img = out.with_name(out.name + ".tmp")
         runner.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "modloop", "-U", "clear",
-                    "-E", "root_owner=0:0", "-d", final, out.with_name(out.name + ".tmp"), f"{size_kib}k"],
+                    "-E", f"root_owner=0:0,hash_seed={MODLOOP_HASH_SEED}", "-d", final, tmp_img, f"{size_kib}k"],
                    env={"E2FSPROGS_FAKE_TIME": str(EPOCH)})
-        os.replace(out.with_name(out.name + ".tmp"), out)
+        # mke2fs -d copies each file's times (e2fsprogs misc/create_inode.c set_inode_extra): ctime, which no one
+        # can set on the host, and atime, which reading the file may just have moved: fix both in the image, so
+        # the modloop is byte-reproducible
+        script = Path(tmp) / "times.debugfs"
+        paths = ["/", *sorted("/" + p.relative_to(final).as_posix() for p in final.rglob("*"))]
+        script.write_text("".join(f'set_inode_field "{p}" {field} @{EPOCH}\n' for p in paths
+                                  for field in ("ctime", "atime")))
+        runner.run(["debugfs", "-w", "-f", script, tmp_img], env={"E2FSPROGS_FAKE_TIME": str(EPOCH)})
+        os.replace(tmp_img, out)
     os.utime(out, (EPOCH, EPOCH))
     return out

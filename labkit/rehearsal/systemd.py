@@ -29,6 +29,7 @@ from pathlib import Path
 from labkit.core.errors import LabkitError
 from labkit.core.runner import Runner
 from labkit.rehearsal.payloads import (
+    EPOCH,
     Payload,
     PkgEntry,
     fix_mtimes,
@@ -195,7 +196,7 @@ def write_systemd_store(runner: Runner, store: Path, busybox: tuple[Payload, str
         f = Path(tmp) / PROBE_NAME
         f.write_bytes(guest_data("probe.sh"))
         os.chmod(f, 0o444)
-        os.utime(f, (1, 1))
+        os.utime(f, (EPOCH, EPOCH))
         probe_file = add_store_dir(store, PROBE_NAME, f)
     resolver = StoreResolver(store, bb_name, sd_name, probe_file)
     unit = render_service("labkit-probe", probe_service(NixosSettings()), resolver)
