@@ -51,7 +51,8 @@ def test_probe_unit_text_follows_nixpkgs(tmp_path: Path) -> None:
     assert env[0] == 'Environment="LABKIT_PROBE_OUT=/dev/stdout"' and env[1].startswith('Environment="PATH=')
     path = attrs["path"]
     assert isinstance(path, Raw)
-    declared = path.text.split("[")[1].split("]")[0].split()
+    declared = [w for part in path.text.split("++") for w in part.split("[")[1].split("]")[0].split()]
+    assert "config.nix.package" in declared  # the module puts Nix on the probe's path (no Nix in the fake store)
     pkgs = [p for p in [*declared, *STAGE2_DEFAULT_PATH] if p != "config.nix.package"]
     assert env[1] == 'Environment="PATH=' + ":".join(f"/nix/store/{p}/bin" for p in pkgs) + ":" + ":".join(
         f"/nix/store/{p}/sbin" for p in pkgs) + '"'
@@ -84,6 +85,14 @@ def test_nix_indented_strings() -> None:
     assert nix_indented_string("''\n      a\n        b\n\n      c\n    ''") == "a\n  b\n\nc\n"
     assert nix_indented_string("''x''") == "x"
     assert nix_indented_string("''\n  a ''${b}\n''") == "a ${b}\n"
+
+
+def test_path_expressions() -> None:
+    from labkit.systems.nixos.units import _path_list
+
+    assert _path_list(Raw("with pkgs; [ coreutils gawk ]")) == ["coreutils", "gawk"]
+    assert _path_list(Raw("(with pkgs; [ a b ]) ++ [ config.nix.package ]")) == ["a", "b", "config.nix.package"]
+    assert _path_list(["x", "y"]) == ["x", "y"]
     with pytest.raises(LabkitError, match="not a Nix indented string"):
         nix_indented_string("plain")
 

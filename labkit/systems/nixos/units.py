@@ -91,12 +91,17 @@ def _interpolate(text: str, resolver: NixResolver) -> str:
 
 
 def _path_list(value: object) -> list[str]:
-    """``Raw("with pkgs; [ coreutils gawk ]")`` or a list of names → the package expressions."""
+    """A service's ``path`` → the package expressions, in order: a list of names, or a Nix list expression,
+    ``with pkgs; [ coreutils gawk ]``, lists joined with ``++`` (``(with pkgs; [ ... ]) ++ [ config.nix.package ]``)."""
     if isinstance(value, Raw):
-        m = re.fullmatch(r"\s*(?:with\s+pkgs\s*;\s*)?\[(?P<items>[^\]]*)\]\s*", value.text)
-        if not m:
-            raise LabkitError(f"cannot read the service path {value.text!r}", "write it as [ pkg1 pkg2 ]")
-        return m["items"].split()
+        items: list[str] = []
+        for part in value.text.split("++"):
+            m = re.fullmatch(r"\s*\(?\s*(?:with\s+pkgs\s*;\s*)?\[(?P<items>[^\]]*)\]\s*\)?\s*", part)
+            if not m:
+                raise LabkitError(f"cannot read the service path {value.text!r}",
+                                  "write it as [ pkg1 pkg2 ], with pkgs; [ ... ], or lists joined with ++")
+            items += m["items"].split()
+        return items
     if isinstance(value, Sequence) and not isinstance(value, str):
         return [str(v) for v in value]
     raise LabkitError(f"cannot read the service path {value!r}", "give a list of packages")
