@@ -164,6 +164,11 @@ def write_fhs(store: Path, layers: Sequence[tuple[Payload, str]]) -> str:
 
 
 def _unit_text_poweroff(busybox: str, systemd: str) -> str:
+    """Waits for the probe's job script by reading /proc with busybox's grep (static: polling with systemctl
+    would take the guest's one CPU from the probe under TCG); ``star[t]`` keeps grep from matching this
+    shell's own command line; ``$$`` is how a unit file writes the shell's ``$`` (systemd.service(5))."""
+    bb = f"/nix/store/{busybox}/bin"
+    running = f'{bb}/grep -qs "unit-script-labkit-probe-star[t]" /proc/[0-9]*/cmdline'
     return (
         "# labkit rehearsal only (not part of labkit's NixOS module): power the VM off once the probe has\n"
         "# printed its bundle and exited, so QEMU exits (-no-reboot). Type=simple: it never holds the boot open.\n"
@@ -172,9 +177,9 @@ def _unit_text_poweroff(busybox: str, systemd: str) -> str:
         "# unit_add_default_target_dependency), so there is no ordering cycle.\n"
         "[Unit]\nAfter=multi-user.target labkit-probe.service\n"
         "Description=labkit rehearsal: power off after the probe\n\n[Service]\n"
-        f"ExecStart=/nix/store/{busybox}/bin/sh -c 'while /nix/store/{systemd}/bin/systemctl is-active --quiet "
-        f"labkit-probe.service; do /nix/store/{busybox}/bin/sleep 0.2; done; exec /nix/store/{systemd}/bin/systemctl "
-        "--no-block poweroff'\nType=simple\n\n[Install]\nWantedBy=multi-user.target\n"
+        f"ExecStart={bb}/sh -c 'n=0; until {running} || [ $$n -ge 100 ]; do {bb}/sleep 0.2; n=$$((n+1)); done; "
+        f"while {running}; do {bb}/sleep 0.5; done; exec /nix/store/{systemd}/bin/systemctl --no-block poweroff'\n"
+        "Type=simple\n\n[Install]\nWantedBy=multi-user.target\n"
     )
 
 
