@@ -15,9 +15,9 @@ Layout (the same paths as ``alpine-standard-*.iso``)::
     apks/x86_64/LABKIT-INDEX        the index the rehearsal initramfs reads
     boot/vmlinuz-lts                the Debian kernel
     boot/initramfs-lts              the rehearsal's Alpine-style initramfs
-    boot/modloop-lts                a PLACEHOLDER text file, not a squashfs: the rehearsal initramfs
-                                    carries its own modules (and squashfs-tools is not a labkit
-                                    dependency); the extraction copies it like the real one
+    boot/modloop-lts                the rehearsal's modloop (labkit.rehearsal.initramfs.build_modloop): an
+                                    ext4 image of modules/<version>/, not a squashfs (squashfs-tools is not
+                                    a labkit dependency); the guest's modloop service finds and mounts it
     boot/config-lts, System.map-lts the Debian kernel's config and System.map
     boot/syslinux/, boot/grub/, efi/  loader placeholders (text): the extraction must drop them; the
                                     ISO itself is not bootable (no El Torito image)
@@ -38,7 +38,7 @@ from pathlib import Path
 from labkit.core.download import sha256_file as file_sha256
 from labkit.core.runner import Runner, atomic_write_bytes, atomic_write_text
 from labkit.rehearsal.build import alpine_payloads, resolve_world
-from labkit.rehearsal.initramfs import build_initramfs
+from labkit.rehearsal.initramfs import build_initramfs, build_modloop
 from labkit.rehearsal.kernel import GuestKernel
 from labkit.rehearsal.payloads import BASE_PACKAGE, EPOCH, fix_mtimes, write_alpine_repo
 from labkit.rehearsal.types import PackageInfo
@@ -47,10 +47,6 @@ from labkit.systems.alpine.targz import Entry, targz_bytes
 
 RELEASE_TEXT = f"{REHEARSAL_RELEASE} (Alpine-style rehearsal ISO built by labkit; not Alpine Linux)\n"
 VOLUME_ID = "labkit-rehearsal x86_64"
-MODLOOP_PLACEHOLDER = (
-    b"labkit rehearsal: placeholder for boot/modloop-lts (a squashfs of kernel modules on real Alpine media).\n"
-    b"The rehearsal initramfs carries the modules it needs; nothing reads this file.\n"
-)
 LOADER_PLACEHOLDERS = {
     "boot/syslinux/syslinux.cfg": "# labkit rehearsal placeholder (real: SYSLINUX config); rEFInd does not use it\n",
     "boot/syslinux/isolinux.bin": "labkit rehearsal placeholder for isolinux.bin\n",
@@ -106,7 +102,7 @@ def build_rehearsal_iso(
         boot.mkdir(exist_ok=True)
         shutil.copyfile(kernel.vmlinuz, boot / "vmlinuz-lts")
         build_initramfs(runner, kernel, "alpine", boot / "initramfs-lts")
-        atomic_write_bytes(boot / "modloop-lts", MODLOOP_PLACEHOLDER)
+        build_modloop(runner, kernel, boot / "modloop-lts")
         kboot = kernel.vmlinuz.parent
         for src, dest in ((f"config-{kernel.version}", "config-lts"),
                           (f"System.map-{kernel.version}", "System.map-lts")):

@@ -50,7 +50,7 @@ def make_iso(tmp: Path, *, boot_repository: bool = True, kernel: bool = True, na
 def test_extract_keeps_boot_repository_and_drops_loaders(tmp_path: Path, runner: Runner) -> None:
     iso = make_iso(tmp_path)
     tree = tmp_path / "alpine"
-    spec = ApkovlSpec(hostname="lab", media="vda4", root_size="256m")
+    spec = ApkovlSpec(hostname="lab", media="vda4", root_size="256m", no_login=True)
     info = extract_iso(runner, iso, tree, spec=spec)
     assert info.release == "3.20.3" and info.flavors == ("lts",)
     got = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file())

@@ -126,7 +126,10 @@ def test_extraction_and_labkits_apkovl(iso: RehearsalIso, tmp_path: Path) -> Non
 
 def test_base_package_carries_the_rehearsal_init(mrunner: Runner) -> None:
     paths = {e.path: e for e in alpine_base_payload(mrunner).entries}
-    assert {"etc/inittab", "etc/init.d/labkit-local", REHEARSAL_MARKER, "sbin/init", "bin/busybox"} <= set(paths)
+    assert {"etc/inittab", REHEARSAL_MARKER, "sbin/init", "bin/busybox", "sbin/openrc", "sbin/openrc-run",
+            "etc/init.d/local", "etc/init.d/modloop", "etc/init.d/hostname", "etc/insserv.conf"} <= set(paths)
+    assert "::wait:/sbin/openrc default" in paths["etc/inittab"].source.read_text()  # type: ignore[union-attr]
+    assert not any(p.startswith("etc/runlevels/") for p in paths)  # the runlevels come from the apkovl
     assert paths[REHEARSAL_MARKER].data == b"alpine-rehearsal\n"
     # the rehearsal tree's overlay is labkit's declarative apkovl (one writer), config only
     ovl = apkovl_bytes("alpinelab", ["gdisk"])

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from labkit.core.data import GUEST_DIR as DATA_DIR
 from labkit.core.errors import LabkitError
 from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Runner
+from labkit.measure.parsers import parse_rc_status, parse_systemd_time
 from labkit.rehearsal import (
     GuestKernel,
     build_alpine_tree,
@@ -30,12 +32,16 @@ from labkit.rehearsal import (
 from labkit.rehearsal.initramfs import BOOT_MODULES
 from labkit.rehearsal.kernel import default_kernel_cache
 from labkit.rehearsal.payloads import busybox_payload, nix_base32, write_alpine_repo
+from labkit.systems.alpine.apkovl import EXPECTED_SERVICES
+from labkit.systems.nixos.config import NixosSettings, probe_service
+from labkit.systems.nixos.units import render_service
 
 QEMU = shutil.which("qemu-system-x86_64")
 needs_qemu = pytest.mark.skipif(
     QEMU is None, reason="qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
 )
-BOOT_TIMEOUT = 90
+#: TCG on a shared 2-core host: an OpenRC or systemd boot to its bundle takes 30 s idle, far more loaded
+BOOT_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +133,21 @@ def test_initramfs_is_reproducible(runner: Runner, kernel: GuestKernel, tmp_path
     assert n.read_bytes() != a.read_bytes()
 
 
+def test_modloop_is_reproducible_and_holds_the_drivers(runner: Runner, kernel: GuestKernel, tmp_path: Path) -> None:
+    from labkit.rehearsal.initramfs import build_modloop
+
+    a = build_modloop(runner, kernel, tmp_path / "a" / "modloop-lts")
+    b = build_modloop(runner, kernel, tmp_path / "b" / "modloop-lts")
+    assert a.read_bytes() == b.read_bytes()
+    ls = subprocess.run(["debugfs", "-R", f"ls -p /modules/{kernel.version}", str(a)], capture_output=True,
+                        text=True, check=True).stdout
+    assert "/modules.dep/" in ls and "/modules.alias/" in ls
+    alias = subprocess.run(["debugfs", "-R", f"cat /modules/{kernel.version}/modules.alias", str(a)],
+                           capture_output=True, text=True, check=True).stdout
+    # depmod's format, from the modules' own .modinfo: the ICH9 AHCI controller of QEMU's q35 -> ahci
+    assert re.search(r"^alias pci:v00008086d00002922sv\*sd\*bc\*sc\*i\* ahci$", alias, re.M), alias[:500]
+
+
 def test_payloads_are_real_and_reproducible(runner: Runner, tmp_path: Path) -> None:
     gdisk = host_package(runner, "gdisk")
     assert gdisk.installed_size > 100_000
@@ -163,8 +184,18 @@ def test_guest_scripts_are_shellcheck_clean(tmp_path: Path) -> None:
     stage2 = tmp_path / "stage2.sh"
     text = (DATA_DIR / "nixos-stage2.sh").read_text()
     stage2.write_text(text.replace("@busybox@", "/nix/store/x-busybox").replace("@system@", "/nix/store/y-system"))
-    scripts = [*(DATA_DIR / n for n in ("probe.sh", "alpine-init.sh", "nixos-init.sh", "alpine-rc.sh")), stage2]
+    scripts = [*(DATA_DIR / n for n in ("probe.sh", "alpine-init.sh", "nixos-init.sh")), stage2]
     res = subprocess.run(["shellcheck", "-s", "sh", "-e", "SC2239", *map(str, scripts)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+    # labkit's OpenRC stand-ins (not the upstream OpenRC scripts shipped beside them, marked so in line 2);
+    # openrc-run scripts use `local` and set variables openrc-run reads (description)
+    openrc = DATA_DIR / "openrc" / "init.d"
+    ours = [p for p in sorted(openrc.iterdir()) if "stand-in" in p.read_text().splitlines()[1]]
+    upstream = [p for p in sorted(openrc.iterdir()) if p not in ours]
+    assert {p.name for p in ours} >= {"mdev", "hwdrivers", "modloop", "syslog", "crond", "networking", "firstboot"}
+    assert all("OpenRC 0.45.2" in p.read_text().splitlines()[1] for p in upstream)
+    res = subprocess.run(["shellcheck", "-s", "sh", "-e", "SC2239,SC3043,SC2034", *map(str, ours)],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stdout
 
 
@@ -200,18 +231,43 @@ def mkext4(tree: Path, image: Path, label: str, size: str) -> Path:
     return image
 
 
-def boot(kernel: Path, initrd: Path, cmdline: str, disks: list[Path]) -> tuple[str, float]:
+def boot(kernel: Path, initrd: Path, cmdline: str, disks: list[Path], *, poweroff: bool = False) -> tuple[str, float]:
+    """Boot under TCG; return the serial text and the seconds to the bundle's END line (as the lab stops
+    there), or, with ``poweroff``, to the guest's own power-off (QEMU exits 0)."""
     assert QEMU is not None
-    argv = [QEMU, "-machine", "q35", "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot",
+    argv = [QEMU, "-machine", "q35", "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nic", "none",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]
     for d in disks:
         argv += ["-drive", f"file={d},format=raw,if=virtio"]
     start = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, timeout=BOOT_TIMEOUT, stdin=subprocess.DEVNULL)
-    took = time.monotonic() - start
-    text = proc.stdout.decode("latin-1").replace("\r", "")
-    assert proc.returncode == 0, text[-3000:]
-    return text, took
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    out = bytearray()
+    ended = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            out.extend(line)
+            if line.startswith(b"@@LABKIT-BUNDLE-END "):
+                ended.set()
+        ended.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        if poweroff:
+            rc = proc.wait(timeout=BOOT_TIMEOUT)
+            reader.join(timeout=10)
+            assert rc == 0, out.decode("latin-1")[-3000:]
+        else:
+            assert ended.wait(timeout=BOOT_TIMEOUT), out.decode("latin-1")[-3000:]
+    finally:
+        took = time.monotonic() - start
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out.decode("latin-1").replace("\r", ""), took
 
 
 def kmsg_time(dmesg: str, text: str) -> float:
@@ -227,11 +283,13 @@ done
 """
 
 
-def _alpine(runner: Runner, kernel: GuestKernel, tmp_path: Path, drop: str | None = None) -> tuple[str, float, int]:
+def _alpine(runner: Runner, kernel: GuestKernel, tmp_path: Path, drop: str | None = None, world: str = "default",
+            runlevels: bool = True, extra: dict[str, tuple[bytes, int]] | None = None,
+            poweroff: bool = False) -> tuple[str, float, int]:
     tree = tmp_path / "alpine"
     t0 = time.monotonic()
-    check = {"etc/local.d/00-check.start": (CHECK, 0o755)}
-    build = build_alpine_tree(runner, kernel, tree, "default", extra_overlay=check)
+    check = {"etc/local.d/00-check.start": (CHECK, 0o755), **(extra or {})}
+    build = build_alpine_tree(runner, kernel, tree, world, extra_overlay=check, runlevels=runlevels)
     print(f"alpine build {time.monotonic() - t0:.1f} s, {build.installed_size / 2**20:.1f} MiB installed, "
           f"{build.compressed_size / 2**20:.1f} MiB of .apk")
     if drop is not None:  # a world package the repository lacks
@@ -240,7 +298,7 @@ def _alpine(runner: Runner, kernel: GuestKernel, tmp_path: Path, drop: str | Non
     e = build.entry
     assert "console=ttyS0,115200" in e.cmdline.split() and "quiet" in e.cmdline.split()
     disk = mkext4(tree, tmp_path / "alpine.img", "alpine", "768M")
-    text, took = boot(tree / e.kernel, tree / e.initrd, e.cmdline, [disk])
+    text, took = boot(tree / e.kernel, tree / e.initrd, e.cmdline, [disk], poweroff=poweroff)
     return text, took, build.installed_size
 
 
@@ -260,7 +318,61 @@ def test_alpine_rehearsal_boots_and_installs_world(runner: Runner, kernel: Guest
         assert f"labkit-check: present {p}" in text
     root_used = next(int(ln.split()[2]) for ln in s["df"].splitlines() if ln.endswith(" /"))
     assert root_used * 1024 >= 0.9 * installed
+    # OpenRC ran the apkovl's runlevels: every service of a diskless setup-alpine system started
+    status = parse_rc_status(s["rc_status"])
+    for lvl, svc in EXPECTED_SERVICES:
+        if lvl != "shutdown":
+            assert status.runlevel_of(svc) == lvl and status.runlevels[lvl][svc] == "started", (lvl, svc)
+    assert status.runlevels["boot"]["hwclock"] == "started"  # added by the initramfs on every boot
+    assert s["kernel"].split()[1] == "alpinelab"  # the hostname service
+    assert any(ln.endswith(" /.modloop") for ln in s["df"].splitlines())  # the modloop service
+    assert "rc boot logging started at" in s["rc_log"] and "Setting hostname to alpinelab" in s["rc_log"]
     print(f"alpine boot {took:.1f} s wall, uptime {s['uptime'].split()[0]} s, package load {t_ok - t_begin:.2f} s")
+
+
+@needs_qemu
+@pytest.mark.boot
+def test_alpine_apkovl_without_runlevels_boots_without_services(runner: Runner, kernel: GuestKernel,
+                                                                tmp_path: Path) -> None:
+    """labkit's old apkovl (only default/local): mkinitfs adds no default service when an apkovl is there,
+    so the guest comes up without modloop, hostname or networking, and the bundle says so."""
+    text, _took, _ = _alpine(runner, kernel, tmp_path, world="base", runlevels=False)
+    os_id, s = parse_bundle(text)
+    assert os_id == "alpine-rehearsal"
+    status = parse_rc_status(s["rc_status"])
+    # the default runlevel holds only local (still starting while the probe runs: rc-status leaves it out)
+    assert set(status.runlevels["default"]) <= {"local"}
+    for svc in ("modloop", "hostname", "networking", "devfs", "hwdrivers", "crond"):
+        assert status.runlevel_of(svc) is None, svc
+    assert status.runlevels["boot"] == {"hwclock": "started"}  # the only one the initramfs always adds
+    assert s["kernel"].split()[1] != "alpinelab"  # no hostname service: the kernel's default name
+    assert not any(ln.endswith(" /.modloop") for ln in s["df"].splitlines())
+
+
+@needs_qemu
+@pytest.mark.boot
+def test_alpine_default_boot_services_marker(runner: Runner, kernel: GuestKernel, tmp_path: Path) -> None:
+    """The same apkovl with etc/.default_boot_services: the initramfs adds its default services (and
+    firstboot, which removes itself) and deletes the marker from the running system."""
+    marker = {"etc/.default_boot_services": (b"", 0o644),
+              "etc/local.d/01-marker.start": (b"#!/bin/sh\n[ -e /etc/.default_boot_services ] && "
+                                              b"echo 'labkit-check: marker kept' > /dev/console\n", 0o755)}
+    text, took, _ = _alpine(runner, kernel, tmp_path, world="base", runlevels=False, extra=marker, poweroff=True)
+    _os, s = parse_bundle(text)
+    # the lab apkovl's zz-labkit-poweroff.start: busybox poweroff, acted on by init once `openrc default` has
+    # returned, then `openrc shutdown` (the shutdown runlevel the initramfs added) and the power-off
+    after = text.split("@@LABKIT-BUNDLE-END", 1)[1]
+    assert "Remounting remaining filesystems read-only" in after and "reboot: Power down" in after
+    print(f"alpine boot to power-off {took:.1f} s wall")
+    status = parse_rc_status(s["rc_status"])
+    for svc in ("modloop", "devfs", "mdev", "hwdrivers"):
+        assert status.runlevels["sysinit"][svc] == "started", svc
+    for svc in ("hostname", "bootmisc", "syslog", "modules", "sysctl", "hwclock"):
+        assert status.runlevels["boot"][svc] == "started", svc
+    assert status.runlevel_of("networking") is None  # not a default: setup-alpine adds it
+    # firstboot ran and removed its own runlevel links: OpenRC now counts it as started by hand
+    assert status.runlevels["default"].get("firstboot") is None and status.runlevels["manual"]["firstboot"] == "started"
+    assert s["kernel"].split()[1] == "alpinelab" and "labkit-check: marker kept" not in text
 
 
 @needs_qemu
@@ -300,4 +412,36 @@ def test_nixos_rehearsal_boots_from_the_store(runner: Runner, kernel: GuestKerne
     assert int(df["/nix"][2]) * 1024 >= 0.9 * build.installed_size
     m = re.search(r"activation done: (\d+) programs", text)
     assert m and int(m.group(1)) > 300  # busybox applets + the packages' programs
-    print(f"nixos boot {took:.1f} s wall, uptime {s['uptime'].split()[0]} s")
+    # stage 2 execs systemd (Debian's), which runs labkit's probe unit: real systemd-analyze output
+    assert re.search(r"^\[\s*[\d.]+\] systemd\[1\]: systemd \S+ running in system mode", s["dmesg"], re.M)
+    t = parse_systemd_time(s["systemd_time"])
+    assert set(t.phases) == {"kernel", "userspace"} and t.phases["kernel"] > 0 and t.phases["userspace"] > 0
+    assert t.target == "multi-user.target" and t.target_s is not None
+    assert "multi-user.target @" in s["systemd_critical_chain"]
+    assert "systemd-journald.service" in s["systemd_blame"]
+    link = os.readlink(tmp_path / "nix" / build.file("units") / "labkit-probe.service")  # /nix/store/...
+    unit = (tmp_path / "nix" / link.removeprefix("/nix/")).read_text()
+    assert unit == render_service("labkit-probe", probe_service(NixosSettings()), _UnitPaths(tmp_path / "nix")).text
+    print(f"nixos boot {took:.1f} s wall, uptime {s['uptime'].split()[0]} s, {s['systemd_time'].splitlines()[0]}")
+
+
+class _UnitPaths:
+    """Reads back where the rehearsal store put things (labkit.rehearsal.systemd.StoreResolver's choices)."""
+
+    def __init__(self, nix: Path) -> None:
+        self.names = {p.name.split("-", 1)[1]: p.name for p in (nix / "store").iterdir()}
+
+    def package(self, expr: str) -> str | None:
+        if expr == "systemd":
+            return f"/nix/store/{next(v for k, v in self.names.items() if k.startswith('systemd-'))}"
+        if expr in ("config.nix.package", "nix"):
+            return None
+        return f"/nix/store/{next(v for k, v in self.names.items() if k.startswith('busybox-static-'))}"
+
+    def interpolate(self, expr: str) -> str:
+        if expr == "pkgs.runtimeShell":
+            return f"{self.package('sh')}/bin/sh"
+        return f"/nix/store/{self.names['labkit-probe.sh']}"
+
+    def job_script(self, name: str, text: str) -> str:
+        return f"/nix/store/{self.names[f'unit-script-{name}']}"

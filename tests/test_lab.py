@@ -93,6 +93,7 @@ def _boots(run_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.boot
+@pytest.mark.timeout(3600)  # 8 boots of guests running OpenRC / systemd under TCG: ~1 min each on a loaded host
 def test_lab_end_to_end(tmp_path: Path) -> None:
     """Both entries boot through OVMF → rEFInd (→ GRUB for NixOS); bundles parse; report renders."""
     run = run_lab(LabParams(out=tmp_path / "run", boots=2, max_boots=2), progress=None)

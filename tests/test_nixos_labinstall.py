@@ -289,7 +289,7 @@ def test_install_over_serial_and_boot_through_refind_grub(
     # 3. OVMF → rEFInd → GRUB → the installed system; the probe's bundle
     run_dir = tmp_path / "run"
     rec, rows = boot_installed(runner, image, installed_guest(boot, kernel.version), run_id="t", run_dir=run_dir,
-                               accel=accel, timeout_s=120)
+                               accel=accel, timeout_s=300)  # systemd under TCG: ~1 min to the bundle
     assert rec.ok, rec.reason
     bundle = (run_dir / rec.bundle).read_text() if rec.bundle else ""
     assert "os=nixos-rehearsal" in bundle

@@ -20,22 +20,30 @@ def _read_indexes(paths: list[str]) -> list[Any]:
 def _apkovl(args: argparse.Namespace) -> int:
     from labkit.core.files import read_user_text
     from labkit.systems.alpine.apkindex import Index, package_set
-    from labkit.systems.alpine.apkovl import ApkovlSpec, User, write_apkovl
+    from labkit.systems.alpine.apkovl import ApkovlSpec, User, read_password_hash_file, write_apkovl
 
+    for opt in ("root_password_hash", "user_password_hash"):
+        if getattr(args, opt) is not None:
+            flag = "--" + opt.replace("_", "-")
+            raise InputError(f"{flag} takes the hash on the command line, where shell history and ps keep it",
+                             f"write the hash alone in a file (openssl passwd -6 > FILE) and pass {flag}-file FILE")
     world = tuple(args.world or ()) + tuple(p for s in args.set or () for p in package_set(s))
-    users = tuple(User(name=u, password_hash=args.user_password_hash or "!", uid=1000 + i)
-                  for i, u in enumerate(args.user or ()))
+    user_hash = (read_password_hash_file(Path(args.user_password_hash_file), "the users")
+                 if args.user_password_hash_file else "!")
+    users = tuple(User(name=u, password_hash=user_hash, uid=1000 + i) for i, u in enumerate(args.user or ()))
     keys = tuple(key.strip() for k in args.root_ssh_key or ()
                  for key in read_user_text(Path(k), what="the SSH public key file", limit=1024 * 1024,
                                            fix="give the path of a .pub file").strip().splitlines()
                  if key.strip() and not key.startswith("#"))
     probe = read_user_text(Path(args.probe), what="the probe script (--probe)", limit=16 * 1024 * 1024,
                            fix="give the path of a POSIX sh script") if args.probe else None
+    root_hash = (read_password_hash_file(Path(args.root_password_hash_file), "root")
+                 if args.root_password_hash_file else "*")
     spec = ApkovlSpec(
         hostname=args.hostname, media=args.media, media_uuid=args.media_uuid, world=world or ("alpine-base",),
         mirror=args.mirror, lbu_include=tuple(args.include or ()), lbu_exclude=tuple(args.exclude or ()),
-        root_password_hash=args.root_password_hash or "*", root_ssh_keys=keys, users=users,
-        probe=probe, rc_logger=not args.no_rc_logger, root_size=args.root_size,
+        root_password_hash=root_hash, root_ssh_keys=keys, users=users,
+        probe=probe, rc_logger=not args.no_rc_logger, root_size=args.root_size, no_login=args.no_login,
     )
     if args.index:
         # the diskless boot installs with APK_FORCE_BROKEN_WORLD: a name the media's repository lacks is
@@ -43,14 +51,42 @@ def _apkovl(args: argparse.Namespace) -> int:
         Index(_read_indexes(args.index)).closure(spec.world)
     out = write_apkovl(spec, Path(args.out), make_parents=False)
     print(f"wrote {out}")
+    if spec.no_login:
+        print("note: --no-login: nobody can log in to this system (a measurement-only apkovl)")
     if spec.kernel_args():
         print(f"kernel options for refind_linux.conf: {' '.join(spec.kernel_args())}")
     return 0
 
 
+def _audit_disk(args: argparse.Namespace) -> int:
+    from labkit.core.runner import Runner
+    from labkit.systems.alpine.diskaudit import audit_disk
+
+    res = audit_disk(Runner(), Path(args.file))
+    if args.json:
+        print(dumps_json(res.as_json(), indent=2))
+    else:
+        for p in res.partitions:
+            what = (f"{len(p.apkovls)} apkovl(s) {', '.join(p.apkovls) or '-'}; "
+                    f"boot repositories {', '.join(p.repositories) or '-'}") if not p.note else p.note
+            print(f"{p.where:<14} {p.fstype or '-':<6} {p.label or '-':<10} {what}")
+        for f in res.findings:
+            print(f"{f.severity}: {f.path}: {f.message}")
+        for key, (ovl, fs) in res.apkovls.items():
+            print(f"{key}: {len(ovl.members)} entries, {ovl.total_size} bytes of files")
+            for f in fs:
+                print(f"  {f.severity}: {f.path}: {f.message}")
+    warn = [f for f in res.findings if f.severity == "warning"]
+    warn += [f for _o, fs in res.apkovls.values() for f in fs if f.severity == "warning"]
+    return 1 if warn else 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     from labkit.systems.alpine.audit import as_json, audit_file
+    from labkit.systems.alpine.diskaudit import looks_like_apkovl
 
+    if not looks_like_apkovl(Path(args.file)):  # a disk image or a block device: every partition
+        return _audit_disk(args)
     ovl, findings = audit_file(Path(args.file), large=args.large)
     if args.json:
         print(dumps_json(as_json(ovl, findings), indent=2))  # JSON escapes control characters itself
@@ -140,10 +176,15 @@ def register(subparsers: Any) -> None:
     ap.add_argument("--mirror", help="extra repository base, e.g. https://dl-cdn.alpinelinux.org/alpine/v3.20")
     ap.add_argument("--include", nargs="+", help="lbu include paths (relative)")
     ap.add_argument("--exclude", nargs="+", help="lbu exclude paths (relative)")
-    ap.add_argument("--root-password-hash", help="crypt(3) hash (openssl passwd -6); never a plaintext password")
-    ap.add_argument("--root-ssh-key", nargs="+", help="public key files for root")
-    ap.add_argument("--user", nargs="+", help="extra users (locked password unless --user-password-hash)")
-    ap.add_argument("--user-password-hash")
+    ap.add_argument("--root-password-hash-file",
+                    help="file holding root's crypt(3) hash (openssl passwd -6 > FILE); musl: not yescrypt")
+    ap.add_argument("--root-password-hash", help=argparse.SUPPRESS)  # refused: hashes come from a file
+    ap.add_argument("--root-ssh-key", nargs="+", help="public key files for root (add openssh to --world)")
+    ap.add_argument("--user", nargs="+", help="extra users (locked password unless --user-password-hash-file)")
+    ap.add_argument("--user-password-hash-file", help="file holding the users' crypt(3) hash")
+    ap.add_argument("--user-password-hash", help=argparse.SUPPRESS)  # refused: hashes come from a file
+    ap.add_argument("--no-login", action="store_true",
+                    help="a measurement-only apkovl nobody can log in to (else a locked one is refused)")
     ap.add_argument("--probe", help="script installed as etc/local.d/labkit-probe.start")
     ap.add_argument("--no-rc-logger", action="store_true")
     ap.add_argument("--root-size", help="tmpfs root size (rootflags=size=), e.g. 512m or 75%%")
@@ -152,8 +193,9 @@ def register(subparsers: Any) -> None:
                          "packages it does not carry (the diskless boot would drop them silently)")
     ap.set_defaults(func=_apkovl)
 
-    au = sub.add_parser("audit", help="list an apkovl, its size and what should not be in it")
-    au.add_argument("file")
+    au = sub.add_parser("audit", help="list an apkovl, its size and what should not be in it; or, given a disk "
+                        "image or device, every apkovl and boot repository the initramfs would find on it")
+    au.add_argument("file", help="an apkovl, or a disk image / block device (all partitions are read)")
     au.add_argument("--json", action="store_true")
     au.add_argument("--large", type=whole(0, 2**62), default=1024 * 1024,
                     help="size threshold in bytes (default 1 MiB)")

@@ -106,7 +106,7 @@ def register(sub: Any) -> None:
     boot.add_argument("--system", required=True, choices=["nixos", "alpine"])
     boot.add_argument("--out", help="run folder (default runs/boot-<disk>-<system>)")
     boot.add_argument("--memory", type=whole(256, 1024 * 1024), default=512, help="guest RAM in MiB (default 512)")
-    boot.add_argument("--boot-timeout", type=decimal(1, 86400), default=120.0,
-                      help="hard limit in seconds (default 120)")
+    boot.add_argument("--boot-timeout", type=decimal(1, 86400), default=300.0,
+                      help="hard limit in seconds (default 300)")
     boot.add_argument("--accel", default="kvm,tcg", help="accelerators to try in order (default kvm,tcg)")
     boot.set_defaults(func=_cmd_boot)

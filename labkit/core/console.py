@@ -27,6 +27,11 @@ class SerialLine:
     text: str
 
 
+def strip_ansi(text: str) -> str:
+    """``text`` without its ANSI escapes (colours, cursor moves, apk's ESC 7 / ESC 8 / ESC [0K progress)."""
+    return ANSI_RE.sub("", text)
+
+
 def clean(raw: bytes) -> str:
     """One raw serial line (without its newline) as text."""
     return ANSI_RE.sub("", raw.decode("latin-1")).replace("\r", "")

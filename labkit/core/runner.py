@@ -72,6 +72,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "apt-cache": "apt",
     "nix-instantiate": "nix-bin",
     "shellcheck": "shellcheck",
+    "ldd": "libc-bin",
     "refind-install": "refind",
     "udevadm": "udev",
     "dd": "coreutils",

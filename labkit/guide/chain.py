@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from labkit.core.console import strip_ansi
 from labkit.core.data import NOTEBOOKS_DIR
 from labkit.core.errors import InputError, LabkitError
 from labkit.core.files import check_output_dir
@@ -237,14 +238,8 @@ def _failed_cell(nb_path: Path, exec_count: int | None) -> tuple[str | None, str
         errs = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         if errs and (exec_count is None or cell.get("execution_count") in (exec_count, None)):
             tb = "\n".join(errs[0].get("traceback", []))
-            return str(cell.source), _strip_ansi(tb)
+            return str(cell.source), strip_ansi(tb)
     return None, None
-
-
-def _strip_ansi(text: str) -> str:
-    import re
-
-    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
 
 
 def scrub_notebook(nb_path: Path) -> int:

@@ -103,7 +103,7 @@ def _prepare(runner: Runner, disk: Path, system: str) -> tuple[LabImage, str, in
 
 def measure_disk(runner: Runner, disk: Path, systems: tuple[str, ...], out: Path, *, boots: int = 1,
                  accel_candidates: tuple[str, ...] = ("kvm", "tcg"), memory_mib: int = 512,
-                 timeout_s: float = 120.0, report: bool = False) -> list[DiskBoot]:
+                 timeout_s: float = 300.0, report: bool = False) -> list[DiskBoot]:
     """Boot ``disk`` into each of ``systems``, ``boots`` times each (interleaved), and write the lab's run
     files in ``out`` (results.csv, boots.csv, serial/, bundles/, environment.json; report.html with
     ``report``). The ESP's refind.conf is put back as it was after every boot."""
@@ -149,7 +149,7 @@ def measure_disk(runner: Runner, disk: Path, systems: tuple[str, ...], out: Path
 
 
 def boot_disk(runner: Runner, disk: Path, system: str, out: Path, *, accel_candidates: tuple[str, ...] = ("kvm", "tcg"),
-              memory_mib: int = 512, timeout_s: float = 120.0) -> DiskBoot:
+              memory_mib: int = 512, timeout_s: float = 300.0) -> DiskBoot:
     """Boot ``disk`` (an image file or a block device) into ``system`` once; write ``out/results.csv``,
     ``out/boots.csv``, ``out/serial/``, ``out/bundles/``, ``out/environment.json``."""
     res = measure_disk(runner, Path(disk), (system,), out, accel_candidates=accel_candidates, memory_mib=memory_mib,

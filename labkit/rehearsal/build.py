@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from labkit.core.data import guest_data
 from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Runner, atomic_write_text
-from labkit.rehearsal.initramfs import build_initramfs
+from labkit.rehearsal.initramfs import build_initramfs, build_modloop
 from labkit.rehearsal.kernel import GuestKernel
 from labkit.rehearsal.payloads import (
     BASE_PACKAGE,
@@ -25,11 +25,14 @@ from labkit.rehearsal.payloads import (
     write_alpine_repo,
     write_store_path,
 )
+from labkit.rehearsal.systemd import write_systemd_store
 from labkit.rehearsal.types import BootEntry, GuestBuild, PackageInfo
 from labkit.systems.alpine.apkovl import ApkovlSpec, build_apkovl, write_apkovl
 
 CONSOLE = "console=ttyS0,115200"
 ALPINE_MODULES = "modules=virtio_pci,virtio_blk,ext4"
+#: As Alpine's boot entries name it (relative to the boot medium; read by the modloop service).
+MODLOOP_PATH = "boot/modloop-lts"
 
 
 def resolve_world(world: Sequence[str] | str) -> list[str]:
@@ -54,11 +57,13 @@ def _cmdline(*parts: str) -> str:
 # -- Alpine ---------------------------------------------------------------------------------------
 LAB_MEDIA = "vda4"  # the Alpine partition in the lab VM (virtio-blk, partition 4): LBU media and repository
 POWEROFF_NAME = "zz-labkit-poweroff.start"
-#: Real Alpine: after the probe, OpenRC's poweroff (QEMU runs with -no-reboot). The rehearsal's stand-in
-#: for OpenRC powers off by itself after /etc/local.d, so the script steps aside there.
+LAB_INTERFACES = "auto lo\niface lo inet loopback\n"
+#: After the probe: poweroff (QEMU exits; -no-reboot). On Alpine, and in the rehearsal which runs the same
+#: busybox init + OpenRC, busybox poweroff only signals init, which acts once ``openrc default`` (this
+#: local.d script included) has returned, then runs ``openrc shutdown`` (busybox init/init.c l.1182-1186).
 POWEROFF_SCRIPT = b"""#!/bin/sh
 # labkit lab: the probe has printed its bundle; power off (QEMU exits, -no-reboot)
-[ -e /etc/labkit-rehearsal ] || poweroff
+poweroff
 """
 
 
@@ -70,24 +75,35 @@ def lab_apkovl_spec(
     media: str = LAB_MEDIA,
     root_size: str | None = None,
     extra: Mapping[str, tuple[bytes, int]] | None = None,
+    runlevels: bool = True,
 ) -> ApkovlSpec:
-    """labkit's declarative apkovl for the lab: hostname, world, LBU media, the probe as
-    ``etc/local.d/labkit-probe.start`` with the runlevel link, ``etc/labkit-os`` and a poweroff script.
+    """labkit's declarative apkovl for the lab: hostname, world, LBU media, the runlevel links of a
+    diskless setup-alpine system plus ``local``, the probe as ``etc/local.d/labkit-probe.start``,
+    ``etc/labkit-os`` and a poweroff script.
+
+    It is a measurement-only overlay: root stays locked, there is no user and no key, so it is built
+    with ``no_login=True`` (stated here, not defaulted: labkit refuses such an apkovl otherwise).
 
     The same overlay boots real Alpine media and the Alpine-style rehearsal: the init comes from the
     packages (alpine-base/openrc, or the rehearsal base package), never from the overlay.
     ``os_id`` is what a real system reports; the rehearsal's base package overrides it with its marker.
+    ``runlevels=False`` leaves the runlevel links out but ``local`` (labkit's apkovl before they were
+    written): what a real Alpine would boot without is then visible in the lab.
     """
     files = {"etc/labkit-os": (f"{os_id}\n".encode(), 0o644),
              f"etc/local.d/{POWEROFF_NAME}": (POWEROFF_SCRIPT, 0o755)}
     files.update({k.lstrip("/"): v for k, v in (extra or {}).items()})
     return ApkovlSpec(
         hostname=hostname,
+        # the lab VM has no network card (qemu -nic none): only the loopback, so networking starts cleanly
+        interfaces=LAB_INTERFACES,
         world=tuple(dict.fromkeys(["alpine-base", *world])),
         media=media,
         probe=guest_data("probe.sh").decode(),
         root_size=root_size,
         extra_files=tuple((path, data, mode) for path, (data, mode) in sorted(files.items())),
+        no_login=True,  # measurement-only: nobody logs in to a lab guest (see the docstring)
+        runlevels=runlevels,
     )
 
 
@@ -103,7 +119,7 @@ def alpine_entry(cmdline_extra: str = "") -> BootEntry:
         partition_role="alpine",
         kernel="boot/vmlinuz-lts",
         initrd="boot/initramfs-lts",
-        cmdline=_cmdline(ALPINE_MODULES, CONSOLE, "quiet", cmdline_extra),
+        cmdline=_cmdline(ALPINE_MODULES, f"modloop=/{MODLOOP_PATH}", CONSOLE, "quiet", cmdline_extra),
     )
 
 
@@ -116,21 +132,27 @@ def build_alpine_tree(
     cmdline_extra: str = "",
     extra_overlay: Mapping[str, tuple[bytes, int]] | None = None,
     media: str = LAB_MEDIA,
+    runlevels: bool = True,
 ) -> GuestBuild:
-    """Fill ``tree`` (the Alpine partition's root) with boot/, apks/ and ``<hostname>.apkovl.tar.gz``.
+    """Fill ``tree`` (the Alpine partition's root) with boot/ (kernel, initramfs, modloop), apks/ and
+    ``<hostname>.apkovl.tar.gz``.
 
-    ``extra_overlay`` adds files to the apkovl: ``{"etc/local.d/x.start": (data, 0o755)}``.
+    ``extra_overlay`` adds files to the apkovl: ``{"etc/local.d/x.start": (data, 0o755)}``;
+    ``runlevels=False`` writes an apkovl without the runlevel links (see :func:`lab_apkovl_spec`).
     """
     tree = Path(tree)
     names = resolve_world(world)
     with runner.step("rehearsal guest: Alpine-style tree"):
         _copy(kernel.vmlinuz, tree / "boot" / "vmlinuz-lts")
         build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts")
+        build_modloop(runner, kernel, tree / MODLOOP_PATH)
         infos = write_alpine_repo(alpine_payloads(runner, names), tree)
-        spec = lab_apkovl_spec(hostname, [n for n in names if n != BASE_PACKAGE], extra=extra_overlay, media=media)
+        spec = lab_apkovl_spec(hostname, [n for n in names if n != BASE_PACKAGE], extra=extra_overlay, media=media,
+                               runlevels=runlevels)
         ovl = write_apkovl(spec, tree / spec.filename).name
     entry = alpine_entry(cmdline_extra)
-    files = (("apkovl", ovl), ("kernel", entry.kernel), ("initrd", entry.initrd), ("repository", "apks"))
+    files = (("apkovl", ovl), ("kernel", entry.kernel), ("initrd", entry.initrd), ("repository", "apks"),
+             ("modloop", MODLOOP_PATH))
     return GuestBuild("alpine-rehearsal", entry, tuple(infos), kernel.version, files)
 
 
@@ -166,6 +188,9 @@ def _add_store_dir(store: Path, name: str, build: Path) -> str:
 
 
 BIN_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin")
+#: The rehearsal system's /etc/os-release (systemd greets with PRETTY_NAME): never NixOS's.
+NIXOS_REHEARSAL_OS_RELEASE = ('NAME="labkit rehearsal"\nID=labkit-rehearsal\nVARIANT_ID=nixos-style\n'
+                              'PRETTY_NAME="labkit NixOS-style rehearsal (not NixOS)"\n')
 
 
 def _sw_links(busybox: Payload, bb_store: str, pkgs: Sequence[tuple[Payload, str]]) -> dict[str, str]:
@@ -227,6 +252,10 @@ def build_nixos_trees(
             pkg_names.append((p, PurePosixPath(info.file).name))
         for info in infos:
             fix_mtimes(store_tree / info.file)
+        sd = write_systemd_store(runner, store, (bb, bb_name))
+        for name in (sd.systemd, sd.libs):
+            size = sum(f.stat().st_size for f in (store / name).rglob("*") if f.is_file() and not f.is_symlink())
+            infos.append(PackageInfo(name.split("-", 1)[1], "debian", size, 0, f"store/{name}"))
         with tempfile.TemporaryDirectory(dir=store) as tmp:
             probe_dir = Path(tmp) / "probe"
             (probe_dir / "bin").mkdir(parents=True)
@@ -239,15 +268,21 @@ def build_nixos_trees(
             (system / "sw" / "bin").mkdir(parents=True)
             (system / "etc" / "labkit-os").write_text("nixos-rehearsal\n")
             (system / "etc" / "hostname").write_text(f"{hostname}\n")
+            (system / "etc" / "os-release").write_text(NIXOS_REHEARSAL_OS_RELEASE)
+            (system / "etc" / "systemd").mkdir()
+            os.symlink(f"/nix/store/{sd.units}", system / "etc" / "systemd" / "system")  # environment.etc
+            os.symlink(f"/nix/store/{sd.systemd}", system / "systemd")  # toplevel's systemd link
+            os.symlink(f"/nix/store/{sd.fhs}", system / "fhs")  # rehearsal only: see labkit.rehearsal.systemd
             links = _sw_links(bb, bb_name, pkg_names)
             links["labkit-probe"] = f"/nix/store/{probe_name}/bin/labkit-probe"
             for link, target in sorted(links.items()):
                 os.symlink(target, system / "sw" / "bin" / link)
             # The init names its own store path: hash the template with the inputs, like a derivation.
             template = guest_data("nixos-stage2.sh").decode()
-            drv = hashlib.sha256(f"{template}\0{bb_name}\0{probe_name}\0{sorted(links.items())}".encode())
+            drv = hashlib.sha256(f"{template}\0{bb_name}\0{probe_name}\0{sorted(links.items())}\0{sd}".encode())
             sys_name = f"{nix_base32(drv.digest()[:20])}-labkit-system"
-            init = template.replace("@busybox@", f"/nix/store/{bb_name}").replace("@system@", f"/nix/store/{sys_name}")
+            init = (template.replace("@busybox@", f"/nix/store/{bb_name}").replace("@system@", f"/nix/store/{sys_name}")
+                    .replace("@systemd@", f"/nix/store/{sd.systemd}"))
             (system / "init").write_text(init)
             os.chmod(system / "init", 0o755)
             fix_mtimes(system)
@@ -267,5 +302,5 @@ def build_nixos_trees(
         cmdline=_cmdline(f"init=/nix/store/{sys_name}/init", CONSOLE, "quiet", cmdline_extra),
     )
     files = (("system", f"store/{sys_name}"), ("kernel", entry.kernel), ("initrd", entry.initrd),
-             ("probe", f"store/{probe_name}"))
+             ("probe", f"store/{probe_name}"), ("systemd", f"store/{sd.systemd}"), ("units", f"store/{sd.units}"))
     return GuestBuild("nixos-rehearsal", entry, tuple(infos), kernel.version, files)

@@ -17,13 +17,32 @@ from typing import Literal
 from labkit.core.data import guest_data
 from labkit.core.errors import LabkitError
 from labkit.core.runner import Runner, require_tool
-from labkit.rehearsal.kernel import GuestKernel, module_closure, read_module_bytes, read_modules_dep
+from labkit.rehearsal.kernel import (
+    GuestKernel,
+    module_aliases,
+    module_closure,
+    module_name,
+    read_module_bytes,
+    read_modules_dep,
+)
 from labkit.rehearsal.payloads import EPOCH, fix_mtimes
 
 Flavor = Literal["alpine", "nixos"]
 #: Modules needed to mount ext4 on a virtio-blk disk (crc32c: ext4/jbd2 checksums).
 BOOT_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
+#: Per flavour. The Alpine-style initramfs also mounts FAT (nlplug-findfs scans the ESP too; vfat wants the
+#: codepage 437 and ascii tables the Debian kernel defaults to) and loop, which Alpine's initramfs loads for
+#: the modloop (mkinitfs 3.10.1 initramfs-init.in l.567 ``modprobe -a ... loop squashfs``).
+FLAVOR_MODULES: dict[str, tuple[str, ...]] = {
+    "alpine": (*BOOT_MODULES, "loop", "vfat", "nls_cp437", "nls_ascii"),
+    "nixos": BOOT_MODULES,
+}
+#: The rehearsal's modloop (``boot/modloop-lts``): the initramfs's modules again, plus the drivers of the lab
+#: VM's devices (QEMU q35: ICH9 LPC, SMBus and AHCI, the PC speaker, fw_cfg), which hwdrivers loads.
+MODLOOP_MODULES = (*FLAVOR_MODULES["alpine"], "lpc_ich", "i2c_i801", "ahci", "pcspkr", "qemu_fw_cfg")
 LOAD_ORDER = "labkit-load-order"
+#: Fixed, with -U clear and E2FSPROGS_FAKE_TIME: the modloop image is byte-reproducible
+MODLOOP_HASH_SEED = "6c61626b-6974-2d6d-6f64-6c6f6f700001"
 
 
 
@@ -97,7 +116,7 @@ def build_initramfs(runner: Runner, kernel: GuestKernel, flavor: Flavor, out: Pa
         for d in ("dev", "proc", "sys", "tmp", "media", "sysroot", "mnt-root", "etc"):
             (root / d).mkdir(parents=True, exist_ok=True)
         stage_busybox(runner, root)
-        stage_modules(runner, kernel, root)
+        stage_modules(runner, kernel, root, FLAVOR_MODULES[flavor])
         init = root / "init"
         init.write_bytes(guest_data(f"{flavor}-init.sh"))
         os.chmod(init, 0o755)
@@ -108,5 +127,45 @@ def build_initramfs(runner: Runner, kernel: GuestKernel, flavor: Flavor, out: Pa
             elif not p.is_symlink() and p.name != "init" and p.name != "busybox":
                 os.chmod(p, 0o644)
         pack_cpio(runner, root, out)
+    os.utime(out, (EPOCH, EPOCH))
+    return out
+
+
+def build_modloop(runner: Runner, kernel: GuestKernel, out: Path, roots: tuple[str, ...] = MODLOOP_MODULES) -> Path:
+    """The rehearsal's modloop at ``out``: a read-only image holding ``modules/<version>/`` (the modules of
+    ``roots`` with their dependencies, decompressed, ``modules.dep`` and ``modules.alias`` as depmod writes
+    them), as Alpine's ``boot/modloop-<flavor>`` does (a squashfs there; ext4 here: the host has mke2fs,
+    not mksquashfs). The ``modloop`` service loop-mounts it on ``/.modloop`` and links ``/lib/modules`` to it.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".modloop-", dir=out.parent) as tmp:
+        tree = Path(tmp) / "tree"
+        loaded = stage_modules(runner, kernel, tree, roots)
+        kdir = tree / "lib" / "modules" / kernel.version
+        aliases = []
+        for rel in loaded:
+            name = module_name(rel)
+            aliases += [f"alias {a} {name}\n" for a in module_aliases((kdir / rel).read_bytes())]
+        (kdir / "modules.alias").write_text("".join(aliases))
+        (kdir / LOAD_ORDER).unlink()
+        final = Path(tmp) / "modloop"
+        (final / "modules").mkdir(parents=True)
+        os.replace(kdir, final / "modules" / kernel.version)
+        fix_mtimes(final)
+        size_kib = 1024 + 2 * sum(p.stat().st_size for p in final.rglob("*") if p.is_file()) // 1024
+        tmp_img = out.with_name(out.name + ".tmp")
+        runner.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "modloop", "-U", "clear",
+                    "-E", f"root_owner=0:0,hash_seed={MODLOOP_HASH_SEED}", "-d", final, tmp_img, f"{size_kib}k"],
+                   env={"E2FSPROGS_FAKE_TIME": str(EPOCH)})
+        # mke2fs -d copies each file's times (e2fsprogs misc/create_inode.c set_inode_extra): ctime, which no one
+        # can set on the host, and atime, which reading the file may just have moved: fix both in the image, so
+        # the modloop is byte-reproducible
+        script = Path(tmp) / "times.debugfs"
+        paths = ["/", *sorted("/" + p.relative_to(final).as_posix() for p in final.rglob("*"))]
+        script.write_text("".join(f'set_inode_field "{p}" {field} @{EPOCH}\n' for p in paths
+                                  for field in ("ctime", "atime")))
+        runner.run(["debugfs", "-w", "-f", script, tmp_img], env={"E2FSPROGS_FAKE_TIME": str(EPOCH)})
+        os.replace(tmp_img, out)
     os.utime(out, (EPOCH, EPOCH))
     return out

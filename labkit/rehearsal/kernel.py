@@ -22,6 +22,7 @@ META_PACKAGE = "linux-image-amd64"
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 _DEPENDS = re.compile(rb"(?:^|\x00)depends=([^\x00]*)\x00")
 _SOFTDEP = re.compile(rb"(?:^|\x00)softdep=pre: ?([^\x00]*)\x00")
+_ALIAS = re.compile(rb"(?:^|\x00)alias=([^\x00]+)\x00")
 #: softdep names that are aliases, not module names (ext4/jbd2: "pre: crc32c").
 _ALIASES = {"crc32c": "crc32c_generic", "crypto_crc32c": "crc32c_generic"}
 
@@ -89,6 +90,11 @@ def _modinfo_deps(data: bytes) -> list[str]:
                 name = d.decode().replace("-", "_")
                 deps.append(_ALIASES.get(name, name))
     return deps
+
+
+def module_aliases(data: bytes) -> list[str]:
+    """The ``alias=`` patterns of a module's ``.modinfo`` (what depmod writes to ``modules.alias``)."""
+    return [m.group(1).decode() for m in _ALIAS.finditer(data)]
 
 
 def write_modules_dep(runner: Runner, modules_dir: Path) -> Path:

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -137,23 +138,97 @@ def busybox_payload(runner: Runner, store_layout: bool = False) -> Payload:
     return Payload(pkg.name, pkg.version, tuple(entries))
 
 
+def shared_libraries(runner: Runner, files: Iterable[Path]) -> tuple[PkgEntry, ...]:
+    """The shared libraries (and the ELF interpreter) the host's dynamically linked ``files`` load, as
+    found by ``ldd``, at the paths the loader looks them up (``lib/x86_64-linux-gnu/...``,
+    ``lib64/ld-linux-x86-64.so.2``): each symlink hop kept as a symlink, the last one a file."""
+    wanted: set[str] = set()
+    for f in files:
+        with open(f, "rb") as fh:
+            if fh.read(4) != b"\x7fELF":
+                continue
+        res = runner.run(["ldd", str(f)], query=True, check=False)
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            path = parts[2] if len(parts) >= 3 and parts[1] == "=>" else parts[0] if parts else ""
+            if path.startswith("/"):
+                wanted.add(path)
+    out: dict[str, PkgEntry] = {}
+    for path in sorted(wanted):
+        cur = path
+        for _hop in range(8):
+            rel = cur.lstrip("/")
+            if rel in out:
+                break
+            if os.path.islink(cur):
+                target = os.readlink(cur)
+                out[rel] = PkgEntry(rel, "symlink", 0o777, 0, target=target)
+                cur = target if target.startswith("/") else os.path.normpath(os.path.join(os.path.dirname(cur), target))
+                continue
+            st = os.stat(cur)
+            out[rel] = PkgEntry(rel, "file", stat.S_IMODE(st.st_mode), st.st_size, source=Path(cur))
+            break
+    return tuple(out[k] for k in sorted(out))
+
+
 #: The rehearsal's init, shipped in its base package as Alpine ships its init in alpine-base/openrc/
-#: busybox (the apkovl then only carries configuration: etc/local.d/*.start, the runlevel link).
+#: busybox (the apkovl then only carries configuration: etc/local.d/*.start, the runlevel links).
 GUEST_DATA = GUEST_DIR
 REHEARSAL_MARKER = "etc/labkit-rehearsal"
-ALPINE_BASE_FILES = (("etc/inittab", "alpine-inittab", 0o644), ("etc/init.d/labkit-local", "alpine-rc.sh", 0o755))
+#: Alpine's inittab (alpinelinux/aports main/alpine-baselayout/inittab): busybox init runs OpenRC.
+ALPINE_BASE_FILES = (("etc/inittab", "alpine-inittab", 0o644),)
+#: Debian's librc reads /etc/insserv.conf (its LSB compatibility patch), which belongs to Debian's insserv
+#: package: an empty one (and an empty insserv.conf.d) keeps it from printing an error for every service.
+INSSERV_CONF = b"# labkit rehearsal: read by Debian's librc (LSB facilities); empty: no LSB scripts here\n"
+OPENRC_PACKAGES = ("openrc", "librc1", "libeinfo1")
+#: Debian's openrc files the rehearsal leaves out: its sysv-rc glue (init.d/rc, rcS run the Debian
+#: runlevels), the agetty service, the runlevel links Debian ships (Alpine's openrc ships none: aports
+#: main/openrc/APKBUILD ``rm -f "$pkgdir"/etc/runlevels/*/*``), documentation and shell completions.
+_OPENRC_SKIP = ("etc/init.d/rc", "etc/init.d/rcS", "etc/init.d/agetty", "etc/runlevels/", "usr/share/")
+#: The services of Alpine's runlevels, as OpenRC init scripts (labkit/data/guest/openrc/): the upstream
+#: OpenRC 0.45.2 scripts where they run with busybox, labkit stand-ins for Alpine's own (see each file).
+OPENRC_SCRIPTS_DIR = "openrc/init.d"
+#: Directories alpine-baselayout ships (its Makefile installs them), that the services expect.
+_BASE_DIRS = (("dev", 0o755), ("media", 0o755), ("proc", 0o555), ("root", 0o700), ("run", 0o755),
+              ("sys", 0o555), ("tmp", 0o1777), ("var/lib/misc", 0o755), ("var/log", 0o755), ("var/run", 0o755),
+              ("var/tmp", 0o1777), ("etc/crontabs", 0o755), ("etc/local.d", 0o755), ("etc/conf.d", 0o755),
+              ("etc/insserv.conf.d", 0o755),
+              *((f"etc/network/if-{s}.d", 0o755) for s in ("pre-up", "up", "down", "post-down")))
+
+
+def openrc_payload(runner: Runner) -> tuple[PkgEntry, ...]:
+    """Debian's OpenRC (openrc, librc1, libeinfo1 as installed on this host: ``/sbin/openrc``,
+    ``openrc-run``, ``rc-status``, ``/lib/rc``...) with the glibc libraries its programs load."""
+    entries: dict[str, PkgEntry] = {}
+    for name in OPENRC_PACKAGES:
+        for e in host_package(runner, name).entries:
+            if not e.path.startswith(_OPENRC_SKIP):
+                entries[e.path] = e
+    for e in shared_libraries(runner, [e.source for e in entries.values() if e.source is not None]):
+        entries.setdefault(e.path, e)
+    return tuple(entries[k] for k in sorted(entries))
 
 
 def alpine_base_payload(runner: Runner) -> Payload:
-    """The Alpine-style rehearsal's base package: busybox + applet links, its init (``etc/inittab``,
-    ``etc/init.d/labkit-local``, the stand-in for OpenRC) and ``etc/labkit-rehearsal``, the marker
-    from which the probe reports ``alpine-rehearsal`` whatever the apkovl says (real media: ``alpine``).
-    The initramfs installs it first, whatever the world; a world naming ``alpine-base`` gets it."""
+    """The Alpine-style rehearsal's base package, standing in for what ``alpine-base`` pulls in on
+    Alpine (busybox, openrc, alpine-baselayout): busybox + applet links, Debian's OpenRC with its
+    libraries, the services of Alpine's runlevels as OpenRC scripts, Alpine's ``etc/inittab`` (busybox init
+    runs ``openrc sysinit``/``boot``/``default``), the base directories, and ``etc/labkit-rehearsal``, the
+    marker from which the probe reports ``alpine-rehearsal`` whatever the apkovl says (real media:
+    ``alpine``). The initramfs installs it first, whatever the world; a world naming ``alpine-base`` gets it.
+    Which services run comes from the apkovl's ``etc/runlevels`` links (or the initramfs's defaults), as on
+    Alpine."""
     bb = busybox_payload(runner)
     extra = [PkgEntry(path, "file", mode, (GUEST_DATA / src).stat().st_size, source=GUEST_DATA / src)
              for path, src, mode in ALPINE_BASE_FILES]
+    for script in sorted((GUEST_DATA / OPENRC_SCRIPTS_DIR).iterdir()):
+        extra.append(PkgEntry(f"etc/init.d/{script.name}", "file", 0o755, script.stat().st_size, source=script))
     marker = b"alpine-rehearsal\n"
     extra.append(PkgEntry(REHEARSAL_MARKER, "file", 0o644, len(marker), data=marker))
+    extra.append(PkgEntry("etc/insserv.conf", "file", 0o644, len(INSSERV_CONF), data=INSSERV_CONF))
+    extra += [PkgEntry(d, "dir", mode, 0) for d, mode in _BASE_DIRS]
+    have = {e.path for e in extra}
+    extra += [e for e in openrc_payload(runner) if e.path not in have]
     have = {e.path for e in extra}
     entries = sorted([*(e for e in bb.entries if e.path not in have), *extra], key=lambda e: e.path)
     return Payload(bb.name, bb.version, tuple(entries))
@@ -240,7 +315,20 @@ def write_alpine_repo(payloads: Sequence[Payload], tree: Path) -> list[PackageIn
 
 # -- Nix side ------------------------------------------------------------------------------------
 def store_name(payload: Payload) -> str:
-    return f"{payload.content_hash()}-{payload.name}-{payload.fs_version}"
+    """``<hash>-<name>-<version>``, with the characters a Nix store name cannot hold (``~``, ``:``) as ``_``
+    (Nix allows ``[A-Za-z0-9+._?=-]``)."""
+    return re.sub(r"[^A-Za-z0-9+._?=-]", "_", f"{payload.content_hash()}-{payload.name}-{payload.fs_version}")
+
+
+def nix_layout(payload: Payload, name: str | None = None) -> Payload:
+    """A Debian package's files laid out as a Nix store path: ``usr/`` folded into the top (``/usr/bin/x``
+    and ``/bin/x`` → ``bin/x``, ``/lib/systemd`` → ``lib/systemd``), as nixpkgs builds install to ``$out``.
+    Symlinks keep their targets (absolute ones resolve through the guest's FHS view)."""
+    out: dict[str, PkgEntry] = {}
+    for e in payload.entries:
+        rel = e.path[4:] if e.path.startswith("usr/") else e.path
+        out.setdefault(rel, PkgEntry(rel, e.kind, e.mode, e.size, e.source, e.target, e.data))
+    return Payload(name or payload.name, payload.version, tuple(out[k] for k in sorted(out)))
 
 
 def write_store_path(payload: Payload, store: Path) -> PackageInfo:

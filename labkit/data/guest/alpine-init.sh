@@ -1,8 +1,18 @@
 #!/bin/sh
-# labkit rehearsal guest: Alpine-style diskless initramfs /init (busybox ash).
-# Reproduces the mechanism of Alpine's initramfs-init: find the boot media holding the apkovl and
-# the package repository (apks/.boot_repository), tmpfs /sysroot, unpack the overlay, install
-# etc/apk/world from the repository into RAM, switch_root. Not Alpine Linux.
+# labkit rehearsal guest: Alpine-style diskless initramfs /init (busybox ash). Not Alpine Linux.
+# It follows Alpine's own initramfs, alpinelinux/mkinitfs initramfs-init.in (3.10.1 @5628e3d, "MK310";
+# 3.13.0 @5e9c5e6, "MK313"), step by step, with the rehearsal's means:
+#  - every partition with a filesystem (ext4 or vfat, the ESP included) is mounted read-only at
+#    /media/<dev> and scanned at its top level, as nlplug-findfs does: files *.apkovl.tar.gz* are apkovls,
+#    directories holding .boot_repository are package repositories; the first apkovl found is the one
+#    booted (MK310 l.747-751 `head -n 1`); a medium where nothing was found is unmounted again;
+#  - a tmpfs /sysroot, the apkovl unpacked into it; then the default boot services are added only when
+#    there is no apkovl or it carries etc/.default_boot_services (MK310 l.781-815), and hwclock (swclock
+#    without an RTC) on every boot (MK310 l.895-899), with rc_add's absolute links (MK310 l.89-93);
+#  - the world's packages installed from the repository (labkit's tarballs and LABKIT-INDEX stand in
+#    for apk), the apkovl's files winning over the packages' (apk --overlay-from-stdin, MK310 l.913-936);
+#  - a getty for each console= (setup_inittab_console, MK310 l.122-143, run at l.956), switch_root.
+# The kernel-log texts are Alpine's (ebegin/eend, MK310 l.11-33).
 export PATH=/usr/bin:/bin:/usr/sbin:/sbin
 
 /bin/busybox mkdir -p /proc /sys /dev /media /sysroot /tmp
@@ -12,6 +22,7 @@ mount -t devtmpfs devtmpfs /dev
 
 KVER=$(uname -r)
 BASE_PKG=busybox-static
+sysroot=/sysroot
 
 kmsg() { echo "$1" > /dev/kmsg 2>/dev/null; }
 say() { echo "$1" > /dev/console 2>/dev/null || echo "$1"; }
@@ -27,16 +38,32 @@ die() {
 	poweroff -f
 	sleep 10
 }
+#  add a boot service to $sysroot (MK310 l.89-93)
+rc_add() {
+	mkdir -p "$sysroot/etc/runlevels/$2"
+	ln -sf "/etc/init.d/$1" "$sysroot/etc/runlevels/$2/$1"
+}
+rtc_exists() {  # MK310 l.349-355
+	for rtc in /dev/rtc /dev/rtc[0-9]*; do
+		[ -e "$rtc" ] && return 0
+	done
+	return 1
+}
 
 QUIET=
+MARKER_REMOVED=
 ROOTSIZE=50%
 MODULES_OPT=
+CONSOLES=
+APKOVL_OPT=
 # shellcheck disable=SC2013 # the command line is one line of words
 for opt in $(cat /proc/cmdline); do
 	case "$opt" in
 		quiet) QUIET=y ;;
 		rootflags=*size=*) ROOTSIZE=${opt#*size=}; ROOTSIZE=${ROOTSIZE%%,*} ;;
 		modules=*) MODULES_OPT=${opt#modules=} ;;
+		console=*) c=${opt#console=}; CONSOLES="${c%%,*} $CONSOLES" ;;  # MK310 l.460-466
+		apkovl=*) APKOVL_OPT=${opt#apkovl=} ;;
 	esac
 done
 
@@ -54,67 +81,112 @@ while read -r mod; do
 done < "/lib/modules/$KVER/labkit-load-order"
 eend $rc
 
+# nlplug-findfs (MK310 nlplug-findfs.c scandev l.885-924, scandev_cb l.861-883): mount each filesystem
+# read-only, look at its top level only, keep it mounted when something was found there.
 ebegin "Mounting boot media"
-OVL=
-REPO=
+: > /tmp/apkovls
+: > /tmp/repositories
+SCANNED=
 MEDIA_DEV=
 tries=0
 while :; do
 	for b in /sys/class/block/*; do
 		dev=${b##*/}
 		case "$dev" in loop*|ram*|sr*) continue ;; esac
+		case " $SCANNED " in *" $dev "*) continue ;; esac
 		[ -b "/dev/$dev" ] || continue
+		SCANNED="$SCANNED $dev"
 		mnt="/media/$dev"
-		grep -q " $mnt " /proc/mounts && continue
 		mkdir -p "$mnt"
-		if mount -t ext4 -o ro "/dev/$dev" "$mnt" 2>/dev/null; then
-			used=
-			if [ -z "$OVL" ]; then
-				for f in "$mnt"/*.apkovl.tar.gz; do
-					[ -f "$f" ] && { OVL=$f; used=y; break; }
-				done
-			fi
-			if [ -z "$REPO" ]; then
-				for d in "$mnt"/*/; do
-					[ -f "$d.boot_repository" ] && { REPO=${d%/}; used=y; break; }
-				done
-			fi
-			if [ -n "$used" ]; then MEDIA_DEV="$MEDIA_DEV $dev"; else umount "$mnt"; rmdir "$mnt"; fi
+		if mount -t ext4 -o ro "/dev/$dev" "$mnt" 2>/dev/null || mount -t vfat -o ro "/dev/$dev" "$mnt" 2>/dev/null; then
+			found=
+			for f in "$mnt"/*.apkovl.tar.gz*; do
+				[ -e "$f" ] && [ ! -d "$f" ] && { echo "$f" >> /tmp/apkovls; found=y; }
+			done
+			for d in "$mnt"/*/; do
+				[ -e "$d.boot_repository" ] && { echo "${d%/}" >> /tmp/repositories; found=y; }
+			done
+			if [ -n "$found" ]; then MEDIA_DEV="$MEDIA_DEV $dev"; else umount "$mnt"; rmdir "$mnt"; fi
 		else
 			rmdir "$mnt"
 		fi
 	done
-	[ -n "$OVL" ] && [ -n "$REPO" ] && break
+	[ -s /tmp/repositories ] && [ -s /tmp/apkovls ] && break
 	tries=$((tries + 1))
 	[ "$tries" -gt 30 ] && break
 	sleep 0.1
 done
-[ -n "$OVL" ] && [ -n "$REPO" ]
+[ -s /tmp/repositories ]
 eend $?
-[ -n "$REPO" ] || die "no boot repository (a top-level directory with .boot_repository) on any ext4 partition"
+REPO=$(head -n 1 /tmp/repositories)
+[ -n "$REPO" ] || die "no boot repository (a top-level directory with .boot_repository) on any partition"
+n_ovl=$(wc -l < /tmp/apkovls)
+[ "$n_ovl" -le 1 ] || kmsg "labkit-rehearsal: $n_ovl apkovls found: $(tr '\n' ' ' < /tmp/apkovls)"
 
-mount -t tmpfs -o "mode=0755,size=$ROOTSIZE" tmpfs /sysroot || die "cannot mount tmpfs on /sysroot"
+# MK310 l.747-761: without apkovl=, the first apkovl nlplug-findfs found
+if [ -n "$APKOVL_OPT" ]; then
+	OVL=$APKOVL_OPT
+else
+	OVL=$(head -n 1 /tmp/apkovls)
+fi
 
-if [ -n "$OVL" ]; then
+mount -t tmpfs -o "mode=0755,size=$ROOTSIZE" tmpfs $sysroot || die "cannot mount tmpfs on $sysroot"
+
+: > /tmp/ovlfiles
+if [ -f "$OVL" ]; then
 	ebegin "Loading user settings from $OVL"
-	tar -C /sysroot -xzf "$OVL"
+	# MK310 l.41-43: tar -zxvf, the file list kept for apk --overlay-from-stdin
+	tar -C $sysroot -xzvf "$OVL" > /tmp/ovlfiles
 	eend $?
 else
 	say "labkit-rehearsal: WARNING: no *.apkovl.tar.gz found; booting without user settings"
 fi
 
+# MK310 l.781-815: the default boot services, only with no apkovl or with the marker in it
+if [ -f "$sysroot/etc/.default_boot_services" ] || [ ! -f "$OVL" ]; then
+	rc_add devfs sysinit
+	rc_add dmesg sysinit
+	rc_add mdev sysinit
+	rc_add hwdrivers sysinit
+	rc_add modloop sysinit
+
+	rc_add modules boot
+	rc_add sysctl boot
+	rc_add hostname boot
+	rc_add bootmisc boot
+	rc_add syslog boot
+
+	rc_add mount-ro shutdown
+	rc_add killprocs shutdown
+	rc_add savecache shutdown
+
+	rc_add firstboot default
+	rm -f "$sysroot/etc/.default_boot_services"
+	MARKER_REMOVED=y
+fi
+
 INDEX="$REPO/x86_64/LABKIT-INDEX"
+# MK310 l.768-779, l.864-865: the world file's entries, then alpine-base ("hack so we get openrc")
 PKGS="$BASE_PKG"
-if [ -f /sysroot/etc/apk/world ]; then
-	PKGS="$PKGS $(cat /sysroot/etc/apk/world)"
+if [ -f $sysroot/etc/apk/world ]; then
+	PKGS="$PKGS $(cat $sysroot/etc/apk/world)"
+fi
+PKGS="$PKGS alpine-base"
+
+# MK310 l.895-899: hwclock, or swclock without an RTC, on every boot
+if rtc_exists; then
+	rc_add hwclock boot
+else
+	rc_add swclock boot
 fi
 
 ebegin "Installing packages to root filesystem"
 fail=0
 count=0
 kib=0
-mkdir -p /sysroot/lib/apk/db
-: > /sysroot/lib/apk/db/installed
+done_pkgs=
+mkdir -p $sysroot/lib/apk/db
+: > $sysroot/lib/apk/db/installed
 for name in $PKGS; do
 	# alpine-base (the world of a real Alpine apkovl) is provided by the rehearsal base package
 	[ "$name" = alpine-base ] && name=$BASE_PKG
@@ -129,30 +201,46 @@ for name in $PKGS; do
 	fi
 	# shellcheck disable=SC2086 # split the index fields on purpose
 	set -- $line
-	if tar -C /sysroot -xzf "$REPO/x86_64/$2"; then
+	if tar -C $sysroot -xzf "$REPO/x86_64/$2"; then
 		count=$((count + 1))
 		kib=$((kib + $4 / 1024))
-		printf 'P:%s\nV:%s\nS:%s\nI:%s\n\n' "$name" "$1" "$3" "$4" >> /sysroot/lib/apk/db/installed
+		printf 'P:%s\nV:%s\nS:%s\nI:%s\n\n' "$name" "$1" "$3" "$4" >> $sysroot/lib/apk/db/installed
 	else
 		say "labkit-rehearsal: ERROR: cannot unpack $2"
 		kmsg "labkit-rehearsal: ERROR: cannot unpack $2"
 		fail=$((fail + 1))
 	fi
 done
+# The apkovl's files are the user's: apk add --overlay-from-stdin never replaces them (MK310 l.917-934);
+# busybox tar cannot exclude a list, so the rehearsal lays the apkovl over the packages again, and removes
+# again what the init removed since (the marker: apk does not bring back a file of the overlay list).
+if [ -f "$OVL" ]; then
+	tar -C $sysroot -xzf "$OVL"
+	[ -z "$MARKER_REMOVED" ] || rm -f "$sysroot/etc/.default_boot_services"
+fi
 [ "$fail" = 0 ]
 eend $?
 say "labkit-rehearsal: OK: $kib KiB in $count packages ($fail missing or broken)"
 
-# Keep the boot media mounted in the new root (as Alpine does: LBU writes back to it).
-for dev in $MEDIA_DEV; do
-	mkdir -p "/sysroot/media/$dev"
-	mount -o move "/media/$dev" "/sysroot/media/$dev"
+# setup_inittab_console (MK310 l.122-143): a getty on every console= that answers
+for tty in $CONSOLES; do
+	stty -g -F "/dev/$tty" > /dev/null 2>&1 || continue
+	if ! grep -q "^$tty:" $sysroot/etc/inittab 2>/dev/null; then
+		echo "# enable login on alternative console" >> $sysroot/etc/inittab
+		echo "$tty::respawn:/sbin/getty -L 0 $tty vt100" >> $sysroot/etc/inittab
+	fi
 done
-[ -x /sysroot/sbin/init ] || die "/sbin/init is missing from the new root (base package $BASE_PKG not installed?)"
+
+# Keep the boot media mounted in the new root (MK310 l.975-981 moves every mount; LBU writes back to it).
+for dev in $MEDIA_DEV; do
+	mkdir -p "$sysroot/media/$dev"
+	mount -o move "/media/$dev" "$sysroot/media/$dev"
+done
+[ -x $sysroot/sbin/init ] || die "/sbin/init is missing from the new root (base package $BASE_PKG not installed?)"
 
 kmsg "labkit-rehearsal: switch_root"
 for d in dev proc sys; do
-	mkdir -p "/sysroot/$d"
-	mount -o move "/$d" "/sysroot/$d"
+	mkdir -p "$sysroot/$d"
+	mount -o move "/$d" "$sysroot/$d"
 done
-exec switch_root /sysroot /sbin/init
+exec switch_root $sysroot /sbin/init

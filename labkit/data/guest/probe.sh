@@ -6,7 +6,8 @@
 # into one file in RAM and printed in one go. uptime_end (read last, before printing) gives the
 # probe's own cost; then, after a fixed settle (labkit.settle=S on the kernel command line, default
 # 2 s; LABKIT_PROBE_SETTLE overrides), /proc/meminfo again. Raw outputs only: parsing happens on the host.
-# Optional sections (os_release, systemd_*, rc_log, apk_*, nix_*) are written only where their source exists.
+# Optional sections (os_release, systemd_*, rc_log, rc_status, apk_*, nix_*) are written only where their
+# source exists.
 # Overrides for tests: LABKIT_PROBE_ROOT (prefix for /proc, /etc, /var, /run, /lib, /media, /nix),
 # LABKIT_PROBE_OUT (instead of /dev/console), LABKIT_PROBE_DMESG (a file instead of `dmesg`),
 # LABKIT_PROBE_SYSTEM (the NixOS system whose closure is measured, instead of /run/current-system).
@@ -47,7 +48,7 @@ have() {
 	fi
 	section df
 	set -- /
-	for m in "$R"/media/* /nix /data; do
+	for m in "$R"/media/* /nix /data /.modloop; do
 		[ -d "$m" ] && set -- "$@" "$m"
 	done
 	df -k "$@" 2>/dev/null | awk 1
@@ -79,6 +80,11 @@ have() {
 	if [ $# -gt 0 ]; then
 		section rc_log
 		awk 1 "$@"
+	fi
+	if have rc-status; then
+		# OpenRC: every runlevel's services and their state (the live view; rc.log has only the levels done)
+		section rc_status
+		rc-status --all --nocolor 2>&1
 	fi
 	if [ -f "$R/lib/apk/db/installed" ]; then
 		# only the package header fields: the file list (F:/R:/Z: lines) would be most of the text

@@ -24,14 +24,18 @@ from labkit.measure.bundle import (
 )
 from labkit.measure.parsers.apk import (
     parse_apk_console,
+    parse_apk_info_names,
     parse_apk_info_sizes,
     parse_apk_installed,
+    parse_apk_list,
+    parse_apk_stats,
     parse_apk_world,
     parse_ls_sizes,
     strip_ansi,
 )
+from labkit.measure.parsers.mkinitfs import parse_initramfs_messages
 from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
-from labkit.measure.parsers.system import parse_free, parse_os_release, parse_rc_log
+from labkit.measure.parsers.system import parse_free, parse_os_release, parse_rc_log, parse_rc_status
 from labkit.measure.parsers.systemd import (
     parse_duration,
     parse_systemd_blame,
@@ -55,11 +59,15 @@ FORMATS: dict[str, Callable[[str], Any]] = {
     "systemd_blame": parse_systemd_blame,
     "systemd_critical_chain": parse_systemd_critical_chain,
     "rc_log": parse_rc_log,
+    "rc_status": parse_rc_status,
     "apk_installed": parse_apk_installed,
     "apk_world": parse_apk_world,
     "apk_cache": parse_ls_sizes,
     "apk_console": parse_apk_console,
     "apk_info": parse_apk_info_sizes,
+    "apk_info_names": parse_apk_info_names,
+    "apk_list": parse_apk_list,
+    "apk_stats": parse_apk_stats,
     "nix_path_info": parse_nix_path_info,
     "nix_closure_du": lambda t: parse_du_k(t, "nix_closure_du"),
     "nix_store_du": parse_du_k,
@@ -71,10 +79,14 @@ _DETECT: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("systemd_critical_chain", re.compile(r"^The time when unit became active", re.M)),
     ("systemd_blame", re.compile(r"^\s*[0-9.]+(?:min|ms|s|us)\s+\S+\.(?:service|device|mount|target|socket)\s*$",
                                  re.M)),
-    ("apk_console", re.compile(r"^\(\d+/\d+\) Installing |^OK: \d+(?:\.\d+)? [KMG]?i?B in \d+ packages", re.M)),
+    ("apk_console", re.compile(r"^\(\s*\d+/\d+\) (?:Installing|Upgrading|Purging) |"
+                               r"^(?:OK:|\d+ errors?;|ERRORS;) \d+(?:\.\d+)? [KMGT]?i?B in \d+ packages", re.M)),
     ("apk_info", re.compile(r"^\S+ installed size:$", re.M)),
+    ("apk_stats", re.compile(r"^installed:\n  packages: \d+\n", re.M)),
+    ("apk_list", re.compile(r"^\S+ \S+ \{[^}]*\} \(.*\)(?: \[(?:installed|upgradable from: \S+)\])?$", re.M)),
     ("apk_installed", re.compile(r"^P:\S+\nV:", re.M)),
     ("rc_log", re.compile(r"^rc \S+ logging started at ", re.M)),
+    ("rc_status", re.compile(r"^Runlevel: \S+\n(?: \S+\s+\[|Runlevel: )", re.M)),
     # text lines, or --json: a list (Nix <= 2.18) or an object keyed by store path (Nix >= 2.19)
     ("nix_path_info", re.compile(r"^(?:/nix/store/\S+\s+[0-9.]+[KMGT]?(?:\s+[0-9.]+[KMGT]?)?\s*$|\[\{\"path\"|"
                                  r"\{\s*\"/nix/store/)", re.M)),
@@ -147,16 +159,21 @@ __all__ = [
     "FormatError",
     "detect_format",
     "parse_apk_console",
+    "parse_apk_info_names",
     "parse_apk_info_sizes",
     "parse_apk_installed",
+    "parse_apk_list",
+    "parse_apk_stats",
     "parse_apk_world",
     "parse_du_k",
     "parse_duration",
     "parse_free",
+    "parse_initramfs_messages",
     "parse_ls_sizes",
     "parse_nix_path_info",
     "parse_os_release",
     "parse_rc_log",
+    "parse_rc_status",
     "parse_section",
     "parse_systemd_blame",
     "parse_systemd_critical_chain",

@@ -135,3 +135,45 @@ def parse_rc_log(text: str, section: str = "rc_log") -> RcLog:
     if not levels:
         raise SectionError(section, None, None, "no 'rc <runlevel> logging started at' line")
     return RcLog(tuple(levels), tuple(services))
+
+
+@dataclass(frozen=True)
+class RcStatus:
+    """``rc-status --all --nocolor``: ``{runlevel: {service: state}}``; the dynamic runlevels are named as
+    OpenRC prints them (``hotplugged``, ``needed/wanted``, ``manual``)."""
+
+    runlevels: dict[str, dict[str, str]]
+
+    def started(self) -> set[str]:
+        return {svc for svcs in self.runlevels.values() for svc, st in svcs.items() if st.startswith("started")}
+
+    def runlevel_of(self, service: str) -> str | None:
+        return next((lvl for lvl, svcs in self.runlevels.items() if service in svcs), None)
+
+
+_RC_LEVEL = re.compile(r"^(?:Dynamic )?Runlevel: (?P<lvl>\S+)$")
+_RC_STATE = re.compile(r"^ (?P<svc>\S+)\s+\[\s*(?P<st>[^\]]+?)\s*\]$")
+
+
+def parse_rc_status(text: str, section: str = "rc_status") -> RcStatus:
+    """OpenRC's ``rc-status --all --nocolor`` (src/rc-status: ``Runlevel: <name>`` headers, then one
+    `` <service>   [  <state>  ]`` line per service; supervised services add their uptime to the state)."""
+    levels: dict[str, dict[str, str]] = {}
+    current: str | None = None
+    for no, raw in enumerate(text.split("\n"), start=1):
+        line = raw.rstrip("\r")
+        if not line.strip():
+            continue
+        m = _RC_LEVEL.match(line.strip())
+        if m:
+            current = m["lvl"]
+            levels.setdefault(current, {})
+            continue
+        s = _RC_STATE.match(line.rstrip())
+        if s and current is not None:
+            levels[current][s["svc"]] = s["st"]
+            continue
+        raise SectionError(section, no, raw, "expected 'Runlevel: <name>' or ' <service>  [ <state> ]'")
+    if not levels:
+        raise SectionError(section, None, None, "no 'Runlevel:' line (not rc-status output?)")
+    return RcStatus(levels)

@@ -4,6 +4,12 @@ Entry names, owners and modes follow the real ``lbu commit`` archive (see
 ``tests/fixtures/alpine-3.20.3/alpinelab.apkovl.tar.gz``): relative ``etc/...`` paths, root:root
 0644 files, ``etc/shadow`` root:shadow 0640, ``etc/lbu/`` as a 0755 directory entry, the apk cache
 as a 0777 symlink to ``/media/<media>/cache``. Entries are sorted and every mtime is fixed.
+
+It carries the OpenRC runlevel links a diskless ``setup-alpine`` system commits (see
+:func:`runlevel_links`): with an apkovl present, mkinitfs's initramfs adds no service by itself, so an
+apkovl without them boots without modloop, hostname or networking. And it refuses an apkovl nobody can
+log in to (root locked, no key, no user that can log in) unless ``no_login`` says it is a
+measurement-only overlay — the Alpine twin of the NixOS lock-out (``labkit.systems.nixos.config``).
 """
 
 from __future__ import annotations
@@ -26,23 +32,73 @@ from labkit.systems.alpine.rules import (
     check_world_entry,
 )
 from labkit.systems.alpine.targz import EPOCH, Entry, targz_bytes
+from labkit.systems.nixos.hashes import SHA512_RE
 
 DEFAULT_WORLD = ("alpine-base",)
 DEFAULT_INTERFACES = "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n"
 PROBE_NAME = "labkit-probe.start"
 _HASH_RES = {
-    "sha512crypt": re.compile(r"^\$6\$(rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}$"),
+    "sha512crypt": SHA512_RE,  # the NixOS rules (labkit.systems.nixos.hashes), rounds range checked below
     "sha256crypt": re.compile(r"^\$5\$(rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{43}$"),
     "bcrypt": re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$"),
 }
 _LOCKED = {"*", "!", "!!"}
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _SIZE_RE = re.compile(r"\d{1,15}[kmgKMG%]?")
+_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RUNLEVELS = ("sysinit", "boot", "default", "shutdown")
+
+# -- OpenRC runlevels ---------------------------------------------------------------------------------
+# Sources: MK310 = alpinelinux/mkinitfs@5628e3d (3.10.1), MK313 = @5e9c5e6 (3.13.0),
+# AC = alpinelinux/alpine-conf@4d39126 (3.18.1), the versions of Alpine 3.20.
+#: What the initramfs adds with ``rc_add`` (``ln -sf /etc/init.d/$1 $sysroot/etc/runlevels/$2/$1``, MK310
+#: initramfs-init.in l.89-93) when there is no apkovl or the apkovl carries ``etc/.default_boot_services``
+#: (MK310 l.781-815: the list is l.783-797; the same in MK313 l.916-950). Its ``firstboot`` (default) is
+#: left out: it deletes its own links the first time it runs (aports main/openrc/firstboot.initd), so no
+#: committed apkovl has it.
+INITRAMFS_DEFAULT_SERVICES: tuple[tuple[str, str], ...] = (
+    ("sysinit", "devfs"), ("sysinit", "dmesg"), ("sysinit", "mdev"), ("sysinit", "hwdrivers"), ("sysinit", "modloop"),
+    ("boot", "modules"), ("boot", "sysctl"), ("boot", "hostname"), ("boot", "bootmisc"), ("boot", "syslog"),
+    ("shutdown", "mount-ro"), ("shutdown", "killprocs"), ("shutdown", "savecache"),
+)
+#: Added by the initramfs on every diskless boot, outside that condition (MK310 l.895-899, MK313 l.1030-1034):
+#: ``hwclock`` (``swclock`` on a machine without an RTC). A running system has the link, so lbu commits it.
+INITRAMFS_CLOCK_SERVICE = ("boot", "hwclock")
+#: ``setup-alpine`` (AC setup-alpine.in l.229-241): ``rc-update add networking boot``, ``seedrng boot``, and
+#: ``crond`` in the current runlevel (``default`` from a login shell; ``acpid`` only with /dev/input/event0).
+SETUP_ALPINE_SERVICES: tuple[tuple[str, str], ...] = (("boot", "networking"), ("boot", "seedrng"), ("default", "crond"))
+#: ``setup-sshd`` (AC setup-sshd.in l.161): ``rc-update add sshd default`` for openssh (dropbear: dropbear).
+SSH_SERVERS = {"openssh": "sshd", "openssh-server": "sshd", "dropbear": "dropbear"}
+#: The services whose absence the audit reports (labkit.systems.alpine.audit): the initramfs defaults plus
+#: networking, i.e. what a real Alpine boots without when an apkovl lacks the links.
+EXPECTED_SERVICES: tuple[tuple[str, str], ...] = (*INITRAMFS_DEFAULT_SERVICES, ("boot", "networking"))
+#: Why labkit does not write ``etc/.default_boot_services`` (the marker that makes the initramfs add the
+#: defaults itself, MK310 l.781): nothing in alpine-conf or lbu ever writes it (``git log -S`` is empty
+#: there), so a ``setup-alpine`` system's apkovl carries the explicit links instead; with the marker the set
+#: depends on the mkinitfs version of the boot media (3.11 changed the tiny-cloud rules) and includes
+#: ``firstboot``; the marker is re-applied on every boot until an ``lbu commit`` drops it (the initramfs
+#: removes it from the running system only, MK310 l.815), so the first commit changes the apkovl; and the
+#: links are visible in ``lbu status``/``labkit alpine audit``. The links are what lbu would save.
+DEFAULT_BOOT_SERVICES_MARKER = "etc/.default_boot_services"
+
+
+HASH_FIX = ("make one with: openssl passwd -6 > FILE  (or mkpasswd -m sha-512), pass the file "
+            "(--root-password-hash-file / --user-password-hash-file); '!' in the file locks the account")
 
 
 def check_password_hash(value: str, who: str) -> str:
-    """Accept a crypt(3) hash musl can verify (sha512/sha256/bcrypt) or a locked marker; never plaintext."""
+    """Accept a crypt(3) hash musl can verify (sha512/sha256/bcrypt) or a locked marker; never plaintext.
+
+    musl's ``crypt()`` (Alpine) knows ``$6$``, ``$5$``, ``$2b$`` and MD5, but not yescrypt (``$y$``), the
+    default of ``mkpasswd`` on Debian and of NixOS: such a hash would lock the account. The message never
+    echoes the value (a malformed "hash" may be a password).
+    """
     if value in _LOCKED or any(r.fullmatch(value) for r in _HASH_RES.values()):
+        m = SHA512_RE.match(value)
+        rounds = m.group("rounds") if m else None
+        if rounds is not None and not 1000 <= int(rounds) <= 999_999_999:
+            raise InputError(f"the SHA-512 password hash of {who} has rounds={rounds}, outside 1000..999999999",
+                             HASH_FIX)
         return value
     if value.startswith("$y$") or value.startswith("$7$"):
         problem = f"the password hash of {who} is yescrypt/scrypt, which musl's crypt() on Alpine cannot verify"
@@ -50,7 +106,24 @@ def check_password_hash(value: str, who: str) -> str:
         problem = f"the password hash of {who} is not a well-formed sha512/sha256/bcrypt crypt(3) hash"
     else:
         problem = f"the password of {who} looks like plaintext; an apkovl must carry only a hash"
-    raise InputError(problem, "make one with: openssl passwd -6  (or mkpasswd -m sha-512), or use '!' to lock")
+    raise InputError(problem, HASH_FIX)
+
+
+def read_password_hash_file(path: Path, who: str) -> str:
+    """A hash written alone in a file (one trailing newline allowed), checked for musl: hashes never
+    come from the command line (shell history, ``ps``). Same file rules as the NixOS side
+    (:func:`labkit.systems.nixos.hashes.read_hash_file`)."""
+    from labkit.core.files import read_user_text
+
+    text = read_user_text(path, what=f"the password hash file for {who}", limit=4096, fix=HASH_FIX)
+    if text.endswith("\n"):
+        text = text[:-1]
+    if text != text.strip() or "\n" in text:
+        raise InputError(f"the password hash file {path} for {who} has surrounding blanks or several lines",
+                         HASH_FIX)
+    if not text:
+        raise InputError(f"the password hash file {path} for {who} is empty", HASH_FIX)
+    return check_password_hash(text, who)
 
 
 @dataclass(frozen=True)
@@ -100,6 +173,12 @@ class ApkovlSpec:
     rc_logger: bool = True
     root_size: str | None = None  # tmpfs root size: goes on the kernel line as rootflags=size=
     extra_files: tuple[tuple[str, bytes, int], ...] = field(default=())
+    #: write the runlevel links a diskless setup-alpine system commits (:func:`runlevel_links`); False
+    #: leaves only ``local`` (and the SSH server): a real Alpine then boots without modloop, hostname, ...
+    runlevels: bool = True
+    extra_services: tuple[tuple[str, str], ...] = ()  # (runlevel, service), e.g. ("default", "chronyd")
+    #: a measurement-only apkovl that nobody can log in to (the lab's): lifts the lock-out refusal
+    no_login: bool = False
 
     def __post_init__(self) -> None:
         # every value is checked by the rules of the file it lands in (see labkit.systems.alpine.rules)
@@ -127,6 +206,37 @@ class ApkovlSpec:
             check_lbu_path(p)
         if "\0" in self.interfaces:
             raise InputError("the network interfaces text holds a NUL byte")
+        for level, svc in self.extra_services:
+            if level not in RUNLEVELS or not _SERVICE_RE.fullmatch(svc):
+                raise InputError(f"bad service {svc!r} in runlevel {level!r}",
+                                 f"use a service name (letters, digits, . _ -) and one of {', '.join(RUNLEVELS)}")
+        if not self.no_login:
+            self._check_login()
+
+    def ssh_server(self) -> str | None:
+        """The OpenRC service of the SSH server the world installs (sshd, dropbear), if any."""
+        names = {w.split("=")[0].split("<")[0].split(">")[0].split("~")[0] for w in self.world}
+        return next((svc for pkg, svc in SSH_SERVERS.items() if pkg in names), None)
+
+    def _check_login(self) -> None:
+        """Refuse an apkovl nobody can log in to (see the module docstring)."""
+        passwords = [n for n, h in (("root", self.root_password_hash),
+                                    *((u.name, u.password_hash) for u in self.users)) if h not in _LOCKED]
+        keys = [n for n, k in (("root", self.root_ssh_keys), *((u.name, u.ssh_keys) for u in self.users)) if k]
+        if passwords:
+            return
+        if keys and self.ssh_server() is None:
+            raise InputError(
+                f"only SSH keys ({', '.join(keys)}) could log in, but the world installs no SSH server "
+                "(openssh or dropbear): nobody could log in",
+                "add openssh to --world, or give a password hash file (--root-password-hash-file)")
+        if not keys:
+            raise InputError(
+                "nobody could log in: root is locked and has no SSH key, and no user has a password or a key "
+                "(the Alpine twin of the NixOS lock-out)",
+                "give --root-password-hash-file FILE (openssl passwd -6 > FILE), --root-ssh-key KEY.pub with "
+                "openssh in --world, or --user NAME with --user-password-hash-file; for a measurement-only "
+                "apkovl pass --no-login")
 
     @property
     def filename(self) -> str:
@@ -134,6 +244,27 @@ class ApkovlSpec:
 
     def kernel_args(self) -> list[str]:
         return [f"rootflags=size={self.root_size}"] if self.root_size else []
+
+
+def runlevel_links(spec: ApkovlSpec) -> list[tuple[str, str]]:
+    """``(runlevel, service)`` of every ``etc/runlevels/<lvl>/<svc> -> /etc/init.d/<svc>`` link: what an
+    ``lbu commit`` saves after a diskless ``setup-alpine``: the initramfs defaults, the
+    clock, networking/seedrng/crond, the SSH server when keys are given, ``local`` when the overlay carries
+    ``etc/local.d`` scripts (labkit's probe; nothing enables it on Alpine), plus ``extra_services``.
+    lbu saves these links: they are symlinks under ``etc`` (apk's default protected path ``+etc``,
+    apk-tools v2.14.4 src/database.c l.1608-1616) that no package owns (aports main/openrc/APKBUILD
+    removes ``etc/runlevels/*/*`` from the package)."""
+    links: list[tuple[str, str]] = []
+    if spec.runlevels:
+        links += [*INITRAMFS_DEFAULT_SERVICES, INITRAMFS_CLOCK_SERVICE, *SETUP_ALPINE_SERVICES]
+    keys = spec.root_ssh_keys or any(u.ssh_keys for u in spec.users)
+    server = spec.ssh_server()
+    if keys and server:
+        links.append(("default", server))
+    if spec.probe is not None or any(p.startswith("etc/local.d/") for p, _d, _m in spec.extra_files):
+        links.append(("default", "local"))
+    links += list(spec.extra_services)
+    return list(dict.fromkeys(links))
 
 
 def _f(path: str, text: str | bytes, mode: int = 0o644, **owner: object) -> Entry:
@@ -213,7 +344,9 @@ def entries(spec: ApkovlSpec) -> list[Entry]:
         out.append(_f("etc/rc.conf", '# written by labkit: OpenRC defaults, plus the boot log\nrc_logger="YES"\n'))
     if spec.probe is not None:
         out.append(_f(f"etc/local.d/{PROBE_NAME}", spec.probe, 0o755))
-        out.append(Entry("etc/runlevels/default/local", "symlink", 0o777, target="/etc/init.d/local"))
+    # absolute links, as rc-update (OpenRC librc.c rc_service_add) and the initramfs's rc_add make them
+    out += [Entry(f"etc/runlevels/{level}/{svc}", "symlink", 0o777, target=f"/etc/init.d/{svc}")
+            for level, svc in runlevel_links(spec)]
     if spec.root_ssh_keys:
         out += _ssh("root", spec.root_ssh_keys, 0, "root")
     for u in spec.users:

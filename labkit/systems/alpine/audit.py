@@ -2,7 +2,9 @@
 
 Structural problems (truncated gzip/tar, absolute names, ``..``, links or entries that leave the
 tree) make :func:`read_apkovl` raise :class:`InputError`; content concerns (private keys, caches,
-large files, a readable shadow) come back as :class:`Finding` records from :func:`audit`.
+large files, a readable shadow, missing boot services, ``local.d`` scripts nothing runs) come back as
+:class:`Finding` records from :func:`audit`. A whole disk or image (every partition, as the
+initramfs's ``nlplug-findfs`` scans them) is audited by :mod:`labkit.systems.alpine.diskaudit`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from labkit.core.archives import ArchiveLimits, TarStream, read_chunks
 from labkit.core.errors import InputError
 from labkit.core.text import printable
+from labkit.systems.alpine.apkovl import DEFAULT_BOOT_SERVICES_MARKER, EXPECTED_SERVICES
 
 DEFAULT_LARGE = 1024 * 1024
 _KIND = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
@@ -162,6 +165,56 @@ def audit(ovl: Apkovl, *, large: int = DEFAULT_LARGE, data: dict[str, bytes] | N
             out.append(Finding("info" if sticky_dir else "warning", "world-writable", m.name,
                                f"mode {m.mode:04o}: everyone may "
                                + ("create files in it (sticky, like /tmp)" if sticky_dir else "change it")))
+    return out + service_findings(ovl)
+
+
+def runlevels(ovl: Apkovl) -> dict[str, set[str]]:
+    """``{runlevel: services}`` from the ``etc/runlevels/<lvl>/<svc>`` entries (links or files)."""
+    out: dict[str, set[str]] = {}
+    for m in ovl.members:
+        parts = m.name.split("/")
+        if len(parts) == 4 and parts[:2] == ["etc", "runlevels"] and m.kind != "dir":
+            out.setdefault(parts[2], set()).add(parts[3])
+    return out
+
+
+def service_findings(ovl: Apkovl) -> list[Finding]:
+    """What OpenRC will run from this overlay on a diskless boot.
+
+    With an apkovl present, mkinitfs's initramfs adds the default boot services only when the overlay
+    carries ``etc/.default_boot_services`` (alpinelinux/mkinitfs 3.10.1 initramfs-init.in l.781-815, 3.13.0
+    l.916-950); otherwise the overlay's ``etc/runlevels`` links are all there is (plus ``hwclock``, added on
+    every boot, l.895-899). ``local`` runs ``/etc/local.d/*.start`` only when it is in a runlevel
+    (OpenRC init.d/local.in); nothing on Alpine enables it by default.
+    """
+    names = ovl.by_name()
+    levels = runlevels(ovl)
+    out: list[Finding] = []
+    if DEFAULT_BOOT_SERVICES_MARKER in names:
+        out.append(Finding("info", "default-boot-services", DEFAULT_BOOT_SERVICES_MARKER,
+                           "the initramfs adds its default boot services (and firstboot) on every boot while this "
+                           "marker is in the apkovl; the next lbu commit drops it and keeps the links"))
+    else:
+        missing = [f"{lvl}/{svc}" for lvl, svc in EXPECTED_SERVICES if svc not in levels.get(lvl, set())]
+        if missing:
+            key = {"sysinit/modloop": "no modloop (no kernel modules beyond the initramfs)",
+                   "boot/hostname": "no hostname", "boot/networking": "no networking"}
+            effects = [text for name, text in key.items() if name in missing] or ["without them"]
+            out.append(Finding(
+                "warning", "boot-services", "etc/runlevels",
+                f"missing runlevel links {', '.join(missing)}: with an apkovl the initramfs adds no default "
+                f"service (only with etc/.default_boot_services), so Alpine boots with {', '.join(effects)}; "
+                "rebuild it with labkit alpine apkovl, or rc-update add them and lbu commit"))
+    scripts = sorted(m.name for m in ovl.members if m.name.startswith("etc/local.d/") and m.name.endswith(".start")
+                     and m.kind == "file")
+    if scripts and not any("local" in svcs for svcs in levels.values()):
+        out.append(Finding("warning", "local-not-enabled", scripts[0],
+                           f"{len(scripts)} etc/local.d/*.start script(s), but the service local is in no runlevel: "
+                           "OpenRC never runs them; rc-update add local default (etc/runlevels/default/local)"))
+    for m in (m for m in ovl.members if m.name.startswith("etc/local.d/") and m.kind == "file"):
+        if m.name.endswith(".start") and not m.mode & 0o100:
+            out.append(Finding("warning", "local-not-executable", m.name,
+                               "not executable: OpenRC's local service skips it ([ -x ] test in local.in)"))
     return out
 
 

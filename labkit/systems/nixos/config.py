@@ -315,6 +315,12 @@ def _probe_service(settings: NixosSettings) -> dict[str | tuple[str, ...], objec
     }
 
 
+def probe_service(settings: NixosSettings) -> dict[str | tuple[str, ...], object]:
+    """``systemd.services.labkit-probe``: the attributes the module renders (:func:`module_attrs`), which the
+    NixOS-style rehearsal also renders to the unit file NixOS writes (:mod:`labkit.systems.nixos.units`)."""
+    return _probe_service(settings)
+
+
 def _indent(text: str, n: int) -> str:
     return "".join(" " * n + line + "\n" for line in text.splitlines())
 
