@@ -21,6 +21,7 @@ from typing import TextIO
 from labkit.core.console import SerialDecoder, SerialLine, format_line
 from labkit.core.errors import LabkitError
 from labkit.core.runner import Mode, Runner, stop_group
+from labkit.measure.hostload import HostLoad, HostLoadSampler
 
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -51,6 +52,7 @@ class BootResult:
     reason: str
     stderr: str = ""
     stopped: bool = False  # stop_on matched and labkit ended the run
+    host_load: HostLoad | None = None  # what else the host ran meanwhile (labkit.measure.hostload)
 
     @property
     def failed_to_start(self) -> bool:
@@ -121,19 +123,22 @@ def boot(
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(vars_template, vars_file)  # fresh NVRAM every boot
     log = open(serial_log, "w", encoding="utf-8") if serial_log is not None else None
+    sampler = HostLoadSampler()
     with runner.spawn(argv) as spawned:
         spawned.record = False  # recorded below, with the outcome
         proc = spawned.proc
         assert proc is not None
         start = spawned.start
+        sampler.attach(proc.pid)
         try:
-            lines, err, outcome = _pump(proc, start, timeout_s, stop_on, log)
+            lines, err, outcome = _pump(proc, start, timeout_s, stop_on, log, sampler)
         finally:
             if proc.poll() is None:
                 stop_group(proc)
             if log is not None:
                 log.close()
     wall = time.monotonic() - start
+    load = sampler.finish(qemu_reaped=proc.returncode is not None)
     rc = proc.returncode
     timed_out = outcome == "timeout"
     stopped = outcome == "stop_on"
@@ -148,8 +153,9 @@ def boot(
         reason = "guest powered off" if ok else f"qemu exited {rc}: {_last(err)}"
     runner.record_external(argv, rc=rc, duration_s=wall, accel=accel, timed_out=timed_out, ok=ok,
                            reason=reason, serial_lines=len(lines),
-                           serial_log=str(serial_log) if serial_log else None, stderr_tail=err[-2000:])
-    return BootResult(ok, timed_out, rc, accel, wall, lines, serial_log, argv, reason, err, stopped)
+                           serial_log=str(serial_log) if serial_log else None, stderr_tail=err[-2000:],
+                           host_load=load.record())
+    return BootResult(ok, timed_out, rc, accel, wall, lines, serial_log, argv, reason, err, stopped, load)
 
 
 def _pump(
@@ -158,8 +164,10 @@ def _pump(
     timeout_s: float,
     stop_on: Callable[[str], bool] | None,
     log: TextIO | None,
+    sampler: HostLoadSampler | None = None,
 ) -> tuple[list[SerialLine], str, str]:
-    """Read stdout (serial) and stderr until exit, timeout, a fatal message or stop_on."""
+    """Read stdout (serial) and stderr until exit, timeout, a fatal message or stop_on (sampling the
+    host's load meanwhile)."""
     assert proc.stdout is not None and proc.stderr is not None
     dec = SerialDecoder()
     lines: list[SerialLine] = []
@@ -179,6 +187,8 @@ def _pump(
         return False
 
     while open_fds:
+        if sampler is not None:
+            sampler.poll()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             emit(dec.flush(), time.monotonic())
