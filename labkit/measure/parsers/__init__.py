@@ -30,6 +30,7 @@ from labkit.measure.parsers.apk import (
     parse_ls_sizes,
     strip_ansi,
 )
+from labkit.measure.parsers.apk_timing import parse_apk_gunzip
 from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
 from labkit.measure.parsers.system import parse_free, parse_os_release, parse_rc_log
 from labkit.measure.parsers.systemd import (
@@ -60,6 +61,7 @@ FORMATS: dict[str, Callable[[str], Any]] = {
     "apk_cache": parse_ls_sizes,
     "apk_console": parse_apk_console,
     "apk_info": parse_apk_info_sizes,
+    "apk_gunzip": parse_apk_gunzip,
     "nix_path_info": parse_nix_path_info,
     "nix_closure_du": lambda t: parse_du_k(t, "nix_closure_du"),
     "nix_store_du": parse_du_k,
@@ -147,6 +149,7 @@ __all__ = [
     "FormatError",
     "detect_format",
     "parse_apk_console",
+    "parse_apk_gunzip",
     "parse_apk_info_sizes",
     "parse_apk_installed",
     "parse_apk_world",
