@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.lab import qemu
 from labkit.measure.bundle import Bundle, extract_bundles
-from labkit.measure.metrics import measure_bundle, missing_json
 from labkit.measure.hostload import HostLoad
+from labkit.measure.metrics import measure_bundle, missing_json
 from labkit.measure.results import ResultRow, rows_from_bundle
 from labkit.rehearsal import GuestBuild
 from labkit.systems import bootchain
