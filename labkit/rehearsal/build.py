@@ -116,17 +116,19 @@ def build_alpine_tree(
     cmdline_extra: str = "",
     extra_overlay: Mapping[str, tuple[bytes, int]] | None = None,
     media: str = LAB_MEDIA,
+    apk_cache: Path | None = None,
 ) -> GuestBuild:
     """Fill ``tree`` (the Alpine partition's root) with boot/, apks/ and ``<hostname>.apkovl.tar.gz``.
 
-    ``extra_overlay`` adds files to the apkovl: ``{"etc/local.d/x.start": (data, 0o755)}``.
+    ``extra_overlay`` adds files to the apkovl: ``{"etc/local.d/x.start": (data, 0o755)}``. ``apk_cache``:
+    a directory where each repacked .apk is kept by content (:func:`labkit.rehearsal.payloads.write_apk`).
     """
     tree = Path(tree)
     names = resolve_world(world)
     with runner.step("rehearsal guest: Alpine-style tree"):
         _copy(kernel.vmlinuz, tree / "boot" / "vmlinuz-lts")
         build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts")
-        infos = write_alpine_repo(alpine_payloads(runner, names), tree)
+        infos = write_alpine_repo(alpine_payloads(runner, names), tree, cache=apk_cache)
         spec = lab_apkovl_spec(hostname, [n for n in names if n != BASE_PACKAGE], extra=extra_overlay, media=media)
         ovl = write_apkovl(spec, tree / spec.filename).name
     entry = alpine_entry(cmdline_extra)
