@@ -271,6 +271,9 @@ def set_entry_options(runner: Runner, image: Path, esp_offset: int, title: str, 
     new = "\n".join(lines) + "\n"
     if new == old:
         return new
+    if runner.mode is Mode.PLAN:
+        runner.run(["mcopy", "-o", "-i", target, "<new refind.conf>", conf_path], env=MTOOLS_ENV)
+        return new
     tmp = (work or image.parent) / f".{image.name}.refind.conf"
     atomic_write_text(tmp, new)
     try:
