@@ -496,8 +496,8 @@ def host_load_text(ctx: ReportContext) -> str:
     if len(lc_busy):
         lc = loadcost_analysis(ctx)
         used = len(lc.contended_used) if lc is not None else len(lc_busy)
-        parts.append(f"{len(lc_busy)} of them are load-cost boots, {used} of which are in the load-cost fit (the "
-                     "figures there are host load included)")
+        parts.append(f"{len(lc_busy)} of them are load-cost boots, {used} of which are in the load-cost fit (its "
+                     "figures include the host's load)")
     return "; ".join(parts) + "."
 
 
@@ -655,7 +655,9 @@ def loadcost_figure(ctx: ReportContext) -> Figure | None:
             for k, (name, g) in enumerate(pts.groupby("package_set", sort=False)):
                 c = _COLORS[k % len(_COLORS)]
                 busy = g["host_contended"].astype(bool)
-                ax.scatter(g.loc[~busy, fit.x_name], g.loc[~busy, fit.y_name], color=c, label=f"set {name}", zorder=3)
+                if (~busy).any():
+                    ax.scatter(g.loc[~busy, fit.x_name], g.loc[~busy, fit.y_name], color=c, label=f"set {name}",
+                               zorder=3)
                 if busy.any():
                     ax.scatter(g.loc[busy, fit.x_name], g.loc[busy, fit.y_name], facecolors="none", edgecolors=c,
                                zorder=3, label=f"set {name} (host load)")
