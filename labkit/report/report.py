@@ -484,7 +484,7 @@ def host_load_text(ctx: ReportContext) -> str:
     other = pd.to_numeric(busy["host_other_cpu"], errors="coerce")
     wait = pd.to_numeric(busy.get("host_qemu_wait", pd.Series(dtype=float)), errors="coerce")
     lc_busy = busy[busy["boot"].astype(int) >= 100]
-    parts = [f"**Host load**: {len(busy)} of {total} boots ran while the host was busy: other processes used "
+    parts = [f"**Host load**: {len(busy)} of {total} boots ran under host load: other processes used "
              f"{other.mean():.2f} CPUs on average (up to {other.max():.2f})"
              + (f", QEMU waited for a CPU {wait.mean():.0%} of the time on average" if wait.notna().any() else "")
              + ". Those boots are slower than on a quiet host"]
