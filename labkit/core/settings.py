@@ -140,8 +140,8 @@ class Settings:
     keep_image: bool = setting(False, "keep work/disk.img after the run", "lab")
     load_cost: bool = setting(True, "boot the Alpine-style guest with each load-cost package set and fit the load "
                               "cost", "nb", "lab")
-    load_sets: tuple[str, ...] = setting(("base", "medium", "large", "xlarge"), "package sets of the load-cost "
-                                         "experiment (base to past the post's Firefox case)", "nb", "lab",
+    load_sets: tuple[str, ...] = setting(("base", "medium", "xlarge"), "package sets of the load-cost experiment "
+                                         "(the base system to the post's Firefox case)", "nb", "lab",
                                          choices=PACKAGE_SET_NAMES)
     load_memory_mib: int = setting(0, "RAM of every load-cost boot in MiB (0: enough for the largest set's tmpfs "
                                    "root)", "lab", cli="--load-memory", minimum=0, check=_load_memory,
@@ -222,7 +222,7 @@ class Settings:
         sizes = {tuple(rehearsal_payloads(s)) for s in self.load_sets}
         if self.load_cost and "alpine" in self.systems and not self.alpine_iso and len(sizes) < 3:
             raise InputError(f"the load-cost fit needs at least 3 different package sets (have {len(sizes)})",
-                             "use e.g. --load-sets base,medium,large,xlarge, or --no-load-cost")
+                             "use e.g. --load-sets base,medium,xlarge, or --no-load-cost")
 
     # -- derived -----------------------------------------------------------------------------------------
     @property
