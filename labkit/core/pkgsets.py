@@ -42,9 +42,10 @@ _SMALL = (  # ~6 MiB installed: partitioning + filesystem tools
 )
 _MEDIUM = (*_SMALL, "cpio", "zstd", "libzstd1", "refind", "ovmf")  # ~29 MiB
 _LARGE = (*_MEDIUM, "grub-efi-amd64-bin", "shellcheck", "libgmp10", "libffi8")  # ~66 MiB
-#: ~380 MiB: the load-cost experiment reaches the post's Firefox case (200-400 MB = 191-381 MiB). Chromium is
-#: installed by ./run's APT_PACKAGES; one 283 MiB package, like Firefox's own large libxul and omni.ja.
-_XLARGE = (*_MEDIUM, "chromium-common", "chromium")
+#: ~384 MiB: the load-cost experiment reaches past the post's Firefox case (200-400 MB = 191-381 MiB). Chromium
+#: and util-linux are installed by ./run's APT_PACKAGES; chromium is one 283 MiB package, like Firefox's own large
+#: libxul and omni.ja.
+_XLARGE = (*_MEDIUM, "util-linux", "chromium-common", "chromium")
 _DESKTOP = ("window manager", "file manager", "mail client", "light browser")
 
 
