@@ -390,8 +390,11 @@ def _line_count(text: str) -> int:
 def parse_meminfo(text: str) -> dict[str, int]:
     """``/proc/meminfo`` → ``{key: value}``; values with a ``kB`` unit are in KiB, others are counts."""
     found = _MEMINFO_ALL.findall(text)
-    if found and len(found) == _line_count(text) and "MemTotal" in (d := {k: int(v) for k, v in found}):
-        return d  # every line well-formed: one regex pass
+    if found and len(found) == _line_count(text):  # every line well-formed: one regex pass
+        keys, values = zip(*found, strict=True)
+        d = dict(zip(keys, map(int, values), strict=True))
+        if "MemTotal" in d:
+            return d
     out: dict[str, int] = {}
     for no, line in _content_lines(text):
         m = _MEMINFO_RE.match(line)
@@ -430,22 +433,29 @@ def parse_dmesg(text: str) -> list[tuple[float, str]]:
     return out
 
 
-def dmesg_marker_time(text: str, marker: str) -> float | None:
-    """The time of the first dmesg message whose text ends with ``marker``, read straight from the raw
-    section (``str.find`` for the marker, then its line only; no per-line objects): the rule of
-    ``labkit.measure.metrics.find_marker`` on :func:`parse_dmesg`'s output, except that a marker on a
-    continuation line (no timestamp) is not seen."""
-    pos = 0
+def dmesg_marker_find(text: str, marker: str, start: int = 0) -> tuple[float, int] | None:
+    """(time, offset of its line) of the first dmesg message at or after ``start`` whose text ends with
+    ``marker``, read straight from the raw section (``str.find`` for the marker, then its line only; no
+    per-line objects): the rule of ``labkit.measure.metrics.find_marker`` on :func:`parse_dmesg`'s output,
+    except that a marker on a continuation line (no timestamp) is not seen."""
+    pos = start
     while (i := text.find(marker, pos)) >= 0:
         pos = i + 1
         end = text.find("\n", i)
         end = len(text) if end < 0 else end
         if text[i + len(marker):end].strip():
             continue
-        m = _DMESG_RE.match(text[text.rfind("\n", 0, i) + 1:end].rstrip("\r"))
+        line_start = text.rfind("\n", 0, i) + 1
+        m = _DMESG_RE.match(text[line_start:end].rstrip("\r"))
         if m is not None and m.group("text").strip().endswith(marker):
-            return float(m.group("t"))
+            return (float(m.group("t")), line_start)
     return None
+
+
+def dmesg_marker_time(text: str, marker: str, start: int = 0) -> float | None:
+    """The time of :func:`dmesg_marker_find`'s message, or None."""
+    found = dmesg_marker_find(text, marker, start)
+    return found[0] if found is not None else None
 
 
 def check_dmesg(text: str) -> None:

@@ -20,6 +20,7 @@ Where the initramfs ends (``initramfs_s`` / ``userspace_to_probe_s``), per syste
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,6 +31,7 @@ from labkit.measure.bundle import (
     Bundle,
     BundleError,
     check_dmesg,
+    dmesg_marker_find,
     dmesg_marker_time,
     parse_df,
     parse_dmesg,
@@ -249,6 +251,12 @@ def applies(metric: str, os_id: str) -> bool:
     return d is None or d.applies_to == "all" or d.applies_to == os_family(os_id)
 
 
+@functools.lru_cache(maxsize=64)
+def _applicable(os_id: str) -> tuple[MetricDef, ...]:
+    """The table's metrics that apply to ``os_id``, in table order (asked once per bundle)."""
+    return tuple(d for d in METRICS if applies(d.name, os_id))
+
+
 class _Values:
     """Values, their sources where they differ from the definition's, and the reasons of the absent ones."""
 
@@ -356,12 +364,25 @@ def _package_values(v: _Values, bundle: Bundle) -> None:
 
 
 class RawDmesg:
-    """The dmesg section as raw text: a marker is found with ``str.find`` (:func:`dmesg_marker_time`); the
-    ``(t, text)`` messages are parsed only when something iterates them (the NixOS and real-Alpine rules)."""
+    """The dmesg section as raw text: a marker is found with ``str.find`` (:func:`dmesg_marker_find`); the
+    ``(t, text)`` messages are parsed only when something iterates them (the NixOS and real-Alpine rules).
+
+    Every marker but the kernel's own is looked for after the kernel's ``Run /init as init process`` line
+    when there is one: the initramfs writes them, and it runs after that line (a marker cannot come earlier
+    in a boot's log), so the search skips the kernel's hundreds of lines once instead of for each marker."""
 
     def __init__(self, text: str) -> None:
         self.text = text
         self._parsed: list[tuple[float, str]] | None = None
+        found = dmesg_marker_find(text, KERNEL_END_MARKER) if text else None
+        self.kernel_end = found[0] if found is not None else None
+        self._after_kernel = found[1] if found is not None else 0
+        self._memo: dict[str, float | None] = {KERNEL_END_MARKER: self.kernel_end}
+
+    def marker_time(self, marker: str) -> float | None:
+        if marker not in self._memo:
+            self._memo[marker] = dmesg_marker_time(self.text, marker, self._after_kernel)
+        return self._memo[marker]
 
     def __bool__(self) -> bool:
         return bool(self.text.strip())
@@ -375,7 +396,7 @@ class RawDmesg:
 def find_marker(dmesg: Iterable[tuple[float, str]], marker: str) -> float | None:
     """Time of the first message whose text ends with ``marker`` (Alpine/labkit kmsg texts are verbatim)."""
     if isinstance(dmesg, RawDmesg):
-        return dmesg_marker_time(dmesg.text, marker)
+        return dmesg.marker_time(marker)
     for t, text in dmesg:
         if text.strip().endswith(marker):
             return t
@@ -609,7 +630,7 @@ def measure_bundle(
     metrics = [Metric(d.name, v.values[d.name], d.unit, v.sources.get(d.name, d.source))
                for d in METRICS if d.name in v.values]
     missing = [Missing(d.name, v.why.get(d.name, "no source for it in this bundle"))
-               for d in METRICS if d.name not in v.values and applies(d.name, bundle.os)]
+               for d in _applicable(bundle.os) if d.name not in v.values]
     return BundleMetrics(metrics, missing)
 
 
