@@ -257,6 +257,9 @@ def extract_bundles(lines: Sequence[TimedLine], *, strict: bool = True) -> list[
 _BEGIN_MARK = "@@LABKIT-BUNDLE-BEGIN "
 _END_MARK = "@@LABKIT-BUNDLE-END "
 _SECTION_MARK = "@@SECTION "
+_NL_SECTION_MARK = "\n" + _SECTION_MARK
+#: _SECTION_RE without anchors, for fullmatch(text, pos, endpos) ('^' only matches at a string's real start)
+_SECTION_LINE_RE = re.compile(r"@@SECTION (?P<name>[A-Za-z0-9_.-]+)@@")
 #: Text hashed per call in the fast path (md5 over slices: no second copy of a large body in memory).
 _HASH_CHUNK = 1 << 20
 
@@ -295,12 +298,13 @@ def _fast_bundle(text: str) -> Bundle | None:
         return None
     while pos < body_end:
         name_end = text.find("\n", pos)
-        m = _SECTION_RE.match(text[pos:name_end])
-        if m is None or m.group("name") in sections:
+        m = _SECTION_LINE_RE.fullmatch(text, pos, name_end)
+        name = m.group("name") if m is not None else None
+        if name is None or name in sections:
             return None
-        nxt = text.find("\n" + _SECTION_MARK, name_end, body_end)
+        nxt = text.find(_NL_SECTION_MARK, name_end, body_end)
         stop = body_end if nxt < 0 else nxt + 1
-        sections[m.group("name")] = text[name_end + 1:stop - 1] if stop - 1 > name_end else ""
+        sections[name] = text[name_end + 1:stop - 1] if stop - 1 > name_end else ""
         pos = stop
     if end.group("n") != str(len(sections)):
         return None
