@@ -19,6 +19,7 @@ from paths import ALPINE_FIXTURES
 
 from labkit.core.console import SerialLine
 from labkit.core.data import GUEST_DIR
+from labkit.core.errors import InputError
 from labkit.measure.bundle import SectionError, format_bundle, parse_bundle_text
 from labkit.measure.hostload import HostLoadSampler, contention
 from labkit.measure.loadcost import (
@@ -306,3 +307,16 @@ def test_apk_cache_gives_the_same_bytes(tmp_path: Path) -> None:
     second = write_apk(p, tmp_path / "b", cache=tmp_path / "cache")
     assert first == second
     assert (tmp_path / "a" / "demo-1_1.0-1.apk").read_bytes() == (tmp_path / "b" / "demo-1_1.0-1.apk").read_bytes()
+
+
+def test_load_cost_memory_and_persistence_rules() -> None:
+    from labkit.lab.run import LabParams, load_memory_mib, persistent_load
+
+    # the tmpfs root gets half the RAM (as on Alpine): 384 MiB installed needs more than the main run's 512
+    assert load_memory_mib(LabParams(), 384.0) == 1280
+    assert load_memory_mib(LabParams(), 8.0) == 512  # never less than the main run's
+    assert load_memory_mib(LabParams(load_memory_mib=2048), 384.0) == 2048
+    assert not persistent_load([True]) and not persistent_load([True, False])
+    assert persistent_load([False, True, True])
+    with pytest.raises(InputError, match="too little"):
+        LabParams(load_memory_mib=100)
