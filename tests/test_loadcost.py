@@ -98,6 +98,11 @@ def test_package_rows_prefer_kmsg_and_fall_back_to_the_serial_console() -> None:
               SerialLine(14.5, "OK: 102 MiB in 2 packages"), SerialLine(20.0, "@@LABKIT-BUNDLE-BEGIN v=1 ...")]
     rows = package_rows(b2, serial)
     assert [(r["source"], r["seconds"]) for r in rows] == [("serial", 0.5), ("serial", 4.0)]
+    assert all(np.isnan(r["cpu_seconds"]) for r in rows)  # no CPU marks
+    # QEMU's CPU time marked as the console lines came: each package's CPU cost, on either clock's rows
+    marks = [(9.0, 1.0), (10.0, 2.5), (10.5, 2.9), (14.5, 6.1)]
+    assert [r["cpu_seconds"] for r in package_rows(b2, serial, marks)] == [pytest.approx(0.4), pytest.approx(3.2)]
+    assert [r["cpu_seconds"] for r in package_rows(b, serial, marks)] == [pytest.approx(0.4), pytest.approx(3.2)]
 
 
 # -- the guest's gzip rate: the probe's section under busybox ----------------------------------------------
@@ -166,7 +171,7 @@ def test_weighted_theil_sen_resists_outliers_and_small_packages() -> None:
 
 
 def _synthetic(b: float = 0.08, a: float = 0.05, c: float = 0.03, contended: tuple[int, ...] = (),
-               noise: float = 0.03, top: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+               noise: float = 0.03, top: int = 3, cpu: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(7)
     sizes = {"base": [2.0], "medium": [2.0, 0.3, 1.0, 14.5, 5.0], "large": [2.0, 0.3, 1.0, 14.5, 5.0, 18.5, 17.6],
              "xlarge": [2.0, 0.3, 1.0, 14.5, 5.0, 18.5, 17.6, 65.0, 250.0]}
@@ -182,7 +187,8 @@ def _synthetic(b: float = 0.08, a: float = 0.05, c: float = 0.03, contended: tup
                 rows.append({"run_id": "r", "os": "alpine-rehearsal", "boot": boot, "warmup": False, "metric": metric,
                              "value": value, "package_set": name, "host_contended": boot in contended,
                              "host_other_cpu": 1.0 if boot in contended else 0.05})
-            pk += [{"package_set": name, "boot": boot, "name": f"p{k}", "mib": m, "seconds": s}
+            pk += [{"package_set": name, "boot": boot, "name": f"p{k}", "mib": m, "seconds": s,
+                    "cpu_seconds": (a + b * m) * (1 + rng.normal(0, noise / 3)) if cpu else float("nan")}
                    for k, (m, s) in enumerate(zip(mibs, secs, strict=True))]
             boot += 1
     return pd.DataFrame(rows), pd.DataFrame(pk)
@@ -213,6 +219,20 @@ def test_package_model_recovers_the_costs_with_bootstrap_intervals() -> None:
     one = analyse(*_synthetic(top=1), resamples=400).model
     assert one is not None and "1 boot, its packages bootstrapped" in one.b_from
     assert one.b_ci[0] <= one.b <= one.b_ci[1]
+
+
+def test_cpu_time_is_the_headline_when_every_package_has_it() -> None:
+    """Host load stretches the wall time (here x1.6 on half the boots) but not QEMU's CPU time: the model
+    fits the CPU seconds and keeps the wall-time fit beside it."""
+    df, pk = _synthetic(cpu=True, contended=(104,), noise=0.05)
+    df["host_contended"] = False  # kept in the fit: the CPU time is what is trusted here
+    lc = analyse(df, pk, resamples=200)
+    assert lc.model is not None and lc.model.basis == "cpu_seconds" and lc.wall_model is not None
+    assert lc.model.b == pytest.approx(0.08, rel=0.03)
+    assert lc.wall_model.b > lc.model.b  # the slowed boot drags the wall-time fit up
+    ff = lc.firefox()
+    assert ff["basis"].iloc[0].startswith("QEMU CPU time") and (ff["extra_load_wall_s"] > ff["extra_load_s"]).all()
+    assert {"package model, QEMU CPU s", "package model, wall s"} <= {f.split(" (")[0] for f in lc.fits_table()["fit"]}
 
 
 def test_contended_boots_leave_the_fit_when_their_set_has_a_quiet_one() -> None:
@@ -254,8 +274,10 @@ def test_sampler_tells_the_booted_process_from_other_load() -> None:
         sampler = HostLoadSampler()
         child = _burn(1.5)
         sampler.attach(child.pid)
+        started = time.monotonic()
         while child.poll() is None:
             sampler.poll()
+            sampler.mark(time.monotonic() - started)
             time.sleep(0.05)
         load = sampler.finish(qemu_reaped=True)
     finally:
@@ -265,6 +287,8 @@ def test_sampler_tells_the_booted_process_from_other_load() -> None:
     assert load.qemu_cpu > 0.05 and load.qemu_cpu + load.other_cpu <= load.ncpu + 0.25
     assert load.other_cpu > 0.5 and load.contended
     assert "other processes" in load.describe()
+    cpu = [c for _, c in sampler.cpu_marks]  # the child's CPU time as it ran: never decreasing, and growing
+    assert len(cpu) > 5 and cpu == sorted(cpu) and cpu[-1] > cpu[0]
 
 
 def test_adaptive_rule_redoes_transient_contention_only() -> None:

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from labkit.core.console import SerialDecoder, SerialLine, format_line
 from labkit.core.errors import LabkitError
-from labkit.core.runner import Mode, Runner, stop_group
+from labkit.core.runner import Mode, Runner, atomic_write_text, stop_group
 from labkit.measure.hostload import HostLoad, HostLoadSampler
 
 QEMU = "qemu-system-x86_64"
@@ -53,6 +53,7 @@ class BootResult:
     stderr: str = ""
     stopped: bool = False  # stop_on matched and labkit ended the run
     host_load: HostLoad | None = None  # what else the host ran meanwhile (labkit.measure.hostload)
+    cpu_marks: tuple[tuple[float, float], ...] = ()  # (t as in lines, QEMU's CPU seconds so far) per serial chunk
 
     @property
     def failed_to_start(self) -> bool:
@@ -139,6 +140,8 @@ def boot(
                 log.close()
     wall = time.monotonic() - start
     load = sampler.finish(qemu_reaped=proc.returncode is not None)
+    if serial_log is not None and sampler.cpu_marks:
+        write_cpu_marks(cpu_marks_path(serial_log), sampler.cpu_marks)
     rc = proc.returncode
     timed_out = outcome == "timeout"
     stopped = outcome == "stop_on"
@@ -155,7 +158,29 @@ def boot(
                            reason=reason, serial_lines=len(lines),
                            serial_log=str(serial_log) if serial_log else None, stderr_tail=err[-2000:],
                            host_load=load.record())
-    return BootResult(ok, timed_out, rc, accel, wall, lines, serial_log, argv, reason, err, stopped, load)
+    return BootResult(ok, timed_out, rc, accel, wall, lines, serial_log, argv, reason, err, stopped, load,
+                      tuple(sampler.cpu_marks))
+
+
+def cpu_marks_path(serial_log: Path) -> Path:
+    """``serial/<os>-<n>.log`` → ``serial/<os>-<n>.qemu-cpu.tsv``: QEMU's CPU seconds as the serial lines came."""
+    return serial_log.with_name(serial_log.stem + ".qemu-cpu.tsv")
+
+
+def write_cpu_marks(path: Path, marks: Sequence[tuple[float, float]]) -> None:
+    """One ``<t, 6 decimals, as in the serial log>\t<QEMU CPU seconds>`` line per serial chunk."""
+    atomic_write_text(path, "".join(f"{t:.6f}\t{c:.2f}\n" for t, c in marks))
+
+
+def read_cpu_marks(path: Path) -> list[tuple[float, float]]:
+    """The marks :func:`write_cpu_marks` wrote ([] when the file is missing)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="ascii").splitlines():
+        t, _, c = line.partition("\t")
+        out.append((float(t), float(c)))
+    return out
 
 
 def _pump(
@@ -176,6 +201,8 @@ def _pump(
     deadline = start + timeout_s
 
     def emit(texts: list[str], now: float) -> bool:
+        if texts and sampler is not None:
+            sampler.mark(now - start)
         for text in texts:
             line = SerialLine(now - start, text)
             lines.append(line)

@@ -325,8 +325,9 @@ def _package_dicts(run_dir: Path, rec: BootRecord, package_set: str, run_id: str
 
     bundle = parse_bundle_text((run_dir / rec.bundle).read_text(encoding="utf-8"))
     serial = read_serial_log(run_dir / rec.serial_log)
+    marks = qemu.read_cpu_marks(qemu.cpu_marks_path(run_dir / rec.serial_log))
     return [{"run_id": run_id, "package_set": package_set, "boot": rec.boot, "host_contended": rec.host_contended,
-             **p} for p in package_rows(bundle, serial)]
+             **p} for p in package_rows(bundle, serial, marks)]
 
 
 #: Kernel command-line switch of the probe: no guest gzip measurement (labkit/data/guest/probe.sh).
@@ -428,8 +429,10 @@ def run_load_cost(
 def guest_decompression(run_dir: Path, load_boots: Sequence[BootRecord], largest: str,
                         rows: Sequence[dict[str, object]], packages: Sequence[dict[str, object]]
                         ) -> dict[str, object]:
-    """The guest's gzip rate on the largest set's .apk files (median over its boots on a quiet host, or
-    over all of them), and the load rate as a fraction of it (installed MiB per second on both sides)."""
+    """The guest's gzip rate on the largest set's .apk files (median over its boots that measured it on a
+    quiet host, or over all that measured it), and the load rate as a fraction of it: in the same boot, the
+    seconds ``gzip -dc`` took over the seconds the whole package load took, both on the guest's clock, for
+    the same packages (= the load's MiB/s over gzip's)."""
     import numpy as np
     import pandas as pd
 
@@ -437,37 +440,40 @@ def guest_decompression(run_dir: Path, load_boots: Sequence[BootRecord], largest
     from labkit.measure.loadcost import LoadCostError, analyse, guest_gunzip
 
     set_of = {int(str(r["boot"])): str(r["package_set"]) for r in rows}
+
+    def value(boot: int, metric: str) -> float:
+        return next((float(str(r["value"])) for r in rows if r["boot"] == boot and r["metric"] == metric),
+                    float("nan"))
+
     measured = []
     for b in load_boots:
         if not (b.ok and b.bundle and set_of.get(b.boot) == largest):
             continue
         gz = guest_gunzip(parse_bundle_text((run_dir / str(b.bundle)).read_text(encoding="utf-8")))
-        installed = next((float(str(r["value"])) for r in rows if r["boot"] == b.boot
-                          and r["metric"] == "installed_size_mib"), float("nan"))
         if gz is not None and gz.status == 0 and gz.seconds > 0:
-            measured.append((b, gz, installed))
+            measured.append((b, gz, value(b.boot, "installed_size_mib"), value(b.boot, "alpine_package_load_s")))
     quiet = [m for m in measured if not m[0].host_contended]
     use = quiet or measured
-    recs = [(gz, installed) for _, gz, installed in use]
-    out: dict[str, object] = {"guest_boots": [b.boot for b, _, _ in use], "guest_contended": bool(use and not quiet)}
-    if not recs:
+    out: dict[str, object] = {"guest_boots": [m[0].boot for m in use], "guest_contended": bool(use and not quiet)}
+    if not use:
         return out
     out.update({
-        "guest_gzip_mib_s": float(np.median([g.mib_s for g, _ in recs])),
-        "guest_gzip_installed_mib_s": float(np.median([i / g.seconds for g, i in recs])),
-        "guest_gzip_s": float(np.median([g.seconds for g, _ in recs])),
-        "guest_files": recs[0][0].files,
-        "guest_compressed_bytes": recs[0][0].compressed_bytes,
-        "guest_uncompressed_bytes": recs[0][0].uncompressed_bytes,
+        "guest_gzip_mib_s": float(np.median([g.mib_s for _, g, _, _ in use])),
+        "guest_gzip_installed_mib_s": float(np.median([i / g.seconds for _, g, i, _ in use])),
+        "guest_gzip_s": float(np.median([g.seconds for _, g, _, _ in use])),
+        "guest_files": use[0][1].files,
+        "guest_compressed_bytes": use[0][1].compressed_bytes,
+        "guest_uncompressed_bytes": use[0][1].uncompressed_bytes,
         "guest_tool": "busybox gzip -dc > /dev/null, timed by /proc/uptime in the guest, after the probe",
+        "load_s": float(np.median([t for _, _, _, t in use])),
+        "load_fraction_of_guest_gzip": float(np.median([g.seconds / t for _, g, _, t in use])),
     })
     try:
         lc = analyse(pd.DataFrame(list(rows)), pd.DataFrame(list(packages)), resamples=200)
     except LoadCostError:
         return out
-    rate = lc.rate_mib_s
-    out["load_rate_mib_s"] = rate
-    out["load_fraction_of_guest_gzip"] = rate / float(str(out["guest_gzip_installed_mib_s"]))
+    out["load_rate_mib_s"] = lc.rate_mib_s  # marginal, 1 / b (the model's basis: see load_rate_basis)
+    out["load_rate_basis"] = lc.model.basis if lc.model is not None else "boot totals"
     return out
 
 

@@ -11,6 +11,10 @@ inside a VM, by the hypervisor (steal). Every lab boot records, from Linux's own
 - ``cpu_pressure``: Linux's pressure-stall information ``/proc/pressure/cpu`` "some": the share of wall time
   during which at least one task waited for a CPU (anywhere on the host).
 
+The sampler also marks QEMU's own CPU time as serial output arrives (:meth:`HostLoadSampler.mark`), so a
+stretch of the boot between two console lines — one package's install — can be costed in CPU seconds, which
+other load on the host does not inflate the way it inflates the wall time.
+
 A boot is *contended* when another process used a sizeable share of a CPU or QEMU itself waited
 (:func:`contention`). The rule is deliberately simple and its thresholds are module constants, so the
 report can say exactly why a boot was flagged. Sources: proc(5) (``/proc/stat``, ``/proc/pid/stat``),
@@ -124,6 +128,16 @@ def _thread_wait_s(proc: Path, pid: int) -> dict[str, float]:
     return out
 
 
+def _proc_cpu_s(proc: Path, pid: int) -> float | None:
+    """utime + stime of a process, all threads (proc(5): fields 14 and 15 of /proc/<pid>/stat), seconds."""
+    try:
+        with open(proc / str(pid) / "stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # the name (field 2) may hold blanks
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _rusage_s(who: int) -> float:
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
@@ -143,6 +157,8 @@ class HostLoadSampler:
     _children0: float = 0.0
     _waits: dict[str, float] = field(default_factory=dict)  # last seen wait per QEMU thread
     _last_poll: float = float("-inf")
+    #: (seconds since the boot started, QEMU's CPU seconds so far), taken as serial output arrives (mark)
+    cpu_marks: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._cpu0 = _cpu_line(self.proc)
@@ -160,6 +176,16 @@ class HostLoadSampler:
             return
         self._last_poll = now
         self._waits.update(_thread_wait_s(self.proc, self.pid))
+
+    def mark(self, t: float) -> None:
+        """Record QEMU's CPU time so far (all its threads, exited ones included: /proc/<pid>/stat utime +
+        stime, 1/CLK_TCK resolution) at ``t``: the per-package CPU cost is the difference between two
+        package lines, which a busy host does not inflate the way it inflates their wall-time gap."""
+        if self.pid is None:
+            return
+        cpu = _proc_cpu_s(self.proc, self.pid)
+        if cpu is not None:
+            self.cpu_marks.append((round(t, 6), cpu))
 
     def finish(self, *, qemu_reaped: bool = True) -> HostLoad:
         wall = max(time.monotonic() - self.t0, 1e-9)

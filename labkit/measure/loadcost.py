@@ -38,7 +38,7 @@ from labkit.core.errors import LabkitError
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.measure.bundle import Bundle, parse_dmesg
 from labkit.measure.parsers.apk import parse_apk_installed
-from labkit.measure.parsers.apk_timing import GuestGunzip, package_steps, parse_apk_gunzip
+from labkit.measure.parsers.apk_timing import GuestGunzip, PackageStep, package_steps, parse_apk_gunzip
 
 LOADCOST_FILE = "loadcost.csv"
 PACKAGES_FILE = "loadcost_packages.csv"
@@ -161,6 +161,12 @@ class PackageModel:
     c_ci: tuple[float, float]
     b_from: str  # which boots b and its interval come from, and how
     b_per_boot: tuple[float, ...] = ()  # b of each boot of the largest set
+    basis: str = "seconds"  # seconds (wall, guest clock) | cpu_seconds (QEMU's CPU time per package)
+
+    @property
+    def basis_text(self) -> str:
+        return ("QEMU CPU time per package (what the guest's work costs without other load on the host)"
+                if self.basis == "cpu_seconds" else "wall time per package (guest clock)")
 
     def extra(self, mib: float, packages: int = 0) -> tuple[float, float, float]:
         """(estimate, low, high) of the time ``mib`` MiB more (in ``packages`` more packages) adds."""
@@ -181,9 +187,9 @@ def _percentile_ci(v: np.ndarray) -> tuple[float, float]:
 
 
 def fit_packages(packages: pd.DataFrame, boots: pd.DataFrame, *, resamples: int = RESAMPLES,
-                 seed: int = SEED) -> PackageModel:
-    """Fit the package model on ``packages`` (columns package_set, boot, mib, seconds) and ``boots`` (columns
-    package_set, boot, alpine_package_load_s).
+                 seed: int = SEED, y: str = "seconds") -> PackageModel:
+    """Fit the package model on ``packages`` (columns package_set, boot, mib and ``y``: ``seconds``, the wall
+    time, or ``cpu_seconds``, QEMU's CPU time) and ``boots`` (columns package_set, boot, alpine_package_load_s).
 
     - ``b`` (s/MiB) is what the largest set's boots say — they hold every size, up to the largest packages:
       :func:`weighted_theil_sen` on each boot's packages, then the mean over those boots with a Student-t
@@ -197,7 +203,8 @@ def fit_packages(packages: pd.DataFrame, boots: pd.DataFrame, *, resamples: int 
     """
     from scipy.stats import t as student_t
 
-    pk = packages.dropna(subset=["mib", "seconds"])
+    pk = packages.dropna(subset=["mib", y]).copy()
+    pk["seconds"] = pk[y]
     if len(pk) < 3 or pk["mib"].nunique() < 2:
         raise LoadCostError(
             f"the per-package fit needs >= 3 timed packages of >= 2 sizes (have {len(pk)})",
@@ -208,7 +215,7 @@ def fit_packages(packages: pd.DataFrame, boots: pd.DataFrame, *, resamples: int 
     top = str(sums.idxmax())
     per_boot = [(float(k), g["mib"].to_numpy(float), g["seconds"].to_numpy(float))
                 for k, g in pk[pk["package_set"] == top].groupby("boot")]
-    bj = np.array([weighted_theil_sen(x, y)[0] for _, x, y in per_boot])
+    bj = np.array([weighted_theil_sen(bx, by)[0] for _, bx, by in per_boot])
     bj = bj[np.isfinite(bj)]
     if bj.size >= 2:
         b = float(bj.mean())
@@ -216,12 +223,12 @@ def fit_packages(packages: pd.DataFrame, boots: pd.DataFrame, *, resamples: int 
         b_ci = (b - half, b + half)
         how = f"set {top}: mean of {bj.size} boots, Student-t interval"
     else:
-        _, x, y = per_boot[0]
-        b = weighted_theil_sen(x, y)[0]
+        _, bx, by = per_boot[0]
+        b = weighted_theil_sen(bx, by)[0]
         samples = np.empty(resamples)
         for r in range(resamples):
-            idx = rng.integers(0, x.size, x.size)
-            samples[r] = weighted_theil_sen(x[idx], y[idx])[0]
+            idx = rng.integers(0, bx.size, bx.size)
+            samples[r] = weighted_theil_sen(bx[idx], by[idx])[0]
         b_ci = _percentile_ci(samples)
         how = f"set {top}: 1 boot, its packages bootstrapped"
     rest = pk["seconds"].to_numpy(float) - b * pk["mib"].to_numpy(float)
@@ -229,32 +236,39 @@ def fit_packages(packages: pd.DataFrame, boots: pd.DataFrame, *, resamples: int 
     a_ci = _percentile_ci(np.array([np.median(rest[rng.integers(0, rest.size, rest.size)])
                                     for _ in range(resamples)]))
     lines = pk.groupby(["package_set", "boot"])["seconds"].sum()
-    totals = boots.set_index(["package_set", "boot"])[TIME_METRIC] if len(boots) else pd.Series(dtype=float)
+    totals = boots.set_index(["package_set", "boot"])[TIME_METRIC] if len(boots) and y == "seconds" \
+        else pd.Series(dtype=float)  # the boot totals are wall time (kmsg): c only on that basis
     outside = np.array([float(totals.get(k, np.nan)) - float(v) for k, v in lines.items()])
     outside = outside[np.isfinite(outside)]
     c = float(np.median(outside)) if outside.size else float("nan")
     c_ci = _percentile_ci(np.array([np.median(outside[rng.integers(0, outside.size, outside.size)])
                                     for _ in range(resamples)])) if outside.size else (float("nan"), float("nan"))
-    return PackageModel(len(pk), int(lines.size), b, b_ci, a, a_ci, c, c_ci, how, tuple(float(v) for v in bj))
+    return PackageModel(len(pk), int(lines.size), b, b_ci, a, a_ci, c, c_ci, how, tuple(float(v) for v in bj), y)
 
 
 # -- data -------------------------------------------------------------------------------------------
-def package_rows(bundle: Bundle, serial: Sequence[SerialLine] = ()) -> list[dict[str, object]]:
+def package_rows(bundle: Bundle, serial: Sequence[SerialLine] = (),
+                 cpu_marks: Sequence[tuple[float, float]] = ()) -> list[dict[str, object]]:
     """One boot's per-package points: the kernel log's ``(i/n) Installing`` lines (guest clock) when the
     bundle's dmesg has them, else the serial console's (host clock, lines before the bundle); sizes from
-    the bundle's apk_installed (I:, S:). Packages without a size or an end time are left out."""
-    source = "kmsg"
-    steps = package_steps(parse_dmesg(bundle.sections["dmesg"])) if "dmesg" in bundle.sections else []
-    if not steps and serial:
-        source = "serial"
+    the bundle's apk_installed (I:, S:). With ``cpu_marks`` (QEMU's CPU seconds as the serial lines came,
+    :meth:`labkit.measure.hostload.HostLoadSampler.mark`), each package also gets ``cpu_seconds``: QEMU's CPU
+    time between its console line and the next. Packages without a size or an end time are left out."""
+    console: list[PackageStep] = []
+    if serial:
         before: list[tuple[float, str]] = []
         for line in serial:
             if "@@LABKIT-BUNDLE-BEGIN" in line.text:
                 break
             before.append((line.t, line.text))
-        steps = package_steps(before)
+        console = package_steps(before)
+    source = "kmsg"
+    steps = package_steps(parse_dmesg(bundle.sections["dmesg"])) if "dmesg" in bundle.sections else []
+    if not steps:
+        source, steps = "serial", console
     if not steps or "apk_installed" not in bundle.sections:
         return []
+    cpu = _cpu_seconds(console, cpu_marks)
     sizes = {p.name: p for p in parse_apk_installed(bundle.sections["apk_installed"])}
     out: list[dict[str, object]] = []
     for s in steps:
@@ -263,8 +277,23 @@ def package_rows(bundle: Bundle, serial: Sequence[SerialLine] = ()) -> list[dict
             continue
         out.append({"index": s.index, "total": s.total, "name": s.name, "version": s.version,
                     "installed_bytes": p.installed_size, "compressed_bytes": p.size, "mib": p.installed_size / 1024**2,
-                    "seconds": s.seconds, "source": source})
+                    "seconds": s.seconds, "source": source, "cpu_seconds": cpu.get(s.index, float("nan"))})
     return out
+
+
+def _cpu_seconds(console: Sequence[PackageStep], marks: Sequence[tuple[float, float]]) -> dict[int, float]:
+    """{package index: QEMU CPU seconds between its console line and the next}, from marks taken as the
+    lines arrived (the mark at or just before each line's time)."""
+    if not console or not marks:
+        return {}
+    ts = np.array([t for t, _ in marks])
+    cs = np.array([c for _, c in marks])
+
+    def at(t: float) -> float:
+        i = int(np.searchsorted(ts, t + 1e-6, side="right")) - 1
+        return float(cs[i]) if i >= 0 else float("nan")
+
+    return {s.index: at(s.end) - at(s.start) for s in console if math.isfinite(s.end)}
 
 
 def guest_gunzip(bundle: Bundle) -> GuestGunzip | None:
@@ -315,8 +344,9 @@ class LoadCost:
     time_fit: LinearFit  # boot totals, least squares (cross-check; the fallback without package lines)
     ram_fit: LinearFit | None
     packages: pd.DataFrame = field(default_factory=pd.DataFrame)  # the per-package points used
-    model: PackageModel | None = None
+    model: PackageModel | None = None  # the headline: on QEMU CPU time when every package has it, else wall
     left_out: pd.DataFrame = field(default_factory=pd.DataFrame)  # contended boots left out of the fits
+    wall_model: PackageModel | None = None  # the same fit on wall time (== model when that is on wall time)
 
     @property
     def used(self) -> pd.DataFrame:
@@ -330,7 +360,7 @@ class LoadCost:
         big = self.packages[self.packages["mib"] >= LARGE_PACKAGE_MIB]
         if big.empty:
             return (float("nan"), float("nan"))
-        rates = ((big["seconds"] - self.model.a) / big["mib"]).groupby(big["name"]).median()
+        rates = ((big[self.model.basis] - self.model.a) / big["mib"]).groupby(big["name"]).median()
         return (float(rates.min()), float(rates.max()))
 
     @property
@@ -369,10 +399,14 @@ class LoadCost:
                 "extra_load_s": e, "extra_load_s_low": elo, "extra_load_s_high": ehi,
                 "ci_half_width_pct": 100.0 * (ehi - elo) / 2.0 / e if e > 0 else float("nan"),
                 "extra_load_s_content_low": rlo * mib, "extra_load_s_content_high": rhi * mib,
+                "basis": self.model.basis_text if self.model is not None else "wall time (boot totals)",
                 "extra_load_s_boot_totals": self.time_fit.slope * mib,
                 "load_s": t, "load_s_low": tlo, "load_s_high": thi,
                 "from": how, "measured_max_mib": hi_mib, "extrapolated": bool(mib > hi_mib),
             }
+            if self.wall_model is not None and self.model is not None and self.wall_model is not self.model:
+                w, wlo, whi = self.wall_model.extra(mib)
+                row.update({"extra_load_wall_s": w, "extra_load_wall_s_low": wlo, "extra_load_wall_s_high": whi})
             if self.ram_fit is not None:
                 r = self.ram_fit.predict(mib)[0]
                 row.update({"extra_ram_mib": self.ram_fit.slope * mib,
@@ -390,14 +424,15 @@ class LoadCost:
 
     def fits_table(self) -> pd.DataFrame:
         rows = []
-        m = self.model
-        if m is not None:
+        models = [m for m in (self.model, self.wall_model) if m is not None]
+        for m in dict.fromkeys(models):
+            basis = "QEMU CPU s" if m.basis == "cpu_seconds" else "wall s"
             for name, est, (lo, hi), unit, how in (
                     ("b: per MiB installed", m.b, m.b_ci, "s/MiB", f"weighted Theil-Sen per boot; {m.b_from}"),
                     ("a: per package", m.a, m.a_ci, "s", "median of seconds - b x MiB; bootstrap of the packages"),
                     ("c: per boot, outside the package lines", m.c, m.c_ci, "s",
                      "median over boots of the total minus its package lines; bootstrap of the boots")):
-                rows.append({"fit": f"package model ({how})", "term": name,
+                rows.append({"fit": f"package model, {basis} ({how})", "term": name,
                              "estimate": est, "ci_low": lo, "ci_high": hi, "unit": unit, "n": m.n_packages,
                              "boots": m.n_boots, "r2": float("nan")})
         for f in (self.time_fit, self.ram_fit):
@@ -427,17 +462,19 @@ def analyse(df: pd.DataFrame, packages: pd.DataFrame | None = None, *, resamples
         rf: LinearFit | None = fit_line(used[X_METRIC], used[RAM_METRIC], x_name=X_METRIC, y_name=RAM_METRIC)
     except LoadCostError:
         rf = None
-    model = None
+    model = wall = None
     pk = pd.DataFrame()
     if packages is not None and len(packages):
         keys = set(zip(used["package_set"], used["boot"], strict=True))
         pk = packages[[k in keys for k in zip(packages["package_set"], packages["boot"], strict=True)]]
         if len(pk):
             try:
-                model = fit_packages(pk, used, resamples=resamples)
+                model = wall = fit_packages(pk, used, resamples=resamples)
+                if "cpu_seconds" in pk.columns and pk["cpu_seconds"].notna().all():
+                    model = fit_packages(pk, used, resamples=resamples, y="cpu_seconds")
             except LoadCostError:
-                model = None
-    return LoadCost(pts, tf, rf, pk.reset_index(drop=True), model, left)
+                model = wall = None
+    return LoadCost(pts, tf, rf, pk.reset_index(drop=True), model, left, wall)
 
 
 def load_loadcost(path: Path) -> pd.DataFrame:

@@ -319,26 +319,30 @@ def _ratio(a: float, b: float) -> float:
 
 
 def decompression_table(ctx: ReportContext) -> pd.DataFrame:
-    """The load rate as a fraction of the guest's own gzip rate on the same payloads (installed MiB per
-    second on both sides), and the host's gzip/zstd rates as context (MiB of uncompressed data per second)."""
+    """The load rate as a fraction of the guest's own gzip rate on the same .apk files, in the same boot (both
+    on the guest's clock), the model's marginal rate, and the host's gzip/zstd rates as context."""
     lc = loadcost_analysis(ctx)
     d = ctx.decompression or {}
-    load = lc.rate_mib_s if lc is not None else float("nan")
-    guest_inst = _num(d, "guest_gzip_installed_mib_s")
-    guest = _num(d, "guest_gzip_mib_s")
     where = f"{d.get('guest_files', '?')} .apk files of the {d.get('package_set', '?')} set"
-    rows = [{"rate": "package load in the guest (1 / b, marginal)", "where": "guest (initramfs)",
-             "MiB/s": load, "unit": "installed MiB/s", "load as a fraction of it": float("nan")},
-            {"rate": f"gzip -dc in the guest, after the probe ({where})", "where": "guest",
-             "MiB/s": guest_inst, "unit": "installed MiB/s",
-             "load as a fraction of it": _ratio(load, guest_inst)},
-            {"rate": f"gzip -dc in the guest ({where})", "where": "guest", "MiB/s": guest,
+    guest_inst = _num(d, "guest_gzip_installed_mib_s")
+    frac = _num(d, "load_fraction_of_guest_gzip")
+    load_same_boot = guest_inst * frac if frac == frac else float("nan")
+    busy = " (host load during that boot)" if d.get("guest_contended") else ""
+    rows = [{"rate": f"package load, whole install, same boot as the gzip run{busy}", "where": "guest (initramfs)",
+             "MiB/s": load_same_boot, "unit": "installed MiB/s", "load as a fraction of it": float("nan")},
+            {"rate": f"gzip -dc in the guest after the probe ({where}){busy}", "where": "guest",
+             "MiB/s": guest_inst, "unit": "installed MiB/s", "load as a fraction of it": frac},
+            {"rate": f"gzip -dc in the guest ({where})", "where": "guest", "MiB/s": _num(d, "guest_gzip_mib_s"),
              "unit": "uncompressed MiB/s", "load as a fraction of it": float("nan")}]
+    if lc is not None:
+        basis = lc.model.basis_text if lc.model is not None else "boot totals"
+        rows.append({"rate": f"package load, marginal (1 / b; {basis})", "where": "guest (initramfs)",
+                     "MiB/s": lc.rate_mib_s, "unit": "installed MiB/s", "load as a fraction of it": float("nan")})
     for tool in ("gzip", "zstd"):
         host = _num(d, f"{tool}_mib_s")
-        rows.append({"rate": f"{tool} -t on the host ({d.get('files', '?')} files; context: another machine than "
-                             "the emulated guest)", "where": "host", "MiB/s": host, "unit": "uncompressed MiB/s",
-                     "load as a fraction of it": _ratio(load, host)})
+        rows.append({"rate": f"{tool} -t on the host (context: the host's CPU, not the emulated guest's)",
+                     "where": "host", "MiB/s": host, "unit": "uncompressed MiB/s",
+                     "load as a fraction of it": _ratio(load_same_boot, host)})
     return pd.DataFrame(rows)
 
 
@@ -464,8 +468,8 @@ def loadcost_threat(lc: LoadCost) -> str:
     ff = lc.firefox()
     extra = [f"{r['case']} ({r['installed_mib']:.0f} MiB) "
              + ("extrapolates beyond" if r["extrapolated"] else "lies inside") for _, r in ff.iterrows()]
-    model = (f"per-package points ({lc.model.n_packages} packages in {lc.model.n_boots} boots; robust weighted "
-             f"Theil-Sen; b from the {lc.model.b_from}) and per-boot totals" if lc.model is not None
+    model = (f"per-package points ({lc.model.n_packages} packages in {lc.model.n_boots} boots, {lc.model.basis_text}; "
+             f"robust weighted Theil-Sen; b from the {lc.model.b_from}) and per-boot totals" if lc.model is not None
              else "per-boot totals only (no per-package lines in these boots)")
     left = f"; {len(lc.left_out)} boot(s) under host load left out (their set has a quiet boot)" \
         if len(lc.left_out) else ""
@@ -637,7 +641,7 @@ def loadcost_figure(ctx: ReportContext) -> Figure | None:
             assert m is not None
             pk = lc.packages
             for k, (name, g) in enumerate(pk.groupby("package_set", sort=False)):
-                ax.scatter(g["mib"], g["seconds"], s=12, color=_COLORS[k % len(_COLORS)], label=f"set {name}",
+                ax.scatter(g["mib"], g[m.basis], s=12, color=_COLORS[k % len(_COLORS)], label=f"set {name}",
                            zorder=3)
             lo, hi = m.b_ci
             ax.plot(xs, m.a + m.b * xs, color="black", lw=1,
@@ -646,7 +650,7 @@ def loadcost_figure(ctx: ReportContext) -> Figure | None:
             for x in ff:
                 e, elo, ehi = m.extra(x)
                 ax.errorbar(x, m.a + e, yerr=[[e - elo], [ehi - e]], fmt="s", color="#c44e52", capsize=3)
-            ax.set_ylabel("seconds per package")
+            ax.set_ylabel("QEMU CPU seconds per package" if m.basis == "cpu_seconds" else "seconds per package")
             ax.set_title("per package: (i/n) Installing lines", fontsize=9)
         else:
             fit = lc.time_fit if panel == "totals" else lc.ram_fit
