@@ -148,6 +148,8 @@ class Settings:
                                    fix="use 0 (automatic) or at least 256")
     load_top_boots: int = setting(3, "boots of the largest load-cost set (the per-MiB cost's interval rests on "
                                   "them)", "lab", minimum=1)
+    load_top_max: int = setting(6, "cap on the largest set's boots while the per-MiB cost's 95 % interval is "
+                                "wider than ±25 % (a busy host)", "lab", minimum=1)
     load_redo: int = setting(1, "per load-cost set: boots again after a boot under host load (not when the load "
                              "is persistent)", "lab", minimum=0)
     boot_check: bool = setting(True, "lab target: boot the image once after the phase", "nb")

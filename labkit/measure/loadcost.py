@@ -165,8 +165,8 @@ class PackageModel:
 
     @property
     def basis_text(self) -> str:
-        return ("QEMU CPU time per package (what the guest's work costs without other load on the host)"
-                if self.basis == "cpu_seconds" else "wall time per package (guest clock)")
+        return ("QEMU's CPU time per package (descheduling by other load left out; a shared CPU's slower "
+                "execution still in)" if self.basis == "cpu_seconds" else "wall time per package (guest clock)")
 
     def extra(self, mib: float, packages: int = 0) -> tuple[float, float, float]:
         """(estimate, low, high) of the time ``mib`` MiB more (in ``packages`` more packages) adds."""
@@ -344,9 +344,9 @@ class LoadCost:
     time_fit: LinearFit  # boot totals, least squares (cross-check; the fallback without package lines)
     ram_fit: LinearFit | None
     packages: pd.DataFrame = field(default_factory=pd.DataFrame)  # the per-package points used
-    model: PackageModel | None = None  # the headline: on QEMU CPU time when every package has it, else wall
+    model: PackageModel | None = None  # on wall time (the guest's clock): the headline
     left_out: pd.DataFrame = field(default_factory=pd.DataFrame)  # contended boots left out of the fits
-    wall_model: PackageModel | None = None  # the same fit on wall time (== model when that is on wall time)
+    cpu_model: PackageModel | None = None  # the same fit on QEMU's CPU time per package, when every package has it
 
     @property
     def used(self) -> pd.DataFrame:
@@ -404,9 +404,9 @@ class LoadCost:
                 "load_s": t, "load_s_low": tlo, "load_s_high": thi,
                 "from": how, "measured_max_mib": hi_mib, "extrapolated": bool(mib > hi_mib),
             }
-            if self.wall_model is not None and self.model is not None and self.wall_model is not self.model:
-                w, wlo, whi = self.wall_model.extra(mib)
-                row.update({"extra_load_wall_s": w, "extra_load_wall_s_low": wlo, "extra_load_wall_s_high": whi})
+            if self.cpu_model is not None:
+                w, wlo, whi = self.cpu_model.extra(mib)
+                row.update({"extra_load_cpu_s": w, "extra_load_cpu_s_low": wlo, "extra_load_cpu_s_high": whi})
             if self.ram_fit is not None:
                 r = self.ram_fit.predict(mib)[0]
                 row.update({"extra_ram_mib": self.ram_fit.slope * mib,
@@ -424,7 +424,7 @@ class LoadCost:
 
     def fits_table(self) -> pd.DataFrame:
         rows = []
-        models = [m for m in (self.model, self.wall_model) if m is not None]
+        models = [m for m in (self.model, self.cpu_model) if m is not None]
         for m in dict.fromkeys(models):
             basis = "QEMU CPU s" if m.basis == "cpu_seconds" else "wall s"
             for name, est, (lo, hi), unit, how in (
@@ -462,19 +462,19 @@ def analyse(df: pd.DataFrame, packages: pd.DataFrame | None = None, *, resamples
         rf: LinearFit | None = fit_line(used[X_METRIC], used[RAM_METRIC], x_name=X_METRIC, y_name=RAM_METRIC)
     except LoadCostError:
         rf = None
-    model = wall = None
+    model = cpu = None
     pk = pd.DataFrame()
     if packages is not None and len(packages):
         keys = set(zip(used["package_set"], used["boot"], strict=True))
         pk = packages[[k in keys for k in zip(packages["package_set"], packages["boot"], strict=True)]]
         if len(pk):
             try:
-                model = wall = fit_packages(pk, used, resamples=resamples)
+                model = fit_packages(pk, used, resamples=resamples)
                 if "cpu_seconds" in pk.columns and pk["cpu_seconds"].notna().all():
-                    model = fit_packages(pk, used, resamples=resamples, y="cpu_seconds")
+                    cpu = fit_packages(pk, used, resamples=resamples, y="cpu_seconds")
             except LoadCostError:
-                model = wall = None
-    return LoadCost(pts, tf, rf, pk.reset_index(drop=True), model, left, wall)
+                model = cpu = None
+    return LoadCost(pts, tf, rf, pk.reset_index(drop=True), model, left, cpu)
 
 
 def load_loadcost(path: Path) -> pd.DataFrame:
