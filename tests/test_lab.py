@@ -97,7 +97,7 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     """Both entries boot through OVMF → rEFInd (→ GRUB for NixOS); bundles parse; report renders."""
     # small load-cost sets (the default goes to ~384 MiB: `./run lab`), no redo: a fixed boot list
     run = run_lab(LabParams(out=tmp_path / "run", boots=2, max_boots=2, load_sets=("base", "small", "medium"),
-                            load_top_boots=1, load_redo=0), progress=None)
+                            load_top_boots=1, load_top_max=1, load_redo=0), progress=None)
     d = run.run_dir
     assert not run.failed, [b.reason for b in run.failed]
     boots = _boots(d)
