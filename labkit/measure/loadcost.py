@@ -165,8 +165,9 @@ class PackageModel:
 
     @property
     def basis_text(self) -> str:
-        return ("QEMU's CPU time per package (descheduling by other load left out; a shared CPU's slower "
-                "execution still in)" if self.basis == "cpu_seconds" else "wall time per package (guest clock)")
+        return ("QEMU's CPU time per package (equal to the wall time on a quiet host; on a busy one the time QEMU "
+                "waited for a CPU is left out, a shared CPU's slower execution is not)" if self.basis == "cpu_seconds"
+                else "wall time per package (guest clock, host load included)")
 
     def extra(self, mib: float, packages: int = 0) -> tuple[float, float, float]:
         """(estimate, low, high) of the time ``mib`` MiB more (in ``packages`` more packages) adds."""
@@ -344,9 +345,11 @@ class LoadCost:
     time_fit: LinearFit  # boot totals, least squares (cross-check; the fallback without package lines)
     ram_fit: LinearFit | None
     packages: pd.DataFrame = field(default_factory=pd.DataFrame)  # the per-package points used
-    model: PackageModel | None = None  # on wall time (the guest's clock): the headline
+    #: the headline: on QEMU's CPU time per package when every package has it (on a quiet host it equals the
+    #: wall time; on a busy one it leaves out the time QEMU waited for a CPU), else on wall time
+    model: PackageModel | None = None
     left_out: pd.DataFrame = field(default_factory=pd.DataFrame)  # contended boots left out of the fits
-    cpu_model: PackageModel | None = None  # the same fit on QEMU's CPU time per package, when every package has it
+    wall_model: PackageModel | None = None  # the same fit on wall time (the guest's clock, host load included)
 
     @property
     def used(self) -> pd.DataFrame:
@@ -377,8 +380,9 @@ class LoadCost:
         """Predicted extra load time and RAM for the seed's 200-400 MB of Firefox.
 
         ``extra_load_s`` = b · MiB from the package model (the per-MiB cost; each package Firefox adds costs
-        ``a`` more), with its bootstrap 95 % interval; without per-package points, the slope of the boot
-        totals (as before). ``extra_load_s_content_low/high``: the same MiB at the lowest and highest per-MiB
+        ``a`` more), with its 95 % interval, on QEMU's CPU time when it was marked (``basis`` says which;
+        ``extra_load_wall_s`` is the same on the guest's wall clock); without per-package points, the slope of
+        the boot totals (as before). ``extra_load_s_content_low/high``: the same MiB at the lowest and highest per-MiB
         cost of the large packages measured (content, not measurement, uncertainty). ``load_s`` is the
         boot-total fit at that installed size. ``extrapolated``: the size lies beyond the largest measured set."""
         hi_mib = self.measured_range_mib[1]
@@ -404,9 +408,9 @@ class LoadCost:
                 "load_s": t, "load_s_low": tlo, "load_s_high": thi,
                 "from": how, "measured_max_mib": hi_mib, "extrapolated": bool(mib > hi_mib),
             }
-            if self.cpu_model is not None:
-                w, wlo, whi = self.cpu_model.extra(mib)
-                row.update({"extra_load_cpu_s": w, "extra_load_cpu_s_low": wlo, "extra_load_cpu_s_high": whi})
+            if self.wall_model is not None and self.wall_model is not self.model:
+                w, wlo, whi = self.wall_model.extra(mib)
+                row.update({"extra_load_wall_s": w, "extra_load_wall_s_low": wlo, "extra_load_wall_s_high": whi})
             if self.ram_fit is not None:
                 r = self.ram_fit.predict(mib)[0]
                 row.update({"extra_ram_mib": self.ram_fit.slope * mib,
@@ -424,7 +428,7 @@ class LoadCost:
 
     def fits_table(self) -> pd.DataFrame:
         rows = []
-        models = [m for m in (self.model, self.cpu_model) if m is not None]
+        models = [m for m in (self.model, self.wall_model) if m is not None]
         for m in dict.fromkeys(models):
             basis = "QEMU CPU s" if m.basis == "cpu_seconds" else "wall s"
             for name, est, (lo, hi), unit, how in (
@@ -462,19 +466,23 @@ def analyse(df: pd.DataFrame, packages: pd.DataFrame | None = None, *, resamples
         rf: LinearFit | None = fit_line(used[X_METRIC], used[RAM_METRIC], x_name=X_METRIC, y_name=RAM_METRIC)
     except LoadCostError:
         rf = None
-    model = cpu = None
+    model = wall = None
     pk = pd.DataFrame()
     if packages is not None and len(packages):
         keys = set(zip(used["package_set"], used["boot"], strict=True))
         pk = packages[[k in keys for k in zip(packages["package_set"], packages["boot"], strict=True)]]
         if len(pk):
             try:
-                model = fit_packages(pk, used, resamples=resamples)
+                model = wall = fit_packages(pk, used, resamples=resamples)
                 if "cpu_seconds" in pk.columns and pk["cpu_seconds"].notna().all():
-                    cpu = fit_packages(pk, used, resamples=resamples, y="cpu_seconds")
+                    model = fit_packages(pk, used, resamples=resamples, y="cpu_seconds")
             except LoadCostError:
-                model = cpu = None
-    return LoadCost(pts, tf, rf, pk.reset_index(drop=True), model, left, cpu)
+                model = wall = None
+    if packages is not None and len(packages) and "cpu_seconds" in packages.columns:
+        sums = packages.groupby(["package_set", "boot"])[["cpu_seconds", "seconds"]].sum(min_count=1)
+        share = (sums["cpu_seconds"] / sums["seconds"]).rename("cpu_over_wall")
+        pts = pts.join(share, on=["package_set", "boot"])
+    return LoadCost(pts, tf, rf, pk.reset_index(drop=True), model, left, wall)
 
 
 def load_loadcost(path: Path) -> pd.DataFrame:

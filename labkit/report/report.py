@@ -473,10 +473,19 @@ def loadcost_threat(lc: LoadCost) -> str:
              else "per-boot totals only (no per-package lines in these boots)")
     left = f"; {len(lc.left_out)} boot(s) under host load left out (their set has a quiet boot)" \
         if len(lc.left_out) else ""
+    if lc.model is not None and lc.model.basis == "cpu_seconds" and "cpu_over_wall" in lc.points.columns:
+        p = lc.points.dropna(subset=["cpu_over_wall"])
+        if len(p):
+            q = p.loc[pd.to_numeric(p["host_qemu_wait"], errors="coerce").fillna(1.0).idxmin()]
+            left += (f"; QEMU's CPU time over the packages' wall time: {p['cpu_over_wall'].min():.0%}-"
+                     f"{p['cpu_over_wall'].max():.0%} across boots, {q['cpu_over_wall']:.0%} on the quietest "
+                     f"(QEMU waited for a CPU {float(q['host_qemu_wait']):.0%} of its time)")
     return (f"**Load-cost range**: the fit uses {model} over {lo:.0f}-{hi:.0f} MiB installed{left}; "
             + "; ".join(extra) + " that range. The rehearsal payloads are Debian packages repacked as gzip .apk "
-            "files (not Alpine's packages), and the per-MiB cost differs between packages (binaries, data, many "
-            "small files): the interval includes that spread.")
+            "files (not Alpine's packages). The interval is how much the per-MiB cost moved from boot to boot; the "
+            "cost also differs between packages (binaries, data, many small files), which the interval does not "
+            "include: extra_load_s_content_low/high give the Firefox case at the cheapest and dearest large "
+            "package's cost.")
 
 
 def host_load_text(ctx: ReportContext) -> str:
@@ -500,8 +509,11 @@ def host_load_text(ctx: ReportContext) -> str:
     if len(lc_busy):
         lc = loadcost_analysis(ctx)
         used = len(lc.contended_used) if lc is not None else len(lc_busy)
-        parts.append(f"{len(lc_busy)} of them are load-cost boots, {used} of which are in the load-cost fit (its "
-                     "figures include the host's load)")
+        cpu = lc is not None and lc.model is not None and lc.model.basis == "cpu_seconds"
+        parts.append(f"{len(lc_busy)} of them are load-cost boots, {used} of which are in the load-cost fit ("
+                     + ("fitted on QEMU's CPU time, which leaves out the time QEMU waited for a CPU but not a "
+                        "shared CPU's slower execution; the wall-time figures are beside it" if cpu else
+                        "its figures include the host's load") + ")")
     return "; ".join(parts) + "."
 
 
