@@ -146,8 +146,8 @@ class Settings:
     load_memory_mib: int = setting(0, "RAM of every load-cost boot in MiB (0: enough for the largest set's tmpfs "
                                    "root)", "lab", cli="--load-memory", minimum=0, check=_load_memory,
                                    fix="use 0 (automatic) or at least 256")
-    load_top_boots: int = setting(3, "boots of the largest load-cost set (the per-MiB cost's interval rests on "
-                                  "them)", "lab", minimum=1)
+    load_top_boots: int = setting(2, "boots of the largest load-cost set at least (the per-MiB cost's interval "
+                                  "rests on them; more while it is wide, up to load_top_max)", "lab", minimum=1)
     load_top_max: int = setting(6, "cap on the largest set's boots while the per-MiB cost's 95 % interval is "
                                 "wider than ±25 % (a busy host)", "lab", minimum=1)
     load_redo: int = setting(1, "per load-cost set: boots again after a boot under host load (not when the load "

@@ -380,9 +380,10 @@ def run_load_cost(
     boots: list[BootRecord],
 ) -> list[dict[str, object]]:
     """Boot the Alpine-style guest with each package set, smallest first, all with the same RAM (an
-    Alpine-only image per set; the largest set ``load_top_boots`` times); a boot taken while the host was
-    busy is kept, flagged, and booted again (``load_redo``) unless the load looks persistent. Measure the
-    host's decompression limit on the largest set's .apk files. Write loadcost.csv, loadcost_packages.csv
+    Alpine-only image per set; the largest set ``load_top_boots`` times, and again up to ``load_top_max``
+    while the per-MiB cost's 95 % interval is wider than LOAD_CI_TARGET); a boot under host load is kept,
+    flagged, and booted again (``load_redo``) unless the load looks persistent. Measure the host's
+    decompression on the largest set's .apk files. Write loadcost.csv, loadcost_packages.csv
     and decompression.json (the guest's own gzip rate from the largest set's boots, the host's as context)."""
     from labkit.rehearsal.build import alpine_payloads, resolve_world
 
