@@ -225,8 +225,11 @@ def test_password_hash_files(tmp_path: Path) -> None:
         with pytest.raises(InputError, match=msg) as exc:
             read_password_hash_file(f, "root")
         assert "hunter2" not in str(exc.value) and "x" * 43 not in str(exc.value)
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="does not exist"):
         read_password_hash_file(tmp_path / "missing", "root")
+    with pytest.raises(InputError, match="over labkit.s limit"):  # a huge file is not read whole
+        f.write_text("$6$" + "a" * 5000)
+        read_password_hash_file(f, "root")
 
 
 def test_cli_hashes_from_files_and_no_login(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -111,3 +111,22 @@ def test_refind_ext4_driver_in_both_package_layouts(tmp_path: Path) -> None:
     assert bootchain.refind_ext4_driver(None) is None
     assert bootchain.refind_binary_beside("EFI/refind/drivers_x64/ext4_x64.efi") == "EFI/refind/refind_x64.efi"
     assert bootchain.refind_binary_beside("EFI/BOOT/drivers_x64/ext4_x64.efi") == "EFI/BOOT/BOOTX64.EFI"
+
+
+def test_entry_options_round_trip(tmp_path: Path, runner: Runner) -> None:
+    """One boot's kernel command line changed in place on the ESP (the load-cost experiment's switches)."""
+    grub = tmp_path / "g.efi"
+    grub.write_bytes(b"MZ")
+    files = bootchain.esp_files([ALPINE, NIXOS], ALPINE.title, grub_efi=grub)
+    info = build_image(runner, LAB_LAYOUT, tmp_path / "lab.img", {}, files)
+    esp = info.offset(Role.ESP)
+    new = bootchain.set_entry_options(runner, info.path, esp, ALPINE.title, f"{ALPINE.cmdline} labkit.gunzip=0")
+    old = files["EFI/BOOT/refind.conf"].decode()  # type: ignore[union-attr]
+    assert f'options "{ALPINE.cmdline} labkit.gunzip=0"' in new
+    assert new.replace(" labkit.gunzip=0", "", 1) == old  # only that line changed
+    back = bootchain.set_entry_options(runner, info.path, esp, ALPINE.title, ALPINE.cmdline)
+    assert back == old
+    with pytest.raises(InputError, match="no manual stanza 'NixOS rehearsal'"):  # GRUB's stanza: no options
+        bootchain.set_entry_options(runner, info.path, esp, NIXOS.title, "x")
+    with pytest.raises(InputError, match="quote"):
+        bootchain.set_entry_options(runner, info.path, esp, ALPINE.title, 'a "b"')

@@ -254,6 +254,33 @@ def test_parse_bundle_text_errors() -> None:
         parse_bundle_text(one + one)
 
 
+def test_text_fast_path_agrees_with_the_line_reader() -> None:
+    """parse_bundle_text reads a well-formed bundle in one pass (slices of the text); any irregular text goes
+    to the line reader: both give the same bundle, and the irregular cases the same errors."""
+    from labkit.measure.bundle import _fast_bundle
+
+    sections = {**synth.alpine_sections(7.12), "empty": "", "last_empty": ""}
+    text = format_bundle("alpine-rehearsal", "rehearsal", sections)
+    fast = _fast_bundle("noise before\n" + text + "noise after\n")
+    lines = [SerialLine(float("nan"), ln) for ln in text.split("\n")[:-1]]
+    slow = extract_bundles(lines)[0]
+    assert fast is not None and fast.sections == slow.sections == sections and fast.ok
+    # irregular: each is left to the line reader, which decides as before
+    crlf = text.replace("\n", "\r\n")
+    assert _fast_bundle(crlf) is None and parse_bundle_text(crlf).sections == sections  # \r stripped per line
+    corrupt = text.replace("7.12", "7.13", 1)
+    assert _fast_bundle(corrupt) is None
+    with pytest.raises(BundleError, match="corrupt"):
+        parse_bundle_text(corrupt)
+    assert _fast_bundle(text + text) is None and _fast_bundle(text[: len(text) // 2]) is None
+    with pytest.raises(BundleError, match="truncated"):
+        parse_bundle_text(text[: len(text) // 2])
+    # a content line that starts like a marker but is not one: the line reader keeps it as content
+    content = {"rc_log": "@@SECTION x@@ said a service\nok"}
+    odd = format_bundle("alpine", "real", content)
+    assert _fast_bundle(odd) is None and parse_bundle_text(odd).sections == content
+
+
 PROBE = Path(__file__).resolve().parents[1] / "labkit" / "data" / "guest" / "probe.sh"
 
 

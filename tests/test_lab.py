@@ -96,17 +96,24 @@ def _boots(run_dir: Path) -> list[dict[str, str]]:
 @pytest.mark.timeout(3600)  # 8 boots of guests running OpenRC / systemd under TCG: ~1 min each on a loaded host
 def test_lab_end_to_end(tmp_path: Path) -> None:
     """Both entries boot through OVMF → rEFInd (→ GRUB for NixOS); bundles parse; report renders."""
-    run = run_lab(LabParams(out=tmp_path / "run", boots=2, max_boots=2), progress=None)
+    # small load-cost sets (the default goes to ~384 MiB: `./run lab`), no redo: a fixed boot list
+    run = run_lab(LabParams(out=tmp_path / "run", boots=2, max_boots=2, load_sets=("base", "small", "medium"),
+                            load_top_boots=1, load_top_max=1, load_redo=0), progress=None)
     d = run.run_dir
     assert not run.failed, [b.reason for b in run.failed]
     boots = _boots(d)
     # a warm-up round (boot 0), the measured rounds in interleaved order, then one boot of the
-    # Alpine-style guest per extra load-cost set (small, large)
+    # Alpine-style guest per load-cost set (base, small, medium), all with the same RAM
     assert [(b["os"], b["boot"], b["warmup"], b["ok"]) for b in boots] == [
         ("alpine", "0", "True", "True"), ("nixos", "0", "True", "True"),
         ("nixos", "1", "False", "True"), ("alpine", "1", "False", "True"),
         ("alpine", "2", "False", "True"), ("nixos", "2", "False", "True"),
-        ("alpine", "100", "False", "True"), ("alpine", "101", "False", "True")]
+        ("alpine", "100", "False", "True"), ("alpine", "101", "False", "True"), ("alpine", "102", "False", "True")]
+    assert len({b["memory_mib"] for b in boots[6:]}) == 1
+    # every boot records the host's load meanwhile (labkit.measure.hostload)
+    for b in boots:
+        assert float(b["host_other_cpu"]) == float(b["host_other_cpu"]) and b["host_contended"] in ("True", "False")
+        assert float(b["host_qemu_cpu"]) > 0
     # the real boot chain was walked: rEFInd for both, GRUB only for NixOS
     alpine_log = (d / "serial" / "alpine-0.log").read_text(encoding="utf-8")
     nixos_log = (d / "serial" / "nixos-0.log").read_text(encoding="utf-8")
@@ -153,13 +160,23 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     # load cost: >= 3 package sets, a fit with its CI, the Firefox prediction, the host's limit
     with open(d / "loadcost.csv") as fh:
         lc = list(csv.DictReader(fh))
-    assert {r["package_set"] for r in lc} == {"small", "medium", "large"}
+    assert {r["package_set"] for r in lc} == {"base", "small", "medium"}
+    with open(d / "loadcost_packages.csv") as fh:
+        pk = list(csv.DictReader(fh))
+    # one point per package per boot, timed from the guest's (i/n) Installing kmsg lines
+    assert {r["boot"] for r in pk} == {"100", "101", "102"} and {r["source"] for r in pk} == {"kmsg"}
+    assert all(float(r["seconds"]) > 0 for r in pk)
     with open(d / "tables" / "loadcost_fits.csv") as fh:
-        fit = next(csv.DictReader(fh))
-    assert fit["y"] == "alpine_package_load_s" and float(fit["slope_ci_low"]) < float(fit["slope"])
-    assert (d / "tables" / "loadcost_firefox.csv").is_file() and (d / "tables" / "summary_wide.csv").is_file()
+        fits = {r["term"]: r for r in csv.DictReader(fh) if r["fit"].startswith("package model")}
+    b = fits["b: per MiB installed"]
+    assert float(b["ci_low"]) <= float(b["estimate"]) <= float(b["ci_high"])
+    with open(d / "tables" / "loadcost_firefox.csv") as fh:
+        ff = list(csv.DictReader(fh))
+    assert [r["extrapolated"] for r in ff] == ["True", "True"]  # these small sets stop far below Firefox
+    assert (d / "tables" / "summary_wide.csv").is_file()
     dec = json.loads((d / "decompression.json").read_text())
-    assert dec["gzip_mib_s"] > 0 and dec["package_set"] == "large"
+    assert dec["gzip_mib_s"] > 0 and dec["package_set"] == "medium"
+    assert dec["guest_gzip_mib_s"] > 0 and 0 < dec["load_fraction_of_guest_gzip"]
     # environment: accelerator and what was tried, image hash, guest kernel
     env = json.loads((d / "environment.json").read_text())
     assert env["extra"]["accel"] == run.accel

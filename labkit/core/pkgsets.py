@@ -42,6 +42,10 @@ _SMALL = (  # ~6 MiB installed: partitioning + filesystem tools
 )
 _MEDIUM = (*_SMALL, "cpio", "zstd", "libzstd1", "refind", "ovmf")  # ~29 MiB
 _LARGE = (*_MEDIUM, "grub-efi-amd64-bin", "shellcheck", "libgmp10", "libffi8")  # ~66 MiB
+#: ~384 MiB: the load-cost experiment reaches past the post's Firefox case (200-400 MB = 191-381 MiB). Chromium
+#: and util-linux are installed by ./run's APT_PACKAGES; chromium is one 283 MiB package, like Firefox's own large
+#: libxul and omni.ja.
+_XLARGE = (*_MEDIUM, "util-linux", "chromium-common", "chromium")
 _DESKTOP = ("window manager", "file manager", "mail client", "light browser")
 
 
@@ -75,6 +79,9 @@ SETS: dict[str, PackageSet] = {s.name: s for s in (
     PackageSet("small", ("light browser",), _SMALL, "Dillo on X"),
     PackageSet("medium", _DESKTOP, _MEDIUM, "the post's desktop: IceWM, PCManFM, Sylpheed, Dillo"),
     PackageSet("large", (*_DESKTOP, "browser"), _LARGE, "the desktop and Firefox (the post's too-heavy case)"),
+    PackageSet("xlarge", (*_DESKTOP, "browser"), _XLARGE,
+               "the desktop and Firefox, with a rehearsal payload the size of Firefox's 200-400 MB (chromium): the "
+               "far end of the load-cost experiment"),
 )}
 #: Other names of the same sets.
 ALIASES: dict[str, str] = {"default": "medium", "desktop": "medium", "dillo": "small", "sylpheed": "medium",

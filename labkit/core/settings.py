@@ -90,6 +90,10 @@ def _media(v: str) -> str | None:
         f"{v!r} is not a kernel partition name (like sda4, nvme0n1p4, vda4)"
 
 
+def _load_memory(v: int) -> str | None:
+    return None if v == 0 or v >= 256 else f"{v} MiB is too little for a guest"
+
+
 # Scopes: "lab" (labkit lab), "install" (labkit install), "boot" (labkit boot), "nb" (the notebooks).
 @dataclass(frozen=True)
 class Settings:
@@ -136,10 +140,20 @@ class Settings:
                                      "boot", choices=ACCELS)
     report: bool = setting(True, "render the HTML report", "lab")
     keep_image: bool = setting(False, "keep work/disk.img after the run", "lab")
-    load_cost: bool = setting(True, "boot the Alpine-style guest once per extra package set and fit the load cost",
-                              "nb", "lab")
-    load_sets: tuple[str, ...] = setting(("small", "medium", "large"), "package sets of the load-cost experiment",
-                                         "nb", "lab", choices=PACKAGE_SET_NAMES)
+    load_cost: bool = setting(True, "boot the Alpine-style guest with each load-cost package set and fit the load "
+                              "cost", "nb", "lab")
+    load_sets: tuple[str, ...] = setting(("base", "medium", "xlarge"), "package sets of the load-cost experiment "
+                                         "(the base system to the post's Firefox case)", "nb", "lab",
+                                         choices=PACKAGE_SET_NAMES)
+    load_memory_mib: int = setting(0, "RAM of every load-cost boot in MiB (0: enough for the largest set's tmpfs "
+                                   "root)", "lab", cli="--load-memory", minimum=0, check=_load_memory,
+                                   fix="use 0 (automatic) or at least 256")
+    load_top_boots: int = setting(2, "boots of the largest load-cost set at least (the per-MiB cost's interval "
+                                  "rests on them; more while it is wide, up to load_top_max)", "lab", minimum=1)
+    load_top_max: int = setting(6, "cap on the largest set's boots while the per-MiB cost's 95 % interval is "
+                                "wider than ±25 % (a busy host)", "lab", minimum=1)
+    load_redo: int = setting(1, "per load-cost set: boots again after a boot under host load (not when the load "
+                             "is persistent)", "lab", minimum=0)
     boot_check: bool = setting(True, "lab target: boot the image once after the phase", "nb")
     # -- the benchmark matrix (labkit matrix; 05_benchmark) --------------------------------------------------
     grid: dict[str, str] = setting({}, "a benchmark matrix: lab setting -> its values, e.g. {'memory_mib': "
@@ -209,10 +223,10 @@ class Settings:
                 option = meta(name).cli or "--" + name.replace("_", "-")
                 raise InputError(f"{name} ({option}) {value} does not exist",
                                  f"give the path of an existing file to {option}")
-        sizes = {tuple(rehearsal_payloads(s)) for s in (*self.load_sets, self.package_set)}
+        sizes = {tuple(rehearsal_payloads(s)) for s in self.load_sets}
         if self.load_cost and "alpine" in self.systems and not self.alpine_iso and len(sizes) < 3:
             raise InputError(f"the load-cost fit needs at least 3 different package sets (have {len(sizes)})",
-                             "use e.g. --load-sets small,medium,large, or --no-load-cost")
+                             "use e.g. --load-sets base,medium,xlarge, or --no-load-cost")
 
     # -- derived -----------------------------------------------------------------------------------------
     @property

@@ -7,13 +7,14 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.lab import qemu
 from labkit.measure.bundle import Bundle, extract_bundles
+from labkit.measure.hostload import HostLoad
 from labkit.measure.metrics import measure_bundle, missing_json
 from labkit.measure.results import ResultRow, rows_from_bundle
 from labkit.rehearsal import GuestBuild
@@ -44,6 +45,22 @@ class BootRecord:
     bundle: str | None
     #: the metrics that apply to this system but have no value in the bundle: JSON {metric: reason}
     missing: str = ""
+    memory_mib: int = 0  # the guest's RAM (0: not recorded)
+    # the host's load meanwhile (labkit.measure.hostload; NaN when unknown)
+    host_other_cpu: float = float("nan")  # cores used by other processes
+    host_steal: float = float("nan")  # cores stolen by the hypervisor
+    host_qemu_cpu: float = float("nan")  # cores used by QEMU
+    host_qemu_wait: float = float("nan")  # share of the wall time QEMU's threads waited for a CPU
+    host_cpu_pressure: float = float("nan")  # PSI cpu "some" share of the wall time
+    host_contended: bool = False
+    host_reason: str = ""
+
+    @property
+    def host_load_text(self) -> str:
+        """E.g. ``other processes 1.02 CPUs, QEMU waited 8 % of the time``."""
+        wait = "" if self.host_qemu_wait != self.host_qemu_wait else \
+            f", QEMU waited for a CPU {self.host_qemu_wait:.0%} of the time"
+        return f"other processes {self.host_other_cpu:.2f} CPUs{wait}"
 
 
 @dataclass(frozen=True)
@@ -135,13 +152,24 @@ def run_boot(
                     reason = f"bundle complete, but the boot did not end cleanly: {res.reason}"
                 elif res.stopped:
                     reason = "bundle complete (QEMU stopped at its END line)"
+        load = res.host_load
         runner.note(
             f"{os_name} #{index}: {'ok' if ok else 'FAILED'} in {res.wall_s:.1f} s"
             + ("" if ok else f" — {reason}")
+            + (f" [host load: {load.describe()}]" if load is not None and load.contended else "")
         )
     rec = BootRecord(os_name, index, warmup, ok, reason, round(res.wall_s, 3), accel, res.timed_out,
-                     serial_rel, bundle_rel, missing)
-    return rec, rows
+                     serial_rel, bundle_rel, missing, memory_mib)
+    return with_host_load(rec, res.host_load), rows
+
+
+def with_host_load(rec: BootRecord, load: HostLoad | None) -> BootRecord:
+    """``rec`` with the host-load columns of ``load`` (unchanged when the load is unknown)."""
+    if load is None:
+        return rec
+    return replace(rec, host_other_cpu=load.other_cpu, host_steal=load.steal, host_qemu_cpu=load.qemu_cpu,
+                   host_qemu_wait=load.qemu_wait, host_cpu_pressure=load.cpu_pressure,
+                   host_contended=load.contended, host_reason=load.reason)
 
 
 def write_boots_csv(boots: Sequence[BootRecord], path: Path) -> None:

@@ -20,7 +20,8 @@ from typing import TextIO
 
 from labkit.core.console import SerialDecoder, SerialLine, format_line
 from labkit.core.errors import LabkitError
-from labkit.core.runner import Mode, Runner, stop_group
+from labkit.core.runner import Mode, Runner, atomic_write_text, stop_group
+from labkit.measure.hostload import HostLoad, HostLoadSampler
 
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -51,6 +52,8 @@ class BootResult:
     reason: str
     stderr: str = ""
     stopped: bool = False  # stop_on matched and labkit ended the run
+    host_load: HostLoad | None = None  # what else the host ran meanwhile (labkit.measure.hostload)
+    cpu_marks: tuple[tuple[float, float], ...] = ()  # (t as in lines, QEMU's CPU seconds so far) per serial chunk
 
     @property
     def failed_to_start(self) -> bool:
@@ -121,19 +124,24 @@ def boot(
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(vars_template, vars_file)  # fresh NVRAM every boot
     log = open(serial_log, "w", encoding="utf-8") if serial_log is not None else None
+    sampler = HostLoadSampler()
     with runner.spawn(argv) as spawned:
         spawned.record = False  # recorded below, with the outcome
         proc = spawned.proc
         assert proc is not None
         start = spawned.start
+        sampler.attach(proc.pid)
         try:
-            lines, err, outcome = _pump(proc, start, timeout_s, stop_on, log)
+            lines, err, outcome = _pump(proc, start, timeout_s, stop_on, log, sampler)
         finally:
             if proc.poll() is None:
                 stop_group(proc)
             if log is not None:
                 log.close()
     wall = time.monotonic() - start
+    load = sampler.finish(qemu_reaped=proc.returncode is not None)
+    if serial_log is not None and sampler.cpu_marks:
+        write_cpu_marks(cpu_marks_path(serial_log), sampler.cpu_marks)
     rc = proc.returncode
     timed_out = outcome == "timeout"
     stopped = outcome == "stop_on"
@@ -148,8 +156,31 @@ def boot(
         reason = "guest powered off" if ok else f"qemu exited {rc}: {_last(err)}"
     runner.record_external(argv, rc=rc, duration_s=wall, accel=accel, timed_out=timed_out, ok=ok,
                            reason=reason, serial_lines=len(lines),
-                           serial_log=str(serial_log) if serial_log else None, stderr_tail=err[-2000:])
-    return BootResult(ok, timed_out, rc, accel, wall, lines, serial_log, argv, reason, err, stopped)
+                           serial_log=str(serial_log) if serial_log else None, stderr_tail=err[-2000:],
+                           host_load=load.record())
+    return BootResult(ok, timed_out, rc, accel, wall, lines, serial_log, argv, reason, err, stopped, load,
+                      tuple(sampler.cpu_marks))
+
+
+def cpu_marks_path(serial_log: Path) -> Path:
+    """``serial/<os>-<n>.log`` → ``serial/<os>-<n>.qemu-cpu.tsv``: QEMU's CPU seconds as the serial lines came."""
+    return serial_log.with_name(serial_log.stem + ".qemu-cpu.tsv")
+
+
+def write_cpu_marks(path: Path, marks: Sequence[tuple[float, float]]) -> None:
+    """One ``<t, 6 decimals, as in the serial log>\t<QEMU CPU seconds>`` line per serial chunk."""
+    atomic_write_text(path, "".join(f"{t:.6f}\t{c:.2f}\n" for t, c in marks))
+
+
+def read_cpu_marks(path: Path) -> list[tuple[float, float]]:
+    """The marks :func:`write_cpu_marks` wrote ([] when the file is missing)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="ascii").splitlines():
+        t, _, c = line.partition("\t")
+        out.append((float(t), float(c)))
+    return out
 
 
 def _pump(
@@ -158,8 +189,10 @@ def _pump(
     timeout_s: float,
     stop_on: Callable[[str], bool] | None,
     log: TextIO | None,
+    sampler: HostLoadSampler | None = None,
 ) -> tuple[list[SerialLine], str, str]:
-    """Read stdout (serial) and stderr until exit, timeout, a fatal message or stop_on."""
+    """Read stdout (serial) and stderr until exit, timeout, a fatal message or stop_on (sampling the
+    host's load meanwhile)."""
     assert proc.stdout is not None and proc.stderr is not None
     dec = SerialDecoder()
     lines: list[SerialLine] = []
@@ -168,6 +201,8 @@ def _pump(
     deadline = start + timeout_s
 
     def emit(texts: list[str], now: float) -> bool:
+        if texts and sampler is not None:
+            sampler.mark(now - start)
         for text in texts:
             line = SerialLine(now - start, text)
             lines.append(line)
@@ -179,6 +214,8 @@ def _pump(
         return False
 
     while open_fds:
+        if sampler is not None:
+            sampler.poll()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             emit(dec.flush(), time.monotonic())

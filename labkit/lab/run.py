@@ -8,14 +8,16 @@ One call, :func:`run_lab`, does the whole main job. Its output directory holds::
     serial/<os>-<n>.log   serial console, one "<host seconds since QEMU start>\\t<line>" per line
     bundles/<os>-<n>.txt  the raw probe bundle of each boot
     results.csv           one row per run/os/boot/metric (value, unit, source)
-    loadcost.csv          the load-cost boots (Alpine-style guest per package set): rows + package_set
-    decompression.json    the host's gzip/zstd decompression limit on the same .apk payloads
+    loadcost.csv          the load-cost boots (Alpine-style guest per package set): rows + package_set + host load
+    loadcost_packages.csv the load-cost boots' per-package points (installed size, seconds)
+    decompression.json    the guest's own gzip rate on the largest set's .apk files, and the host's gzip/zstd
     report.ipynb / .html  the executed report notebook and its HTML export
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -39,13 +41,14 @@ from labkit.lab.boot import (
     write_boots_csv,
 )
 from labkit.measure.environment import capture_environment, write_environment
-from labkit.measure.loadcost import LOADCOST_FILE, decompression_throughput, write_loadcost_csv
+from labkit.measure.loadcost import LOADCOST_FILE, PACKAGES_FILE, decompression_throughput, write_loadcost_csv
 from labkit.measure.results import ResultRow, write_results_csv
-from labkit.measure.stats import ADAPTIVE_METRIC, needs_more_boots
+from labkit.measure.stats import ADAPTIVE_METRIC, more_boots_reason
 from labkit.phases.alpine_media import AlpineMedia
 from labkit.phases.install import InstallOptions, run_install
 from labkit.rehearsal import GuestBuild
 from labkit.rehearsal.kernel import default_cache_dir
+from labkit.systems import bootchain
 from labkit.targets.image import ImageInfo, ImageTarget
 
 if TYPE_CHECKING:
@@ -177,12 +180,11 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
                 rows.extend(brows)
                 write_boots_csv(boots, run_dir / "boots.csv")  # progress survives an interrupted run
             order = []
-            samples = {s: [r.value for r in rows if r.os.startswith(s) and r.metric == ADAPTIVE_METRIC and not r.warmup]
-                       for s in params.systems}
-            if needs_more_boots(samples, done=done, cap=params.boot_cap, threshold=params.spread_threshold,
-                                minimum=params.boots):
-                runner.note(f"adaptive: relative spread of {ADAPTIVE_METRIC} above {params.spread_threshold:.0%}: "
-                            f"one more round ({done + 1}/{params.boot_cap})")
+            samples, contended = adaptive_samples(rows, boots, params.systems)
+            why = more_boots_reason(samples, done=done, cap=params.boot_cap, threshold=params.spread_threshold,
+                                    minimum=params.boots, contended=contended)
+            if why is not None:
+                runner.note(f"adaptive ({ADAPTIVE_METRIC}): {why}: one more round ({done + 1}/{params.boot_cap})")
                 first = params.warmup + done
                 seq = list(params.systems) if first % 2 == 0 else list(reversed(params.systems))
                 order = [(s, first, False) for s in seq]
@@ -193,7 +195,7 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
                         "Alpine partition comes from --alpine-iso")
         elif params.load_cost and "alpine" in params.systems:
             with runner.step("load-cost experiment (Alpine-style guest per package set)"):
-                loadcost_rows = run_load_cost(runner, params, rows, run_id=run_id, run_dir=run_dir,
+                loadcost_rows = run_load_cost(runner, params, run_id=run_id, run_dir=run_dir,
                                               accel=accel_choice.accel, boots=boots)
             write_boots_csv(boots, run_dir / "boots.csv")
     finally:
@@ -221,7 +223,7 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
                 if lab else None
             ),
             "qemu_argv_example": None,
-            "load_cost": {"sets": sorted(set(params.load_sets) | {params.world}), "rows": len(loadcost_rows)}
+            "load_cost": {"sets": list(dict.fromkeys(params.load_sets)), "rows": len(loadcost_rows)}
             if params.load_cost and "alpine" in params.systems and not params.alpine_iso else None,
             "boots_ok": sum(b.ok for b in boots),
             "boots_failed": sum(not b.ok for b in boots),
@@ -251,6 +253,21 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
     atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "ok": not [b for b in boots if not b.ok]}))
     return LabRun(run_id, run_dir, tuple(boots), tuple(rows), accel_choice.accel if accel_choice else "?",
                   report, lab.image if lab else None, tuple(loadcost_rows))
+
+
+def adaptive_samples(rows: Sequence[ResultRow], boots: Sequence[BootRecord], systems: Sequence[str]
+                     ) -> tuple[dict[str, list[float]], dict[str, list[bool]]]:
+    """Per system, the measured boots' ADAPTIVE_METRIC values in boot order, and whether each boot ran
+    under host contention."""
+    flag = {(b.os, b.boot): b.host_contended for b in boots}
+    samples: dict[str, list[float]] = {}
+    contended: dict[str, list[bool]] = {}
+    for s in systems:
+        got = sorted((r.boot, r.value) for r in rows
+                     if r.os.startswith(s) and r.metric == ADAPTIVE_METRIC and not r.warmup)
+        samples[s] = [v for _, v in got]
+        contended[s] = [flag.get((s, b), False) for b, _ in got]
+    return samples, contended
 
 
 def nixos_install_params(params: LabParams) -> InstallParams:
@@ -292,33 +309,102 @@ def _guest_kind(lab: LabImage | None) -> str:
 
 
 # -- the load-cost experiment -----------------------------------------------------------------------
-def _loadcost_dicts(rows: Sequence[ResultRow], package_set: str) -> list[dict[str, object]]:
-    return [{**asdict(r), "package_set": package_set} for r in rows if r.os.startswith("alpine")]
+def _loadcost_dicts(rows: Sequence[ResultRow], package_set: str, rec: BootRecord) -> list[dict[str, object]]:
+    host = {"host_contended": rec.host_contended, "host_other_cpu": rec.host_other_cpu,
+            "host_qemu_wait": rec.host_qemu_wait}
+    return [{**asdict(r), "package_set": package_set, **host} for r in rows if r.os.startswith("alpine")]
+
+
+def _package_dicts(run_dir: Path, rec: BootRecord, package_set: str, run_id: str) -> list[dict[str, object]]:
+    """The boot's per-package points, read back from its saved bundle and serial log."""
+    if not rec.ok or rec.bundle is None:
+        return []
+    from labkit.core.console import read_serial_log
+    from labkit.measure.bundle import parse_bundle_text
+    from labkit.measure.loadcost import package_rows
+
+    bundle = parse_bundle_text((run_dir / rec.bundle).read_text(encoding="utf-8"))
+    serial = read_serial_log(run_dir / rec.serial_log)
+    marks = qemu.read_cpu_marks(qemu.cpu_marks_path(run_dir / rec.serial_log))
+    return [{"run_id": run_id, "package_set": package_set, "boot": rec.boot, "host_contended": rec.host_contended,
+             **p} for p in package_rows(bundle, serial, marks)]
+
+
+#: The largest set is booted again while the per-MiB cost's 95 % interval is wider than this share of it.
+LOAD_CI_TARGET = 0.25
+
+
+def per_mib_ci_width(rows: Sequence[dict[str, object]], packages: Sequence[dict[str, object]]) -> float | None:
+    """Half the width of b's 95 % interval over b, as the report will compute it (None: no fit yet)."""
+    import pandas as pd
+
+    from labkit.measure.loadcost import LoadCostError, analyse
+
+    try:
+        lc = analyse(pd.DataFrame(list(rows)), pd.DataFrame(list(packages)), resamples=400)
+    except (LoadCostError, KeyError):
+        return None
+    m = lc.model
+    if m is None or not m.b > 0 or not all(math.isfinite(v) for v in m.b_ci):
+        return None
+    return (m.b_ci[1] - m.b_ci[0]) / 2.0 / m.b
+
+
+#: Kernel command-line switch of the probe: no guest gzip measurement (labkit/data/guest/probe.sh).
+NO_GUNZIP = "labkit.gunzip=0"
+#: Extra boot time allowed per MiB of the largest load-cost set (see run_load_cost).
+LOAD_TIMEOUT_S_PER_MIB = 1.5
+
+
+def persistent_load(flags: Sequence[bool], patience: int = 2) -> bool:
+    """The host has been busy for the last ``patience`` boots: booting again will not find it quiet."""
+    return len(flags) >= patience and all(flags[-patience:])
+
+
+def load_memory_mib(params: LabParams, installed_mib: float) -> int:
+    """RAM of the load-cost boots: the parameter, or enough for the largest set in the tmpfs root (which
+    gets half the RAM, as on Alpine) with room to spare, in steps of 256 MiB; never less than the main run's."""
+    if params.load_memory_mib:
+        return params.load_memory_mib
+    need = 2.0 * installed_mib * 1.15 + 256
+    return max(params.memory_mib, math.ceil(need / 256.0) * 256)
 
 
 def run_load_cost(
     runner: Runner,
     params: LabParams,
-    main_rows: Sequence[ResultRow],
     *,
     run_id: str,
     run_dir: Path,
     accel: str,
     boots: list[BootRecord],
 ) -> list[dict[str, object]]:
-    """Boot the Alpine-style guest once per extra package set (only its partition's content changes;
-    an Alpine-only image is rebuilt per set), reuse the main run's boots for ``params.world``, measure
-    the host's decompression limit on the largest set's .apk files; write loadcost.csv and
-    decompression.json."""
-    # the main world under the name of the first load set with the same packages ("default" is "medium")
-    main = rehearsal_payloads(params.world)
-    world = next((s for s in params.load_sets if rehearsal_payloads(s) == main), params.world)
-    out = _loadcost_dicts([r for r in main_rows if not r.warmup], world)
-    sets = sorted((s for s in dict.fromkeys(params.load_sets) if rehearsal_payloads(s) != main),
-                  key=lambda s: len(rehearsal_payloads(s)))
-    largest = max(set(params.load_sets) | {params.world}, key=lambda s: len(rehearsal_payloads(s)))
-    throughput: dict[str, object] | None = None
-    for k, name in enumerate(sets):
+    """Boot the Alpine-style guest with each package set, smallest first, all with the same RAM (an
+    Alpine-only image per set; the largest set ``load_top_boots`` times, and again up to ``load_top_max``
+    while the per-MiB cost's 95 % interval is wider than LOAD_CI_TARGET); a boot under host load is kept,
+    flagged, and booted again (``load_redo``) unless the load looks persistent. Measure the host's
+    decompression on the largest set's .apk files. Write loadcost.csv, loadcost_packages.csv
+    and decompression.json (the guest's own gzip rate from the largest set's boots, the host's as context)."""
+    from labkit.rehearsal.build import alpine_payloads, resolve_world
+
+    by_content: dict[tuple[str, ...], str] = {}
+    for s in params.load_sets:
+        by_content.setdefault(tuple(rehearsal_payloads(s)), s)
+    sets = sorted(by_content.values(), key=lambda s: len(rehearsal_payloads(s)))
+    largest = sets[-1]
+    top_mib = sum(p.installed_size for p in alpine_payloads(runner, resolve_world(largest))) / 1024**2
+    memory = load_memory_mib(params, top_mib)
+    # the load and the guest's gzip run take ~0.1 s/MiB each on a quiet host under TCG, several times more on
+    # a busy one: a hard limit that grows with the set, so only a hung boot reaches it
+    timeout = params.boot_timeout_s + LOAD_TIMEOUT_S_PER_MIB * top_mib
+    runner.note(f"load cost: sets {', '.join(sets)}; every boot with {memory} MiB of RAM (the largest set, "
+                f"{largest}, installs {top_mib:.0f} MiB into the tmpfs root); timeout {timeout:.0f} s")
+    out: list[dict[str, object]] = []
+    packages: list[dict[str, object]] = []
+    flags = [b.host_contended for b in boots]
+    throughput: dict[str, object] = {}
+    index = 100  # boots of the load-cost images are numbered apart from the main run's
+    for name in sets:
         work = run_dir / "work" / f"loadcost-{name}"
         work.mkdir(parents=True, exist_ok=True)
         with runner.step(f"image with package set {name!r}"):
@@ -328,24 +414,95 @@ def run_load_cost(
                 apks = sorted((work / "stage" / "alpine" / "apks").rglob("*.apk"))
                 throughput = decompression_throughput(runner, apks, work / "decomp").record()
                 shutil.rmtree(work / "stage", ignore_errors=True)
-        index = 100 + k  # boots of the load-cost images are numbered apart from the main run's
-        rec, brows = run_boot(runner, lab, "alpine", index, False, run_id=run_id, run_dir=run_dir, accel=accel,
-                              memory_mib=params.memory_mib, timeout_s=params.boot_timeout_s)
-        boots.append(rec)
-        out += _loadcost_dicts(brows, name)
+        wanted = params.load_top_boots if name == largest else 1
+        good = redone = 0
+        gz_done = False
+        base_cmdline = lab.guests["alpine"].entry.cmdline
+        while True:
+            if good >= wanted:
+                # adaptive: more boots of the largest set while the per-MiB cost's interval is too wide (a host
+                # whose load comes and goes moves it from boot to boot), up to load_top_max
+                width = per_mib_ci_width(out, packages) if name == largest and good < params.load_top_max else None
+                if width is None or width <= LOAD_CI_TARGET:
+                    break
+                runner.note(f"load cost: the per-MiB cost's 95 % interval is ±{width:.0%} (> ±{LOAD_CI_TARGET:.0%}): "
+                            f"one more {name} boot ({good + 1}/{params.load_top_max})")
+            # the guest's gzip rate is measured until one boot of the set measured it on a quiet host (or the
+            # load is persistent); the other replicates skip it (it costs ~0.05 s per MiB under TCG)
+            bootchain.set_entry_options(runner, lab.image.path, lab.esp_offset, lab.titles["alpine"],
+                                        f"{base_cmdline} {NO_GUNZIP}" if gz_done else base_cmdline, work=work)
+            rec, brows = run_boot(runner, lab, "alpine", index, False, run_id=run_id, run_dir=run_dir, accel=accel,
+                                  memory_mib=memory, timeout_s=timeout)
+            index += 1
+            boots.append(rec)
+            write_boots_csv(boots, run_dir / "boots.csv")
+            flags.append(rec.host_contended)
+            out += _loadcost_dicts(brows, name, rec)
+            packages += _package_dicts(run_dir, rec, name, run_id)
+            gz_done = gz_done or (rec.ok and (not rec.host_contended or persistent_load(flags)))
+            if rec.ok and rec.host_contended and redone < params.load_redo and not persistent_load(flags):
+                redone += 1
+                runner.note(f"load cost: {name} boot #{rec.boot} ran under host load ({rec.host_reason}): "
+                            "booting it again")
+                continue
+            good += 1
         lab.image.path.unlink(missing_ok=True)
-    if throughput is None:  # the largest set is the main world: measure on the same payloads, staged alone
-        work = run_dir / "work" / "loadcost-host"
-        from labkit.rehearsal.build import alpine_payloads, resolve_world
-        from labkit.rehearsal.payloads import write_alpine_repo
-
-        write_alpine_repo(alpine_payloads(runner, resolve_world(largest)), work / "repo")
-        throughput = decompression_throughput(runner, sorted((work / "repo" / "apks").rglob("*.apk")),
-                                              work / "decomp").record()
-        shutil.rmtree(work, ignore_errors=True)
     throughput["package_set"] = largest
-    atomic_write_text(run_dir / "decompression.json", json.dumps(throughput, indent=2) + "\n")
     write_loadcost_csv(out, run_dir / LOADCOST_FILE)
+    write_loadcost_csv(packages, run_dir / PACKAGES_FILE)
+    throughput.update(guest_decompression(run_dir, [b for b in boots if b.boot >= 100], largest, out, packages))
+    atomic_write_text(run_dir / "decompression.json", json.dumps(throughput, indent=2) + "\n")
+    return out
+
+
+def guest_decompression(run_dir: Path, load_boots: Sequence[BootRecord], largest: str,
+                        rows: Sequence[dict[str, object]], packages: Sequence[dict[str, object]]
+                        ) -> dict[str, object]:
+    """The guest's gzip rate on the largest set's .apk files (median over its boots that measured it on a
+    quiet host, or over all that measured it), and the load rate as a fraction of it: in the same boot, the
+    seconds ``gzip -dc`` took over the seconds the whole package load took, both on the guest's clock, for
+    the same packages (= the load's MiB/s over gzip's)."""
+    import numpy as np
+    import pandas as pd
+
+    from labkit.measure.bundle import parse_bundle_text
+    from labkit.measure.loadcost import LoadCostError, analyse, guest_gunzip
+
+    set_of = {int(str(r["boot"])): str(r["package_set"]) for r in rows}
+
+    def value(boot: int, metric: str) -> float:
+        return next((float(str(r["value"])) for r in rows if r["boot"] == boot and r["metric"] == metric),
+                    float("nan"))
+
+    measured = []
+    for b in load_boots:
+        if not (b.ok and b.bundle and set_of.get(b.boot) == largest):
+            continue
+        gz = guest_gunzip(parse_bundle_text((run_dir / str(b.bundle)).read_text(encoding="utf-8")))
+        if gz is not None and gz.status == 0 and gz.seconds > 0:
+            measured.append((b, gz, value(b.boot, "installed_size_mib"), value(b.boot, "alpine_package_load_s")))
+    quiet = [m for m in measured if not m[0].host_contended]
+    use = quiet or measured
+    out: dict[str, object] = {"guest_boots": [m[0].boot for m in use], "guest_contended": bool(use and not quiet)}
+    if not use:
+        return out
+    out.update({
+        "guest_gzip_mib_s": float(np.median([g.mib_s for _, g, _, _ in use])),
+        "guest_gzip_installed_mib_s": float(np.median([i / g.seconds for _, g, i, _ in use])),
+        "guest_gzip_s": float(np.median([g.seconds for _, g, _, _ in use])),
+        "guest_files": use[0][1].files,
+        "guest_compressed_bytes": use[0][1].compressed_bytes,
+        "guest_uncompressed_bytes": use[0][1].uncompressed_bytes,
+        "guest_tool": "busybox gzip -dc > /dev/null, timed by /proc/uptime in the guest, after the probe",
+        "load_s": float(np.median([t for _, _, _, t in use])),
+        "load_fraction_of_guest_gzip": float(np.median([g.seconds / t for _, g, _, t in use])),
+    })
+    try:
+        lc = analyse(pd.DataFrame(list(rows)), pd.DataFrame(list(packages)), resamples=200)
+    except LoadCostError:
+        return out
+    out["load_rate_mib_s"] = lc.rate_mib_s  # marginal, 1 / b (the model's basis: see load_rate_basis)
+    out["load_rate_basis"] = lc.model.basis if lc.model is not None else "boot totals"
     return out
 
 
@@ -368,9 +525,12 @@ def lab_plan(params: LabParams) -> list[str]:
              f"adaptive: up to {params.boot_cap} boots per system while MAD/median of {ADAPTIVE_METRIC} > "
              f"{params.spread_threshold:.0%}"]
     if params.load_cost and "alpine" in params.systems and not params.alpine_iso:
-        main = rehearsal_payloads(params.world)
-        extra = [s for s in dict.fromkeys(params.load_sets) if rehearsal_payloads(s) != main]
-        lines.append(f"load cost: reuse the {params.world!r} boots; one Alpine-only image and boot per set "
-                     f"{', '.join(extra) or '(none)'}; host gzip/zstd decompression limit on the largest set")
+        sets = sorted(dict.fromkeys(params.load_sets), key=lambda s: len(rehearsal_payloads(s)))
+        mem = f"{params.load_memory_mib} MiB" if params.load_memory_mib else "RAM for the largest set's tmpfs root"
+        lines.append(f"load cost: one Alpine-only image per set {', '.join(sets)}, booted once ({sets[-1]}: "
+                     f"{params.load_top_boots} times, up to {params.load_top_max} while the per-MiB cost's 95 % "
+                     f"interval is wider than ±{LOAD_CI_TARGET:.0%}), all with {mem}; a boot under host load is booted "
+                     f"again (up to {params.load_redo} per set); per-package timing; the guest's gzip -dc rate after "
+                     "the probe; the host's gzip/zstd on the largest set as context")
     lines.append("report: results.csv, loadcost.csv, tables/*.csv, report.html" if params.report else "no report")
     return lines

@@ -254,8 +254,72 @@ def extract_bundles(lines: Sequence[TimedLine], *, strict: bool = True) -> list[
     return bundles
 
 
+_BEGIN_MARK = "@@LABKIT-BUNDLE-BEGIN "
+_END_MARK = "@@LABKIT-BUNDLE-END "
+_SECTION_MARK = "@@SECTION "
+_NL_SECTION_MARK = "\n" + _SECTION_MARK
+#: _SECTION_RE without anchors, for fullmatch(text, pos, endpos) ('^' only matches at a string's real start)
+_SECTION_LINE_RE = re.compile(r"@@SECTION (?P<name>[A-Za-z0-9_.-]+)@@")
+#: Text hashed per call in the fast path (md5 over slices: no second copy of a large body in memory).
+_HASH_CHUNK = 1 << 20
+
+
+def _fast_bundle(text: str) -> Bundle | None:
+    """One well-formed bundle read straight from ``text`` — slices of it, one md5 pass, no per-line objects —
+    or None when anything is irregular (no or several bundles, ``\r``, a body md5 that does not match at
+    first sight, text that is not latin-1): the line-by-line reader then gives the exact error."""
+    b0 = text.find(_BEGIN_MARK)
+    if b0 < 0 or (b0 > 0 and text[b0 - 1] != "\n"):
+        return None
+    head_end = text.find("\n", b0)
+    if head_end < 0:
+        return None
+    header = _BEGIN_RE.fullmatch(text, b0, head_end)
+    e0 = text.find(_MARKER_PREFIX, head_end)  # the next bundle marker must be this bundle's END line
+    if header is None or e0 < 0 or not text.startswith(_END_MARK, e0) or text[e0 - 1] != "\n":
+        return None
+    e_end = text.find("\n", e0)
+    e_end = len(text) if e_end < 0 else e_end
+    end = _END_RE.fullmatch(text, e0, e_end)
+    body_start, body_end = head_end + 1, e0  # the body: every line between, each with its "\n"
+    if end is None or text.find(_MARKER_PREFIX, e_end) >= 0 or text.find("\r", body_start, body_end) >= 0:
+        return None
+    h = hashlib.md5()
+    try:
+        for i in range(body_start, body_end, _HASH_CHUNK):
+            h.update(text[i:min(i + _HASH_CHUNK, body_end)].encode("latin-1"))
+    except UnicodeEncodeError:
+        return None
+    if h.hexdigest() != end.group("md5").lower():
+        return None
+    sections: dict[str, str] = {}
+    pos = body_start
+    if pos < body_end and not text.startswith(_SECTION_MARK, pos):
+        return None
+    while pos < body_end:
+        name_end = text.find("\n", pos)
+        m = _SECTION_LINE_RE.fullmatch(text, pos, name_end)
+        name = m.group("name") if m is not None else None
+        if name is None or name in sections:
+            return None
+        nxt = text.find(_NL_SECTION_MARK, name_end, body_end)
+        stop = body_end if nxt < 0 else nxt + 1
+        sections[name] = text[name_end + 1:stop - 1] if stop - 1 > name_end else ""
+        pos = stop
+    if end.group("n") != str(len(sections)):
+        return None
+    version = _check_header(header.group("os"), header.group("guest"), header.group("v"), "bundle text")
+    return Bundle(header.group("os"), header.group("guest"), sections, None, True, True, version)
+
+
 def parse_bundle_text(text: str, *, strict: bool = True) -> Bundle:
-    """Parse exactly one bundle from text (e.g. the copy the probe saves on /data)."""
+    """Parse exactly one bundle from text (e.g. the copy the probe saves on /data).
+
+    A well-formed bundle is read in one pass over the text (:func:`_fast_bundle`: its sections are slices,
+    memory stays about twice the text); anything else goes through the line reader, which names the problem."""
+    fast = _fast_bundle(text)
+    if fast is not None:
+        return fast
     lines = [SerialLine(float("nan"), s) for s in text.split("\n")]
     if lines and lines[-1].text == "":
         lines.pop()
@@ -320,8 +384,21 @@ def parse_uptime(text: str) -> Uptime:
 _MEMINFO_RE = re.compile(r"^(?P<key>[A-Za-z0-9_()]+):\s+(?P<val>\d{1,19})(?:\s+(?P<unit>kB))?\s*$")
 
 
+_MEMINFO_ALL = re.compile(r"^([A-Za-z0-9_()]+):[ \t]+(\d+)(?:[ \t]+kB)?[ \t]*$", re.M)
+
+
+def _line_count(text: str) -> int:
+    return text.count("\n") + (0 if text.endswith("\n") else 1)
+
+
 def parse_meminfo(text: str) -> dict[str, int]:
     """``/proc/meminfo`` → ``{key: value}``; values with a ``kB`` unit are in KiB, others are counts."""
+    found = _MEMINFO_ALL.findall(text)
+    if found and len(found) == _line_count(text):  # every line well-formed: one regex pass
+        keys, values = zip(*found, strict=True)
+        d = dict(zip(keys, map(int, values), strict=True))
+        if "MemTotal" in d:
+            return d
     out: dict[str, int] = {}
     for no, line in _content_lines(text):
         m = _MEMINFO_RE.match(line)
@@ -358,6 +435,40 @@ def parse_dmesg(text: str) -> list[tuple[float, str]]:
                 "boot the guest kernel with printk timestamps (CONFIG_PRINTK_TIME=y or printk.time=1)",
             )
     return out
+
+
+def dmesg_marker_find(text: str, marker: str, start: int = 0) -> tuple[float, int] | None:
+    """(time, offset of its line) of the first dmesg message at or after ``start`` whose text ends with
+    ``marker``, read straight from the raw section (``str.find`` for the marker, then its line only; no
+    per-line objects): the rule of ``labkit.measure.metrics.find_marker`` on :func:`parse_dmesg`'s output,
+    except that a marker on a continuation line (no timestamp) is not seen."""
+    pos = start
+    while (i := text.find(marker, pos)) >= 0:
+        pos = i + 1
+        end = text.find("\n", i)
+        end = len(text) if end < 0 else end
+        if text[i + len(marker):end].strip():
+            continue
+        line_start = text.rfind("\n", 0, i) + 1
+        m = _DMESG_RE.match(text[line_start:end].rstrip("\r"))
+        if m is not None and m.group("text").strip().endswith(marker):
+            return (float(m.group("t")), line_start)
+    return None
+
+
+def dmesg_marker_time(text: str, marker: str, start: int = 0) -> float | None:
+    """The time of :func:`dmesg_marker_find`'s message, or None."""
+    found = dmesg_marker_find(text, marker, start)
+    return found[0] if found is not None else None
+
+
+def check_dmesg(text: str) -> None:
+    """Raise :func:`parse_dmesg`'s error when the first message has no timestamp (cheap: one line)."""
+    for line in text.split("\n", 8)[:8]:
+        if line.strip():
+            if _DMESG_RE.match(line.rstrip("\r")) is None:
+                parse_dmesg(text)
+            return
 
 
 @dataclass(frozen=True)

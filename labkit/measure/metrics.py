@@ -20,12 +20,24 @@ Where the initramfs ends (``initramfs_s`` / ``userspace_to_probe_s``), per syste
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from labkit.measure.bundle import Bundle, BundleError, parse_df, parse_dmesg, parse_meminfo, parse_uptime
+from labkit.measure.bundle import (
+    Bundle,
+    BundleError,
+    check_dmesg,
+    dmesg_marker_find,
+    dmesg_marker_time,
+    parse_df,
+    parse_dmesg,
+    parse_meminfo,
+    parse_uptime,
+)
 from labkit.measure.parsers.apk import parse_apk_installed
 from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
 from labkit.measure.parsers.system import parse_rc_log
@@ -68,8 +80,9 @@ class MetricDef:
     applies_to: str = "all"  # "all", "alpine" or "nixos": elsewhere the metric is "n/a", not "missing"
 
 
-@dataclass(frozen=True)
-class Metric:
+class Metric(NamedTuple):
+    """One computed metric (a named tuple: thousands are made when many bundles are read)."""
+
     name: str
     value: float
     unit: str
@@ -197,6 +210,13 @@ METRICS: tuple[MetricDef, ...] = (
         "derived", applies_to="alpine",
     ),
     MetricDef(
+        "guest_gunzip_mib_s", "MiB/s",
+        "the guest's own decompression rate: `gzip -dc` of the installed packages' .apk files to /dev/null, "
+        "timed by /proc/uptime after everything else the probe does (files read once before, so from the page "
+        "cache); MiB of uncompressed data (gzip trailers) per second. Alpine only.",
+        "apk_gunzip section", applies_to="alpine",
+    ),
+    MetricDef(
         "probe_s", "s",
         "the probe's own run time: guest uptime read last (section uptime_end) minus uptime read first "
         "(0.01 s resolution). Not part of any phase: the probe runs after the boot it measures.",
@@ -231,6 +251,12 @@ def applies(metric: str, os_id: str) -> bool:
     return d is None or d.applies_to == "all" or d.applies_to == os_family(os_id)
 
 
+@functools.lru_cache(maxsize=64)
+def _applicable(os_id: str) -> tuple[MetricDef, ...]:
+    """The table's metrics that apply to ``os_id``, in table order (asked once per bundle)."""
+    return tuple(d for d in METRICS if applies(d.name, os_id))
+
+
 class _Values:
     """Values, their sources where they differ from the definition's, and the reasons of the absent ones."""
 
@@ -258,10 +284,27 @@ def _tool_error(text: str, prefixes: tuple[str, ...] = ("error:",)) -> str | Non
     return None
 
 
+_APK_RECORD = re.compile(r"^P:[^\n]+\nV:[^\n]+\nS:(\d+)\nI:(\d+)$", re.M)
+
+
+def _apk_sums(text: str) -> tuple[float, float, float] | None:
+    """(count, installed MiB, compressed MiB) when the section is exactly the probe's P/V/S/I records
+    (one regex pass); None otherwise (then :func:`parse_apk_installed` reads it line by line)."""
+    recs = _APK_RECORD.findall(text)
+    if not recs or _APK_RECORD.sub("", text).strip():
+        return None
+    sizes, installed = zip(*recs, strict=True)
+    return (float(len(recs)), sum(map(int, installed)) / 1024**2, sum(map(int, sizes)) / 1024**2)
+
+
 def _package_values(v: _Values, bundle: Bundle) -> None:
     sections = bundle.sections
     nix_names = ("closure_size_mib", "package_count", "installed_size_mib")
-    if "apk_installed" in sections:
+    fast = _apk_sums(sections["apk_installed"]) if "apk_installed" in sections else None
+    if fast is not None:
+        for name, value in zip(("package_count", "installed_size_mib", "compressed_size_mib"), fast, strict=True):
+            v.set(name, value)
+    elif "apk_installed" in sections:
         pkgs = parse_apk_installed(sections["apk_installed"])
         v.set("package_count", float(len(pkgs)))
         if not pkgs:
@@ -320,8 +363,40 @@ def _package_values(v: _Values, bundle: Bundle) -> None:
             v.absent(n, "no apk_installed section: /lib/apk/db/installed was not found")
 
 
-def find_marker(dmesg: list[tuple[float, str]], marker: str) -> float | None:
+class RawDmesg:
+    """The dmesg section as raw text: a marker is found with ``str.find`` (:func:`dmesg_marker_find`); the
+    ``(t, text)`` messages are parsed only when something iterates them (the NixOS and real-Alpine rules).
+
+    Every marker but the kernel's own is looked for after the kernel's ``Run /init as init process`` line
+    when there is one: the initramfs writes them, and it runs after that line (a marker cannot come earlier
+    in a boot's log), so the search skips the kernel's hundreds of lines once instead of for each marker."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._parsed: list[tuple[float, str]] | None = None
+        found = dmesg_marker_find(text, KERNEL_END_MARKER) if text else None
+        self.kernel_end = found[0] if found is not None else None
+        self._after_kernel = found[1] if found is not None else 0
+        self._memo: dict[str, float | None] = {KERNEL_END_MARKER: self.kernel_end}
+
+    def marker_time(self, marker: str) -> float | None:
+        if marker not in self._memo:
+            self._memo[marker] = dmesg_marker_time(self.text, marker, self._after_kernel)
+        return self._memo[marker]
+
+    def __bool__(self) -> bool:
+        return bool(self.text.strip())
+
+    def __iter__(self) -> Iterator[tuple[float, str]]:
+        if self._parsed is None:
+            self._parsed = parse_dmesg(self.text)
+        return iter(self._parsed)
+
+
+def find_marker(dmesg: Iterable[tuple[float, str]], marker: str) -> float | None:
     """Time of the first message whose text ends with ``marker`` (Alpine/labkit kmsg texts are verbatim)."""
+    if isinstance(dmesg, RawDmesg):
+        return dmesg.marker_time(marker)
     for t, text in dmesg:
         if text.strip().endswith(marker):
             return t
@@ -349,7 +424,7 @@ def _systemd_time(bundle: Bundle) -> tuple[SystemdTime | None, str]:
     return parse_systemd_time(text), ""
 
 
-def initramfs_end(bundle: Bundle, dmesg: list[tuple[float, str]],
+def initramfs_end(bundle: Bundle, dmesg: Iterable[tuple[float, str]],
                   markers: Mapping[str, str] | None = None) -> Boundary:
     """Where the initramfs phase of ``bundle``'s boot ended (see the module docstring for the rules)."""
     markers = INITRAMFS_END_MARKERS if markers is None else markers
@@ -418,7 +493,8 @@ def measure_bundle(
     secs = bundle.sections
 
     uptime = parse_uptime(secs["uptime"]).uptime_s if "uptime" in secs else None
-    dmesg = parse_dmesg(secs["dmesg"]) if "dmesg" in secs else []
+    dmesg = RawDmesg(secs.get("dmesg", ""))
+    check_dmesg(dmesg.text)
     if uptime is None:
         for n in ("firmware_loaders_s", "userspace_to_probe_s", "probe_s", "probe_timing_s"):
             v.absent(n, "no uptime section")
@@ -526,6 +602,17 @@ def measure_bundle(
     else:
         v.absent("root_tmpfs_used_mib", "no df section")
     _package_values(v, bundle)
+    if "apk_gunzip" in secs:
+        from labkit.measure.parsers.apk_timing import parse_apk_gunzip
+
+        gz = parse_apk_gunzip(secs["apk_gunzip"])
+        if gz.status == 0 and gz.seconds > 0:
+            v.set("guest_gunzip_mib_s", gz.mib_s)
+        else:
+            v.absent("guest_gunzip_mib_s", f"gzip -dc exited {gz.status} after {gz.seconds:g} s in the guest")
+    else:
+        v.absent("guest_gunzip_mib_s", "no apk_gunzip section: the probe found no .apk file of the installed packages "
+                                       "under /media/*/apks, or the boot had labkit.gunzip=0 (a load-cost replicate)")
     installed = v.values.get("installed_size_mib")
     if installed:
         if "alpine_package_load_s" in v.values:
@@ -543,7 +630,7 @@ def measure_bundle(
     metrics = [Metric(d.name, v.values[d.name], d.unit, v.sources.get(d.name, d.source))
                for d in METRICS if d.name in v.values]
     missing = [Missing(d.name, v.why.get(d.name, "no source for it in this bundle"))
-               for d in METRICS if d.name not in v.values and applies(d.name, bundle.os)]
+               for d in _applicable(bundle.os) if d.name not in v.values]
     return BundleMetrics(metrics, missing)
 
 

@@ -57,20 +57,43 @@ def outlier_mask(values: Sequence[float] | np.ndarray, z: float = OUTLIER_Z) -> 
     return out
 
 
-def needs_more_boots(samples: Mapping[str, Sequence[float]], *, done: int, cap: int,
-                     threshold: float = SPREAD_THRESHOLD, minimum: int = 3) -> bool:
-    """Adaptive repetition: another round while any system's relative spread is above ``threshold``
-    (or fewer than ``minimum`` values), and ``done`` < ``cap``."""
+def more_boots_reason(samples: Mapping[str, Sequence[float]], *, done: int, cap: int,
+                      threshold: float = SPREAD_THRESHOLD, minimum: int = 3,
+                      contended: Mapping[str, Sequence[bool]] | None = None, patience: int = 2) -> str | None:
+    """Why another round of boots is needed, or None: while ``done`` < ``cap``, a system with fewer than
+    ``minimum`` values, or whose relative spread is above ``threshold``.
+
+    ``contended[system][k]`` flags ``samples[system][k]`` as taken while the host was busy
+    (:mod:`labkit.measure.hostload`). Such values are left out — the round is redone — while the load looks
+    transient; when a system's last ``patience`` boots were all contended the load is persistent (more boots
+    would not find a quiet host) and every value counts."""
     if done >= cap:
-        return False
-    for values in samples.values():
-        v = _clean(values)
+        return None
+    for system, values in samples.items():
+        flags = list((contended or {}).get(system, ()))
+        vals = np.asarray(values, dtype=float)
+        if len(flags) == len(vals) and any(flags):
+            quiet = vals[~np.asarray(flags, dtype=bool)]
+            persistent = len(flags) >= patience and all(flags[-patience:])
+            if not persistent and _clean(quiet).size < minimum:
+                return f"{system}: {sum(flags)} boot(s) under host load, {_clean(quiet).size} on a quiet host"
+            if not persistent:
+                vals = quiet
+        v = _clean(vals)
         if v.size < minimum:
-            return True
+            return f"{system}: {v.size} value(s), {minimum} wanted"
         spread = relative_spread(v)
         if not np.isnan(spread) and spread > threshold:
-            return True
-    return False
+            return f"{system}: relative spread {spread:.1%} above {threshold:.0%}"
+    return None
+
+
+def needs_more_boots(samples: Mapping[str, Sequence[float]], *, done: int, cap: int,
+                     threshold: float = SPREAD_THRESHOLD, minimum: int = 3,
+                     contended: Mapping[str, Sequence[bool]] | None = None) -> bool:
+    """Adaptive repetition: another round while :func:`more_boots_reason` gives a reason."""
+    return more_boots_reason(samples, done=done, cap=cap, threshold=threshold, minimum=minimum,
+                             contended=contended) is not None
 
 
 @dataclass(frozen=True)

@@ -189,11 +189,13 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
                             f"rehearsal with package set {opts.world!r})")
             elif build_alpine:
                 from labkit.rehearsal.build import build_alpine_tree
+                from labkit.rehearsal.kernel import default_cache_dir
 
                 assert kernel is not None
                 stage(tree, {})
                 guest = build_alpine_tree(runner, kernel, tree, world=opts.world, hostname=opts.hostname,
-                                          media=opts.alpine_media)
+                                          media=opts.alpine_media,
+                                          apk_cache=(opts.cache_dir or default_cache_dir()) / "apk")
                 entry = guest.entry
                 atomic_write_text(tree / "boot" / "refind_linux.conf", bootchain.refind_linux_conf(entry))
             systems["alpine"] = SystemContent("alpine", entry, afiles, guest)

@@ -133,12 +133,14 @@ def build_alpine_tree(
     extra_overlay: Mapping[str, tuple[bytes, int]] | None = None,
     media: str = LAB_MEDIA,
     runlevels: bool = True,
+    apk_cache: Path | None = None,
 ) -> GuestBuild:
     """Fill ``tree`` (the Alpine partition's root) with boot/ (kernel, initramfs, modloop), apks/ and
     ``<hostname>.apkovl.tar.gz``.
 
     ``extra_overlay`` adds files to the apkovl: ``{"etc/local.d/x.start": (data, 0o755)}``;
-    ``runlevels=False`` writes an apkovl without the runlevel links (see :func:`lab_apkovl_spec`).
+    ``runlevels=False`` writes an apkovl without the runlevel links (see :func:`lab_apkovl_spec`). ``apk_cache``:
+    a directory where each repacked .apk is kept by content (:func:`labkit.rehearsal.payloads.write_apk`).
     """
     tree = Path(tree)
     names = resolve_world(world)
@@ -146,7 +148,7 @@ def build_alpine_tree(
         _copy(kernel.vmlinuz, tree / "boot" / "vmlinuz-lts")
         build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts")
         build_modloop(runner, kernel, tree / MODLOOP_PATH)
-        infos = write_alpine_repo(alpine_payloads(runner, names), tree)
+        infos = write_alpine_repo(alpine_payloads(runner, names), tree, cache=apk_cache)
         spec = lab_apkovl_spec(hostname, [n for n in names if n != BASE_PACKAGE], extra=extra_overlay, media=media,
                                runlevels=runlevels)
         ovl = write_apkovl(spec, tree / spec.filename).name

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,16 @@ from labkit.core.data import NOTEBOOKS_DIR
 from labkit.core.errors import LabkitError
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.measure.environment import ENVIRONMENT_FILE, flatten, labkit_version, load_environment
-from labkit.measure.loadcost import FIREFOX_MB, LOADCOST_FILE, LoadCost, LoadCostError, analyse, load_loadcost
+from labkit.measure.loadcost import (
+    FIREFOX_MB,
+    LOADCOST_FILE,
+    PACKAGES_FILE,
+    LoadCost,
+    LoadCostError,
+    analyse,
+    load_loadcost,
+    load_packages,
+)
 from labkit.measure.metrics import PHASES, applies, metric_definitions, os_family
 from labkit.measure.results import load_results, per_boot_table, summarize
 from labkit.measure.stats import compare_systems, outliers_table, relative_spread
@@ -69,10 +79,24 @@ class ReportContext:
     boots: pd.DataFrame | None = None  # boots.csv: every boot with its outcome (failed ones too)
     #: A merged folder (labkit merge / labkit matrix): ``results`` then has one "os" per group (os | cell @ host)
     merged: MergedFolder | None = None
+    loadcost_packages: pd.DataFrame | None = None  # loadcost_packages.csv: per-package points
+    #: measured boots left out of the statistics: taken under host load while the same system had enough
+    #: boots on a quiet host (os, boot, host_other_cpu, host_reason)
+    excluded: pd.DataFrame | None = None
 
     @property
     def systems(self) -> list[str]:
         return sorted(self.results["os"].unique())
+
+    @cached_property
+    def loadcost_fit(self) -> LoadCost | None:
+        """The load-cost analysis, computed once (its bootstrap takes a second or two; several cells use it)."""
+        if self.loadcost is None or self.loadcost.empty:
+            return None
+        try:
+            return analyse(self.loadcost, self.loadcost_packages)
+        except LoadCostError:
+            return None
 
     @property
     def accelerators(self) -> list[str]:
@@ -119,7 +143,45 @@ def load_report_context(run_dir: str | os.PathLike[str]) -> ReportContext:
 
         dec = json.loads((path / DECOMPRESSION_FILE).read_text(encoding="utf-8"))
     boots = pd.read_csv(path / BOOTS_FILE) if (path / BOOTS_FILE).is_file() else None
-    return ReportContext(path, results, summarize(results), env, lc, dec, boots)
+    pk = load_packages(path / PACKAGES_FILE) if (path / PACKAGES_FILE).is_file() else None
+    results, excluded = drop_contended(results, boots)
+    return ReportContext(path, results, summarize(results), env, lc, dec, boots, loadcost_packages=pk,
+                         excluded=excluded)
+
+
+#: A system keeps at least this many measured boots on a quiet host before its contended boots are left out.
+MIN_QUIET_BOOTS = 2
+
+
+def contended_boots(boots: pd.DataFrame | None) -> pd.DataFrame:
+    """The boots of boots.csv taken while the host was busy (``host_contended``), or an empty table."""
+    cols = ["os", "boot", "warmup", "host_other_cpu", "host_qemu_wait", "host_steal", "host_reason"]
+    if boots is None or "host_contended" not in boots.columns:
+        return pd.DataFrame(columns=cols)
+    flag = boots["host_contended"].astype(str).str.lower() == "true"
+    sub = boots[flag]
+    return sub[[c for c in cols if c in sub.columns]].reset_index(drop=True)
+
+
+def drop_contended(results: pd.DataFrame, boots: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, left out): a system's measured boots taken under host load are left out of the statistics
+    when it keeps at least MIN_QUIET_BOOTS measured boots on a quiet host; otherwise they stay (flagged)."""
+    busy = contended_boots(boots)
+    left = []
+    keep = pd.Series(True, index=results.index)
+    for os_id in results["os"].unique():
+        system = os_id.split("-", 1)[0]
+        mine = busy[(busy["os"] == system) & ~busy["warmup"].astype(str).str.lower().eq("true")]
+        if mine.empty:
+            continue
+        rows = (results["os"] == os_id) & ~results["warmup"]
+        measured = set(results.loc[rows, "boot"])
+        bad = measured & set(mine["boot"].astype(int))
+        if len(measured - bad) >= MIN_QUIET_BOOTS and bad:
+            keep &= ~(rows & results["boot"].isin(bad))
+            left.append(mine[mine["boot"].astype(int).isin(bad)])
+    out = pd.concat(left).reset_index(drop=True) if left else busy.iloc[0:0]
+    return results[keep].reset_index(drop=True), out
 
 
 def _merged_context(path: Path) -> ReportContext:
@@ -241,24 +303,46 @@ def warmup_table(ctx: ReportContext) -> pd.DataFrame:
 def loadcost_analysis(ctx: ReportContext) -> LoadCost | None:
     if ctx.loadcost is None or ctx.loadcost.empty:
         return None
+    return ctx.loadcost_fit
+
+
+def _num(d: dict[str, Any], key: str) -> float:
+    v = d.get(key)
     try:
-        return analyse(ctx.loadcost)
-    except LoadCostError:
-        return None
+        return float(v) if v is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b == b and b else float("nan")
 
 
 def decompression_table(ctx: ReportContext) -> pd.DataFrame:
-    """Guest load rate against the host's gzip/zstd decompression rate on the same payloads."""
+    """The load rate as a fraction of the guest's own gzip rate on the same .apk files, in the same boot (both
+    on the guest's clock), the model's marginal rate, and the host's gzip/zstd rates as context."""
     lc = loadcost_analysis(ctx)
     d = ctx.decompression or {}
-    rows = []
-    guest = lc.rate_mib_s if lc is not None else float("nan")
+    where = f"{d.get('guest_files', '?')} .apk files of the {d.get('package_set', '?')} set"
+    guest_inst = _num(d, "guest_gzip_installed_mib_s")
+    frac = _num(d, "load_fraction_of_guest_gzip")
+    load_same_boot = guest_inst * frac if frac == frac else float("nan")
+    busy = " (host load during that boot)" if d.get("guest_contended") else ""
+    rows = [{"rate": f"package load, whole install, same boot as the gzip run{busy}", "where": "guest (initramfs)",
+             "MiB/s": load_same_boot, "unit": "installed MiB/s", "load as a fraction of it": float("nan")},
+            {"rate": f"gzip -dc in the guest after the probe ({where}){busy}", "where": "guest",
+             "MiB/s": guest_inst, "unit": "installed MiB/s", "load as a fraction of it": frac},
+            {"rate": f"gzip -dc in the guest ({where})", "where": "guest", "MiB/s": _num(d, "guest_gzip_mib_s"),
+             "unit": "uncompressed MiB/s", "load as a fraction of it": float("nan")}]
+    if lc is not None:
+        basis = lc.model.basis_text if lc.model is not None else "boot totals"
+        rows.append({"rate": f"package load, marginal (1 / b; {basis})", "where": "guest (initramfs)",
+                     "MiB/s": lc.rate_mib_s, "unit": "installed MiB/s", "load as a fraction of it": float("nan")})
     for tool in ("gzip", "zstd"):
-        host = d.get(f"{tool}_mib_s")
-        host_f = float(host) if host else float("nan")
-        rows.append({"host tool": f"{tool} -t ({d.get('files', '?')} files, {d.get('package_set', '?')} set)",
-                     "host MiB/s": host_f, "guest load MiB/s (1/slope)": guest,
-                     "ratio guest/host": guest / host_f if host_f == host_f and host_f else float("nan")})
+        host = _num(d, f"{tool}_mib_s")
+        rows.append({"rate": f"{tool} -t on the host (context: the host's CPU, not the emulated guest's)",
+                     "where": "host", "MiB/s": host, "unit": "uncompressed MiB/s",
+                     "load as a fraction of it": _ratio(load_same_boot, host)})
     return pd.DataFrame(rows)
 
 
@@ -273,7 +357,8 @@ def boots_table(ctx: ReportContext) -> pd.DataFrame:
     if ctx.boots is None:
         return pd.DataFrame(columns=["os", "boot", "warmup", "ok", "reason", "wall_s", "timed_out", "serial_log"])
     cols = [c for c in ("run_id", "os", "boot", "warmup", "ok", "reason", "wall_s", "accel", "timed_out",
-                        "serial_log", "missing") if c in ctx.boots.columns]
+                        "memory_mib", "host_other_cpu", "host_qemu_wait", "host_steal", "host_contended", "serial_log",
+                        "missing") if c in ctx.boots.columns]
     return ctx.boots[cols]
 
 
@@ -299,9 +384,11 @@ def report_tables(ctx: ReportContext) -> dict[str, pd.DataFrame]:
     lc = loadcost_analysis(ctx)
     if lc is not None:
         tables["loadcost_points"] = lc.points
+        tables["loadcost_packages"] = lc.packages
         tables["loadcost_fits"] = lc.fits_table()
         tables["loadcost_firefox"] = lc.firefox()
         tables["decompression"] = decompression_table(ctx)
+    tables["host_load"] = contended_boots(ctx.boots)
     return tables
 
 
@@ -348,16 +435,12 @@ def threats(ctx: ReportContext) -> list[str]:
     )
     lc = loadcost_analysis(ctx)
     if lc is not None:
-        out.append(
-            f"**Load-cost extrapolation**: the fit uses {lc.time_fit.n} boots over "
-            f"{lc.points['installed_size_mib'].min():.0f}-{lc.points['installed_size_mib'].max():.0f} MiB; the Firefox "
-            f"case ({FIREFOX_MB[0]:.0f}-{FIREFOX_MB[1]:.0f} MB) lies outside that range, and the rehearsal payloads "
-            "are Debian packages repacked as gzip .apk files (not Alpine's packages). Extra package sets are booted "
-            "once "
-            "each from an Alpine-only image; the main set's boots come from the two-system image."
-        )
+        out.append(loadcost_threat(lc))
     elif ctx.loadcost is not None:
         out.append("**Load cost**: too few load-cost boots for a fit (needs >= 3 boots at >= 2 sizes).")
+    load = host_load_text(ctx)
+    if load:
+        out.append(load)
     if ctx.merged is not None and len(ctx.merged.hosts) > 1:
         out.append(
             f"**Several hosts** ({', '.join(ctx.merged.hosts)}): every statistic is per host and cell; a difference "
@@ -378,6 +461,60 @@ def threats(ctx: ReportContext) -> list[str]:
         f"'{MISSING}', never as 0."
     )
     return out
+
+
+def loadcost_threat(lc: LoadCost) -> str:
+    lo, hi = lc.measured_range_mib
+    ff = lc.firefox()
+    extra = [f"{r['case']} ({r['installed_mib']:.0f} MiB) "
+             + ("extrapolates beyond" if r["extrapolated"] else "lies inside") for _, r in ff.iterrows()]
+    model = (f"per-package points ({lc.model.n_packages} packages in {lc.model.n_boots} boots, {lc.model.basis_text}; "
+             f"robust weighted Theil-Sen; b from the {lc.model.b_from}) and per-boot totals" if lc.model is not None
+             else "per-boot totals only (no per-package lines in these boots)")
+    left = f"; {len(lc.left_out)} boot(s) under host load left out (their set has a quiet boot)" \
+        if len(lc.left_out) else ""
+    if lc.model is not None and lc.model.basis == "cpu_seconds" and "cpu_over_wall" in lc.points.columns:
+        p = lc.points.dropna(subset=["cpu_over_wall"])
+        if len(p):
+            q = p.loc[pd.to_numeric(p["host_qemu_wait"], errors="coerce").fillna(1.0).idxmin()]
+            left += (f"; QEMU's CPU time over the packages' wall time: {p['cpu_over_wall'].min():.0%}-"
+                     f"{p['cpu_over_wall'].max():.0%} across boots, {q['cpu_over_wall']:.0%} on the quietest "
+                     f"(QEMU waited for a CPU {float(q['host_qemu_wait']):.0%} of its time)")
+    return (f"**Load-cost range**: the fit uses {model} over {lo:.0f}-{hi:.0f} MiB installed{left}; "
+            + "; ".join(extra) + " that range. The rehearsal payloads are Debian packages repacked as gzip .apk "
+            "files (not Alpine's packages). The interval is how much the per-MiB cost moved from boot to boot; the "
+            "cost also differs between packages (binaries, data, many small files), which the interval does not "
+            "include: extra_load_s_content_low/high give the Firefox case at the cheapest and dearest large "
+            "package's cost.")
+
+
+def host_load_text(ctx: ReportContext) -> str:
+    """The report's statement on host load (empty when no boot ran under contention)."""
+    busy = contended_boots(ctx.boots)
+    if busy.empty:
+        return ""
+    total = len(ctx.boots) if ctx.boots is not None else len(busy)
+    other = pd.to_numeric(busy["host_other_cpu"], errors="coerce")
+    wait = pd.to_numeric(busy.get("host_qemu_wait", pd.Series(dtype=float)), errors="coerce")
+    lc_busy = busy[busy["boot"].astype(int) >= 100]
+    parts = [f"**Host load**: {len(busy)} of {total} boots ran under host load: other processes used "
+             f"{other.mean():.2f} CPUs on average (up to {other.max():.2f})"
+             + (f", QEMU waited for a CPU {wait.mean():.0%} of the time on average" if wait.notna().any() else "")
+             + ". Those boots are slower than on a quiet host"]
+    if ctx.excluded is not None and len(ctx.excluded):
+        parts.append(f"{len(ctx.excluded)} of them left out of the boot statistics (their system had enough boots "
+                     "on a quiet host)")
+    else:
+        parts.append("the boot statistics include them (flagged in the boots table)")
+    if len(lc_busy):
+        lc = loadcost_analysis(ctx)
+        used = len(lc.contended_used) if lc is not None else len(lc_busy)
+        cpu = lc is not None and lc.model is not None and lc.model.basis == "cpu_seconds"
+        parts.append(f"{len(lc_busy)} of them are load-cost boots, {used} of which are in the load-cost fit ("
+                     + ("fitted on QEMU's CPU time, which leaves out the time QEMU waited for a CPU but not a "
+                        "shared CPU's slower execution; the wall-time figures are beside it" if cpu else
+                        "its figures include the host's load") + ")")
+    return "; ".join(parts) + "."
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -497,32 +634,59 @@ def packages_figure(ctx: ReportContext) -> Figure:
 
 
 def loadcost_figure(ctx: ReportContext) -> Figure | None:
-    """Load time and tmpfs RAM against installed size: points, OLS fit with 95 % band, Firefox range."""
+    """Per-package seconds against MiB with the robust fit and its bootstrap band; boot totals with their
+    least-squares fit; tmpfs RAM. The Firefox range is shaded; boots under host load are drawn hollow."""
     import matplotlib.pyplot as plt
 
     lc = loadcost_analysis(ctx)
     if lc is None:
         return None
-    fits = [lc.time_fit, *([lc.ram_fit] if lc.ram_fit is not None else [])]
-    fig, axes = plt.subplots(1, len(fits), figsize=(5.5 * len(fits), 4.2))
-    axes_list = list(np.atleast_1d(axes))
     ff = [mb * 1e6 / 1024**2 for mb in FIREFOX_MB]
-    for ax, fit in zip(axes_list, fits, strict=True):
-        pts = lc.points
-        for k, (name, g) in enumerate(pts.groupby("package_set", sort=False)):
-            ax.scatter(g[fit.x_name], g[fit.y_name], color=_COLORS[k % len(_COLORS)], label=f"set {name}", zorder=3)
-        xs = np.linspace(0, ff[1] * 1.05, 100)
-        pred = np.array([fit.predict(x) for x in xs])
-        ax.plot(xs, pred[:, 0], color="black", lw=1,
-                label=f"fit: {fit.slope:.4f} ± {fit.t95 * fit.se_slope:.4f} per MiB (95 %)")
-        ax.fill_between(xs, pred[:, 1], pred[:, 2], color="gray", alpha=0.25, label="95 % CI of the fit")
+    panels = (["packages"] if lc.model is not None and len(lc.packages) else []) + \
+        ["totals"] + (["ram"] if lc.ram_fit is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
+    axes_list = list(np.atleast_1d(axes))
+    xs = np.linspace(0, ff[1] * 1.05, 100)
+    for ax, panel in zip(axes_list, panels, strict=True):
+        if panel == "packages":
+            m = lc.model
+            assert m is not None
+            pk = lc.packages
+            for k, (name, g) in enumerate(pk.groupby("package_set", sort=False)):
+                ax.scatter(g["mib"], g[m.basis], s=12, color=_COLORS[k % len(_COLORS)], label=f"set {name}",
+                           zorder=3)
+            lo, hi = m.b_ci
+            ax.plot(xs, m.a + m.b * xs, color="black", lw=1,
+                    label=f"{m.a:.3f} s + {m.b:.4f} s/MiB [{m.b_ci[0]:.4f}, {m.b_ci[1]:.4f}]")
+            ax.fill_between(xs, m.a + lo * xs, m.a + hi * xs, color="gray", alpha=0.25, label="95 % interval of b")
+            for x in ff:
+                e, elo, ehi = m.extra(x)
+                ax.errorbar(x, m.a + e, yerr=[[e - elo], [ehi - e]], fmt="s", color="#c44e52", capsize=3)
+            ax.set_ylabel("QEMU CPU seconds per package" if m.basis == "cpu_seconds" else "seconds per package")
+            ax.set_title("per package: (i/n) Installing lines", fontsize=9)
+        else:
+            fit = lc.time_fit if panel == "totals" else lc.ram_fit
+            assert fit is not None
+            pts = lc.points
+            for k, (name, g) in enumerate(pts.groupby("package_set", sort=False)):
+                c = _COLORS[k % len(_COLORS)]
+                busy = g["host_contended"].astype(bool)
+                if (~busy).any():
+                    ax.scatter(g.loc[~busy, fit.x_name], g.loc[~busy, fit.y_name], color=c, label=f"set {name}",
+                               zorder=3)
+                if busy.any():
+                    ax.scatter(g.loc[busy, fit.x_name], g.loc[busy, fit.y_name], facecolors="none", edgecolors=c,
+                               zorder=3, label=f"set {name} (host load)")
+            pred = np.array([fit.predict(x) for x in xs])
+            ax.plot(xs, pred[:, 0], color="black", lw=1,
+                    label=f"least squares: {fit.slope:.4f} ± {fit.t95 * fit.se_slope:.4f} per MiB")
+            ax.fill_between(xs, pred[:, 1], pred[:, 2], color="gray", alpha=0.25, label="95 % CI of the fit")
+            ax.set_ylabel(fit.y_name)
+            ax.set_title("per boot" if panel == "totals" else "RAM held by the tmpfs root", fontsize=9)
         ax.axvspan(ff[0], ff[1], color="#c44e52", alpha=0.12, label="seed's Firefox: 200-400 MB")
-        for x in ff:
-            y, lo, hi = fit.predict(x)
-            ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="s", color="#c44e52", capsize=3)
+        ax.axvline(lc.measured_range_mib[1], color="gray", ls=":", lw=1, label="largest measured set")
         ax.set_xlabel("installed size (MiB)")
-        ax.set_ylabel(fit.y_name)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=6, loc="upper left")
     fig.suptitle(f"Alpine-style in-RAM package load cost\n{ctx.origin}", fontsize=10)
     fig.tight_layout()
     return fig
@@ -655,10 +819,15 @@ def show_loadcost(ctx: ReportContext) -> None:
     if fig is not None:
         _display_fig(fig)
     _display_html(_html_table(lc.fits_table()))
-    _display_md("**The seed's Firefox case** (predicted from the fit; the interval is the fit's 95 % CI):")
+    _display_md("**The seed's Firefox case** (extra load time = b · MiB, 95 % bootstrap interval; each package "
+                "Firefox adds costs a more; `extrapolated`: the size lies beyond the largest set measured):")
     _display_html(_html_table(lc.firefox()))
-    _display_md("**Measured load rate against the host's decompression limit** (same .apk payloads):")
+    _display_md("**The load rate against the guest's own decompression rate** (gzip -dc of the same .apk files in "
+                "the same guest, after the probe); the host's rates are context only:")
     _display_html(_html_table(decompression_table(ctx)))
+    load = host_load_text(ctx)
+    if load:
+        _display_md(load)
 
 
 def show_tables_written(ctx: ReportContext) -> None:

@@ -248,6 +248,44 @@ def set_default_selection(runner: Runner, image: Path, esp_offset: int, title: s
     return new
 
 
+def set_entry_options(runner: Runner, image: Path, esp_offset: int, title: str, options: str,
+                      *, work: Path | None = None) -> str:
+    """Rewrite the ``options`` line (the kernel command line) of the manual stanza titled ``title`` in the
+    image's refind.conf (mtools), e.g. to pass one boot a ``labkit.*`` switch; returns the new text.
+    rEFInd takes a manual stanza's ``options`` as the loader's command line, after ``loader`` (which discards
+    earlier options) and before it appends ``initrd=`` (refind ``config.c`` AddStanzaEntries, v0.13.2
+    L916-1024: ``Entry->LoadOptions = StrDuplicate(TokenList[1])``); refind_conf writes it in that order."""
+    _check_text("title", title)
+    _check_text("options", options)
+    target = f"{image}@@{esp_offset}"
+    conf_path = f"::/{ESP_REFIND_CONF}"
+    old = runner.run(["mtype", "-i", target, conf_path], env=MTOOLS_ENV, query=True).stdout
+    lines = old.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == f'menuentry "{title}" {{'), None)
+    end = next((i for i in range(start or 0, len(lines)) if lines[i].strip() == "}"), None)
+    opt = next((i for i in range(start or 0, end or 0) if lines[i].strip().startswith("options ")), None)
+    if start is None or end is None or opt is None:
+        raise InputError(f"refind.conf in {image.name} has no manual stanza {title!r} with an options line",
+                         "use the title of a Linux entry labkit wrote")
+    lines[opt] = f'    options "{options}"'
+    new = "\n".join(lines) + "\n"
+    if new == old:
+        return new
+    if runner.mode is Mode.PLAN:
+        runner.run(["mcopy", "-o", "-i", target, "<new refind.conf>", conf_path], env=MTOOLS_ENV)
+        return new
+    tmp = (work or image.parent) / f".{image.name}.refind.conf"
+    atomic_write_text(tmp, new)
+    try:
+        runner.run(["mcopy", "-o", "-i", target, tmp, conf_path], env=MTOOLS_ENV)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if runner.run(["mtype", "-i", target, conf_path], env=MTOOLS_ENV, query=True).stdout != new:
+        raise VerifyFailed(f"refind.conf in {image.name} did not read back as written",
+                           "check the ESP with fsck.vfat; rebuild the image")
+    return new
+
+
 def default_selection(runner: Runner, image: Path, esp_offset: int) -> str | None:
     """The title refind.conf in the image currently selects by default."""
     text = runner.run(["mtype", "-i", f"{image}@@{esp_offset}", f"::/{ESP_REFIND_CONF}"],

@@ -187,6 +187,11 @@ kib=0
 done_pkgs=
 mkdir -p $sysroot/lib/apk/db
 : > $sysroot/lib/apk/db/installed
+# apk prints "(i/n) Installing NAME (VER)" before unpacking each package (apk-tools v2.14.4 src/commit.c
+# print_change, :38 and :75-79); the rehearsal writes the same line on the console and to kmsg, so the host
+# can time each package (labkit.measure.parsers.apk_timing). n counts the distinct world names.
+step=0
+total=$(for name in $PKGS; do [ "$name" = alpine-base ] && name=$BASE_PKG; echo "$name"; done | sort -u | wc -l)
 for name in $PKGS; do
 	# alpine-base (the world of a real Alpine apkovl) is provided by the rehearsal base package
 	[ "$name" = alpine-base ] && name=$BASE_PKG
@@ -201,6 +206,9 @@ for name in $PKGS; do
 	fi
 	# shellcheck disable=SC2086 # split the index fields on purpose
 	set -- $line
+	step=$((step + 1))
+	say "($step/$total) Installing $name ($1)"
+	kmsg "($step/$total) Installing $name ($1)"
 	if tar -C $sysroot -xzf "$REPO/x86_64/$2"; then
 		count=$((count + 1))
 		kib=$((kib + $4 / 1024))

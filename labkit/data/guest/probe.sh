@@ -146,6 +146,41 @@ have() {
 		section uptime_settled
 		cat "$R/proc/uptime"
 	fi
+	# The guest's own decompression limit, on the payloads it has just installed: the .apk files of the
+	# installed packages (lib/apk/db/installed P:/V:, found under /media/*/apks/<arch>/), read once untimed
+	# (page cache), then `gzip -dc` to /dev/null timed by /proc/uptime. Sizes: ls -ln (compressed) and each
+	# file's gzip trailer (ISIZE: the last member's uncompressed size). Last of all, so no metric of the boot
+	# includes it. labkit.gunzip=0 on the kernel command line (or LABKIT_PROBE_GUNZIP=0) skips it.
+	GUNZIP=${LABKIT_PROBE_GUNZIP:-}
+	if [ -z "$GUNZIP" ]; then
+		# shellcheck disable=SC2013 # the command line is one line of blank-separated words
+		for a in $(cat "$R/proc/cmdline"); do
+			case "$a" in labkit.gunzip=*) GUNZIP=${a#labkit.gunzip=} ;; esac
+		done
+	fi
+	if [ "${GUNZIP:-1}" != 0 ] && [ -f "$R/lib/apk/db/installed" ]; then
+		# shellcheck disable=SC2046 # .apk paths have no blanks
+		set -- $(for f in "$R"/media/*/apks/*/*.apk; do [ -f "$f" ] && echo "$f"; done | awk -v db="$R/lib/apk/db/installed" '
+			BEGIN {
+				while ((getline l < db) > 0) {
+					if (l ~ /^P:/) p = substr(l, 3)
+					else if (l ~ /^V:/) { v = substr(l, 3); want[p "-" v ".apk"] = 1; gsub(/:/, "_", v); want[p "-" v ".apk"] = 1 }
+				}
+			}
+			{ n = $0; sub(/.*\//, "", n); if (n in want) print }')
+		if [ $# -gt 0 ]; then
+			section apk_gunzip
+			cat "$@" > /dev/null
+			echo "start $(cat "$R/proc/uptime")"
+			gzip -dc "$@" > /dev/null
+			echo "status $?"
+			echo "end $(cat "$R/proc/uptime")"
+			echo "files"
+			ls -ln "$@"
+			echo "isize"
+			for f in "$@"; do tail -c 4 "$f"; done | od -An -tu4 -v
+		fi
+	fi
 } > "$BODY"
 
 SUM=$(md5sum "$BODY")

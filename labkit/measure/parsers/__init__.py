@@ -33,6 +33,7 @@ from labkit.measure.parsers.apk import (
     parse_ls_sizes,
     strip_ansi,
 )
+from labkit.measure.parsers.apk_timing import parse_apk_gunzip
 from labkit.measure.parsers.mkinitfs import parse_initramfs_messages
 from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
 from labkit.measure.parsers.system import parse_free, parse_os_release, parse_rc_log, parse_rc_status
@@ -68,6 +69,7 @@ FORMATS: dict[str, Callable[[str], Any]] = {
     "apk_info_names": parse_apk_info_names,
     "apk_list": parse_apk_list,
     "apk_stats": parse_apk_stats,
+    "apk_gunzip": parse_apk_gunzip,
     "nix_path_info": parse_nix_path_info,
     "nix_closure_du": lambda t: parse_du_k(t, "nix_closure_du"),
     "nix_store_du": parse_du_k,
@@ -159,6 +161,7 @@ __all__ = [
     "FormatError",
     "detect_format",
     "parse_apk_console",
+    "parse_apk_gunzip",
     "parse_apk_info_names",
     "parse_apk_info_sizes",
     "parse_apk_installed",
