@@ -76,12 +76,12 @@ def test_good_world_entries_are_written_one_per_line() -> None:
              "openssh~9.7", "firefox@edge", "linux-lts<6.7_rc1-r0")
     for w in world:
         assert check_world_entry(w) == w
-    text = members(build_apkovl(ApkovlSpec(world=world)))["etc/apk/world"]
+    text = members(build_apkovl(ApkovlSpec(world=world, no_login=True)))["etc/apk/world"]
     assert text.splitlines() == sorted(world)
 
 
 def test_valid_values_land_as_exactly_one_line_each() -> None:
-    spec = ApkovlSpec(media="vda4", media_uuid="5c3f1a2b-1111-4c2d-9e8f-0123456789ab",
+    spec = ApkovlSpec(no_login=True, media="vda4", media_uuid="5c3f1a2b-1111-4c2d-9e8f-0123456789ab",
                       mirror="https://dl-cdn.alpinelinux.org/alpine/v3.20",
                       lbu_include=("home/lab", "etc/ssh/*.conf"), lbu_exclude=("home/lab/.cache",))
     files = members(build_apkovl(spec))
@@ -124,10 +124,10 @@ def test_index_refuses_packages_the_media_does_not_carry(tmp_path: Path, capsys:
     labkit refuses it first, naming it."""
     idx = make_apkindex(tmp_path / "APKINDEX.tar.gz")
     out = tmp_path / "ovl.tar.gz"
-    rc, err = cli(["alpine", "apkovl", "--out", str(out), "--index", str(idx),
+    rc, err = cli(["alpine", "apkovl", "--no-login", "--out", str(out), "--index", str(idx),
                    "--world", "alpine-base", "dillo", "firefox", "nosuchpkg"], capsys)
     assert rc == 2 and "'firefox'" in err and "'nosuchpkg'" in err and not out.exists()
-    rc, err = cli(["alpine", "apkovl", "--out", str(out), "--index", str(idx), "--world", "alpine-base",
-                   "dillo@edge", "busybox>=1.36"], capsys)
+    rc, err = cli(["alpine", "apkovl", "--no-login", "--out", str(out), "--index", str(idx), "--world",
+                   "alpine-base", "dillo@edge", "busybox>=1.36"], capsys)
     assert rc == 0, err
     assert members(out.read_bytes())["etc/apk/world"].split() == ["alpine-base", "busybox>=1.36", "dillo@edge"]

@@ -113,6 +113,7 @@ def test_a_valid_sparse_member_is_read(tmp_path: Path, fmt: str, capsys: pytest.
         fh.write(b"middle")
         fh.seek(8 * MiB - 5)
         fh.write(b"tail!")
+    (tree / "etc" / ".default_boot_services").touch()  # the initramfs adds the boot services (no warning)
     ovl = tmp_path / f"sparse-{fmt}.apkovl.tar.gz"
     subprocess.run(["tar", "--sparse", f"--format={fmt}", "-czf", str(ovl), "-C", str(tree), "etc"], check=True)
     with tarfile.open(ovl) as t:
@@ -140,7 +141,8 @@ def test_setuid_setgid_world_writable_are_flagged() -> None:
     found = {(f.path, f.rule, f.severity) for f in audit(read_apkovl(gzip.compress(raw.getvalue())))}
     assert found == {("etc/suid", "setuid", "warning"), ("etc/sgid", "setuid", "warning"),
                      ("etc/open.conf", "world-writable", "warning"), ("etc/opendir", "world-writable", "warning"),
-                     ("etc/tmp", "world-writable", "info")}
+                     ("etc/tmp", "world-writable", "info"),
+                     ("etc/runlevels", "boot-services", "warning")}  # no runlevel links in this overlay
 
 
 def test_control_characters_in_names_are_printed_escaped(tmp_path: Path,
@@ -154,8 +156,9 @@ def test_control_characters_in_names_are_printed_escaped(tmp_path: Path,
             tar.addfile(ti, io.BytesIO(b"abc"))
     ovl = tmp_path / "esc.apkovl.tar.gz"
     ovl.write_bytes(gzip.compress(raw.getvalue()))
-    assert main(["alpine", "audit", str(ovl)]) == 0
+    assert main(["alpine", "audit", str(ovl)]) == 1  # the overlay has no runlevel links (a warning)
     out = capsys.readouterr().out
+    assert "missing runlevel links" in out
     for bad in ("\x1b", "\r", "\x07", "\u202e"):
         assert bad not in out
     assert "etc/\\x1b[2J\\x1b]0;pwned\\x07title" in out and "etc/a\\rb" in out and "etc/new\\nline" in out

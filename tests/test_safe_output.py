@@ -129,7 +129,7 @@ def test_disk_full_leaves_the_old_file_and_no_temporary(tmpfs: Callable[..., Pat
                 fh.write(b"\0" * 4096)
                 fh.flush()
     assert full.value.errno == errno.ENOSPC
-    assert main(["alpine", "apkovl", "--out", str(fs / "x.apkovl.tar.gz"), "--world", "alpine-base"]) == 2
+    assert main(["alpine", "apkovl", "--no-login", "--out", str(fs / "x.apkovl.tar.gz"), "--world", "alpine-base"]) == 2
     err = capsys.readouterr().err
     assert "ENOSPC" in err and "no space left" in err and "Traceback" not in err
     assert leftovers(fs) == [] and not (fs / "x.apkovl.tar.gz").exists()
@@ -194,7 +194,7 @@ def test_no_permission(roots_folder: Path) -> None:
 
 
 def test_proc_path_is_a_clean_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["alpine", "apkovl", "--out", "/proc/labkit-no-such-file", "--world", "alpine-base"]) == 2
+    assert main(["alpine", "apkovl", "--no-login", "--out", "/proc/labkit-no-such-file", "--world", "alpine-base"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("labkit: error: cannot write the apkovl /proc/labkit-no-such-file") and "Traceback" not in err
     assert not Path("/proc/labkit-no-such-file").exists()

@@ -85,7 +85,13 @@ def _audit(args: argparse.Namespace) -> int:
     from labkit.systems.alpine.audit import as_json, audit_file
     from labkit.systems.alpine.diskaudit import looks_like_apkovl
 
-    if not looks_like_apkovl(Path(args.file)):  # a disk image or a block device: every partition
+    path = Path(args.file)
+    fix = "give an .apkovl.tar.gz, a disk image or a block device"
+    if not path.exists():
+        raise InputError(f"{printable(str(path))} does not exist", fix)
+    if path.is_dir():
+        raise InputError(f"{printable(str(path))} is a directory, not an apkovl or a disk", fix)
+    if not looks_like_apkovl(path):  # a disk image or a block device: every partition
         return _audit_disk(args)
     ovl, findings = audit_file(Path(args.file), large=args.large)
     if args.json:

@@ -384,7 +384,7 @@ def parse_uptime(text: str) -> Uptime:
 _MEMINFO_RE = re.compile(r"^(?P<key>[A-Za-z0-9_()]+):\s+(?P<val>\d{1,19})(?:\s+(?P<unit>kB))?\s*$")
 
 
-_MEMINFO_ALL = re.compile(r"^([A-Za-z0-9_()]+):[ \t]+(\d+)(?:[ \t]+kB)?[ \t]*$", re.M)
+_MEMINFO_ALL = re.compile(r"^([A-Za-z0-9_()]+):[ \t]+(\d{1,19})(?:[ \t]+kB)?[ \t]*$", re.M)
 
 
 def _line_count(text: str) -> int:

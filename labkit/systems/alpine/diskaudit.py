@@ -26,6 +26,7 @@ from pathlib import Path
 
 from labkit.core.errors import InputError, VerifyFailed
 from labkit.core.runner import Runner
+from labkit.core.text import printable
 from labkit.systems.alpine.audit import Apkovl, Finding, audit, file_data, read_apkovl
 from labkit.targets.base import MTOOLS_ENV
 from labkit.targets.gpt import read_gpt
@@ -204,6 +205,10 @@ def audit_disk(runner: Runner, path: Path | str) -> DiskAudit:
     found: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="labkit-diskaudit-") as tmp:
         parts = tuple(_scan(runner, path, n, off, sz, Path(tmp), found) for n, off, sz in entries)
+    if entries[0][0] is None and not parts[0].fstype and Path(path).is_file():
+        raise InputError(f"{printable(path)} is neither an apkovl (no gzip header: truncated or corrupt?) nor a disk "
+                         "image (no GPT, no filesystem)",
+                         "give an .apkovl.tar.gz, a disk image or a block device")
     ovl_audits: dict[str, tuple[Apkovl, list[Finding]]] = {}
     findings = disk_findings(parts)
     for key, data in found.items():
