@@ -18,6 +18,8 @@ from labkit.core.data import GUEST_DIR as DATA_DIR
 from labkit.core.errors import LabkitError
 from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Runner
+from labkit.measure.bundle import parse_bundle_text
+from labkit.measure.metrics import measure_bundle
 from labkit.measure.parsers import parse_rc_status, parse_systemd_time
 from labkit.rehearsal import (
     GuestKernel,
@@ -382,7 +384,13 @@ def test_alpine_rehearsal_reports_missing_world_package(runner: Runner, kernel: 
     assert "labkit-rehearsal: ERROR: world package 'gdisk' not found in /media/vda/apks" in text
     _os, s = parse_bundle(text)
     assert "labkit-rehearsal: ERROR: world package 'gdisk' not found" in s["dmesg"]
-    kmsg_time(s["dmesg"], "Installing packages to root filesystem: failed.")
+    # mkinitfs 3.13's order: the warning, then the step's "ok." (apk's status is not the step's)
+    warn = kmsg_time(s["dmesg"], "WARNING: apkovl packages install completed with errors...")
+    assert kmsg_time(s["dmesg"], "Installing packages to root filesystem: ok.") >= warn
+    m = measure_bundle(parse_bundle_text(text, strict=False))
+    values = {x.name: x for x in m.metrics}
+    assert values["packages_missing"].value == 1 and "gdisk" in values["packages_missing"].source
+    assert values["apk_install_errors"].value == 1
     assert "labkit-check: present /sbin/sgdisk" not in text
     assert "labkit-check: present /sbin/mke2fs" in text
 

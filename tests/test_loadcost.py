@@ -245,6 +245,27 @@ def test_contended_boots_leave_the_fit_when_their_set_has_a_quiet_one() -> None:
     assert lc2.left_out.empty and len(lc2.contended_used) == 6
 
 
+def test_incomplete_installs_never_enter_the_fit(tmp_path: Path) -> None:
+    """A boot whose install dropped world packages loaded less than its set: it would look like a fast
+    load. It is left out even when it is the only boot of its set, and the report says why."""
+    df, pk = _synthetic()
+    extra = []
+    for boot in sorted(set(df["boot"])):
+        name = df.loc[df["boot"] == boot, "package_set"].iloc[0]
+        missing = 3.0 if boot in (101, 104) else 0.0  # medium's only boot, and an xlarge replicate
+        extra.append({"run_id": "r", "os": "alpine-rehearsal", "boot": boot, "warmup": False,
+                      "metric": "packages_missing", "value": missing, "package_set": name,
+                      "host_contended": False, "host_other_cpu": 0.05})
+    df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
+    lc = analyse(df, pk, resamples=200)
+    assert sorted(lc.left_out["boot"]) == [101, 104]
+    assert not {101, 104} & set(lc.packages["boot"]) and "medium" not in set(lc.used["package_set"])
+    from labkit.report.report import loadcost_threat
+
+    text = loadcost_threat(lc)
+    assert "2 boot(s) with an incomplete install left out" in text and "under host load" not in text
+
+
 def test_without_package_lines_the_boot_totals_are_used() -> None:
     df, _ = _synthetic()
     lc = analyse(df)

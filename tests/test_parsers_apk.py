@@ -24,6 +24,7 @@ from labkit.measure.parsers import (
     parse_apk_installed,
     parse_apk_list,
     parse_apk_stats,
+    parse_apk_world,
     parse_initramfs_messages,
 )
 from labkit.measure.parsers.apk import split_name_version
@@ -250,3 +251,42 @@ def test_initramfs_install_errors_313() -> None:
                                    "[3.0] Loading user settings from /x.apkovl.tar.gz...\n")
     assert [(s.status, s.ended) for s in bad.steps] == [("failed", 2.0), (None, None)]
 
+
+
+def test_world_missing_on_the_real_database() -> None:
+    """The minirootfs's own world is satisfied by its installed database; a name apk could not install
+    (APK_FORCE_BROKEN_WORLD drops it at a diskless boot) is named; provides (p:) satisfy a dependency."""
+    from labkit.measure.parsers.apk import world_missing
+
+    installed = parse_apk_installed((ALPINE_FIXTURES / "lib-apk-db-installed").read_text())
+    world = parse_apk_world((ALPINE_FIXTURES / "etc-apk-world").read_text())
+    assert world_missing(world, installed) == []
+    busybox = next(p for p in installed if p.name == "busybox")
+    assert "cmd:busybox" in busybox.provides and all("=" not in n for n in busybox.provides)
+    extra = [*world, "busybox>=1.36", "cmd:apk", "so:libapk.so.2.14.0", "!openssh", "dillo@edge", "firefox<200",
+             "cmd:nosuch"]
+    assert world_missing(extra, installed) == ["dillo", "firefox", "cmd:nosuch"]
+
+
+def test_packages_missing_metric_from_a_bundle() -> None:
+    from labkit.measure.bundle import format_bundle, parse_bundle_text
+    from labkit.measure.metrics import measure_bundle
+
+    db = (ALPINE_FIXTURES / "lib-apk-db-installed").read_text()
+
+    def bundle(world: str | None, dmesg: str) -> str:
+        sections = {"os_release": "ID=alpine", "uptime": "5.00 1.00", "dmesg": dmesg, "apk_installed": db}
+        if world is not None:
+            sections["apk_world"] = world
+        return format_bundle("alpine", "real", sections)
+
+    ok = measure_bundle(parse_bundle_text(bundle("busybox\napk-tools", "[    1.000000] Alpine Init 3.13.0")))
+    vals = {m.name: m for m in ok.metrics}
+    assert vals["packages_missing"].value == 0 and vals["apk_install_errors"].value == 0
+    warn = "[    2.000000] WARNING: apkovl packages install completed with errors..."
+    bad = measure_bundle(parse_bundle_text(bundle("busybox\nfirefox\nchromium", warn)))
+    vals = {m.name: m for m in bad.metrics}
+    assert vals["packages_missing"].value == 2 and "firefox, chromium" in vals["packages_missing"].source
+    assert vals["apk_install_errors"].value == 1
+    none = measure_bundle(parse_bundle_text(bundle(None, "[    1.000000] x")))
+    assert none.reasons()["packages_missing"] == "no apk_world section in the bundle"

@@ -193,3 +193,21 @@ def test_failed_boots_are_listed_not_hidden(tmp_path: Path) -> None:
     html = render_report(run_dir).read_text()
     assert "1 of 2 boots failed" in html and "no exit within 120 s: killed" in html
     assert (run_dir / "tables" / "boots.csv").is_file()
+
+
+def test_incomplete_installs_leave_the_statistics(tmp_path: Path) -> None:
+    """An Alpine boot that came up without some world packages would read as a fast boot: none of its
+    metrics enter the statistics, and the threats say which boot and why."""
+    run_dir = synth.make_run_dir(tmp_path / "run", boots=4)
+    df = pd.read_csv(run_dir / "results.csv")
+    alpine = df[df["os"] == "alpine-rehearsal"].drop_duplicates("boot").copy()
+    alpine["metric"], alpine["unit"] = "packages_missing", "count"
+    alpine["value"] = [3.0 if b == 2 else 0.0 for b in alpine["boot"]]  # boot 2 lost three world packages
+    pd.concat([df, alpine]).to_csv(run_dir / "results.csv", index=False)
+    ctx = load_report_context(run_dir)
+    assert ctx.incomplete is not None and list(zip(ctx.incomplete["os"], ctx.incomplete["boot"], strict=True)) == [
+        ("alpine-rehearsal", 2)]
+    alpine = ctx.results[ctx.results["os"] == "alpine-rehearsal"]
+    assert 2 not in set(alpine["boot"]) and {1, 3} <= set(alpine["boot"])
+    assert 2 in set(ctx.results[ctx.results["os"] == "nixos-rehearsal"]["boot"])
+    assert any("**Incomplete installs**: 1 boot(s) (alpine-rehearsal #2)" in t for t in threats(ctx))

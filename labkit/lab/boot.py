@@ -147,11 +147,17 @@ def run_boot(
                 # a boot that did not end cleanly (QEMU error, killed at the timeout after the bundle)
                 # keeps its bundle as evidence but feeds no number into the results
                 rows = rows_from_bundle(b, run_id=run_id, boot=index, warmup=warmup, accel=accel) if ok else []
-                missing = missing_json(measure_bundle(b).missing) if ok else ""
+                measured = measure_bundle(b) if ok else None
+                missing = missing_json(measured.missing) if measured is not None else ""
                 if not ok:
                     reason = f"bundle complete, but the boot did not end cleanly: {res.reason}"
                 elif res.stopped:
                     reason = "bundle complete (QEMU stopped at its END line)"
+                lost = next((m for m in measured.metrics if m.name == "packages_missing" and m.value > 0), None) \
+                    if measured is not None else None
+                if lost is not None:  # never a fast load: the report and the load-cost fit leave it out
+                    reason = (f"incomplete install: {lost.value:.0f} world package(s) missing "
+                              f"({lost.source.split(': ', 1)[-1]}); " + reason)
         load = res.host_load
         runner.note(
             f"{os_name} #{index}: {'ok' if ok else 'FAILED'} in {res.wall_s:.1f} s"

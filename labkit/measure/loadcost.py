@@ -51,8 +51,11 @@ X_METRIC = "installed_size_mib"
 TIME_METRIC = "alpine_package_load_s"
 RAM_METRIC = "root_tmpfs_used_mib"
 GUNZIP_METRIC = "guest_gunzip_mib_s"
+#: a boot whose install dropped world packages (apk's APK_FORCE_BROKEN_WORLD at a diskless boot) loaded less
+#: than its set: an incomplete install, never a point of the fit (labkit.measure.metrics, packages_missing)
+INCOMPLETE_METRICS = ("packages_missing", "apk_install_errors")
 POINT_METRICS = (X_METRIC, "compressed_size_mib", "package_count", TIME_METRIC, RAM_METRIC, "ram_used_mib",
-                 "shmem_mib", GUNZIP_METRIC)
+                 "shmem_mib", GUNZIP_METRIC, *INCOMPLETE_METRICS)
 #: Packages at least this large show how the per-MiB cost varies with content (LoadCost.content_rates).
 LARGE_PACKAGE_MIB = 10.0
 #: Columns loadcost.csv carries per row besides the results table's: the set and the boot's host load.
@@ -327,11 +330,21 @@ def _truthy(v: object) -> bool:
     return str(v).strip().lower() in ("true", "1", "yes")
 
 
+def incomplete(points: pd.DataFrame) -> pd.Series:
+    """True for the boots whose install was incomplete (world packages missing, or apk's errors warning)."""
+    flags = pd.Series(False, index=points.index)
+    for c in INCOMPLETE_METRICS:
+        if c in points.columns:
+            flags |= points[c].fillna(0) > 0
+    return flags
+
+
 def select_boots(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(used, left out): a set's boots taken under host contention are left out when the same set has a
-    boot on a quiet host; a set booted only under contention keeps its boots (the report says so)."""
+    """(used, left out): a boot with an incomplete install is always left out (it loaded less than its set);
+    a set's boots taken under host contention are left out when the same set has a boot on a quiet host; a
+    set booted only under contention keeps its boots (the report says so)."""
     keep = []
-    for _, g in points.groupby("package_set", sort=False):
+    for _, g in points[~incomplete(points)].groupby("package_set", sort=False):
         quiet = g[~g["host_contended"]]
         keep.append(quiet if len(quiet) else g)
     used = pd.concat(keep) if keep else points.iloc[0:0]

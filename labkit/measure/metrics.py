@@ -38,7 +38,8 @@ from labkit.measure.bundle import (
     parse_meminfo,
     parse_uptime,
 )
-from labkit.measure.parsers.apk import parse_apk_installed
+from labkit.measure.parsers.apk import ApkPackage, parse_apk_installed, parse_apk_world, world_missing
+from labkit.measure.parsers.mkinitfs import INSTALL_ERRORS_WARNING
 from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
 from labkit.measure.parsers.system import parse_rc_log
 from labkit.measure.parsers.systemd import SystemdTime, parse_systemd_time
@@ -191,6 +192,19 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef(
         "compressed_size_mib", "MiB", "Alpine: sum of S: (bytes of the .apk files) over /lib/apk/db/installed.",
         "apk db", applies_to="alpine",
+    ),
+    MetricDef(
+        "packages_missing", "count",
+        "Alpine: entries of /etc/apk/world that no package in /lib/apk/db/installed provides after the boot's "
+        "install. The diskless boot's apk add implies APK_FORCE_BROKEN_WORLD and drops them silently; a boot "
+        "with any is an incomplete install, left out of the load-cost fit.",
+        "apk world vs apk db", applies_to="alpine",
+    ),
+    MetricDef(
+        "apk_install_errors", "flag",
+        "Alpine: 1 when the initramfs wrote 'WARNING: apkovl packages install completed with errors...' to the "
+        "kernel log (mkinitfs >= 3.13.0 initramfs-init.in l.1072), else 0. Older mkinitfs leaves no trace.",
+        "dmesg", applies_to="alpine",
     ),
     MetricDef(
         "closure_size_mib", "MiB",
@@ -361,6 +375,33 @@ def _package_values(v: _Values, bundle: Bundle) -> None:
     else:
         for n in ("package_count", "installed_size_mib", "compressed_size_mib"):
             v.absent(n, "no apk_installed section: /lib/apk/db/installed was not found")
+    if os_family(bundle.os) == "alpine":
+        _world_values(v, sections)
+
+
+_INSTALLED_NAMES = re.compile(r"^P:(\S+)$|^p:(.*)$", re.M)
+
+
+def _world_values(v: _Values, sections: Mapping[str, str]) -> None:
+    """packages_missing (world vs installed) and apk_install_errors (the initramfs's warning)."""
+    if "apk_world" not in sections or "apk_installed" not in sections:
+        what = "apk_world" if "apk_world" not in sections else "apk_installed"
+        v.absent("packages_missing", f"no {what} section in the bundle")
+    else:
+        have: set[str] = set()
+        for name, provides in _INSTALLED_NAMES.findall(sections["apk_installed"]):
+            if name:
+                have.add(name)
+            else:
+                have.update(t.split("=", 1)[0] for t in provides.split())
+        world = parse_apk_world(sections["apk_world"])
+        lost = world_missing(world, [ApkPackage(n, "", None, None) for n in sorted(have)])
+        v.set("packages_missing", float(len(lost)),
+              "apk world vs apk db" + (f": {', '.join(lost[:8])}{' ...' if len(lost) > 8 else ''}" if lost else ""))
+    if "dmesg" in sections:
+        v.set("apk_install_errors", 1.0 if INSTALL_ERRORS_WARNING in sections["dmesg"] else 0.0)
+    else:
+        v.absent("apk_install_errors", "no dmesg section")
 
 
 class RawDmesg:

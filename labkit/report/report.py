@@ -30,6 +30,7 @@ from labkit.measure.loadcost import (
     LoadCost,
     LoadCostError,
     analyse,
+    incomplete,
     load_loadcost,
     load_packages,
 )
@@ -83,6 +84,8 @@ class ReportContext:
     #: measured boots left out of the statistics: taken under host load while the same system had enough
     #: boots on a quiet host (os, boot, host_other_cpu, host_reason)
     excluded: pd.DataFrame | None = None
+    #: measured boots left out because their install was incomplete (world packages missing): (os, boot, missing)
+    incomplete: pd.DataFrame | None = None
 
     @property
     def systems(self) -> list[str]:
@@ -145,8 +148,24 @@ def load_report_context(run_dir: str | os.PathLike[str]) -> ReportContext:
     boots = pd.read_csv(path / BOOTS_FILE) if (path / BOOTS_FILE).is_file() else None
     pk = load_packages(path / PACKAGES_FILE) if (path / PACKAGES_FILE).is_file() else None
     results, excluded = drop_contended(results, boots)
+    results, broken = drop_incomplete(results)
     return ReportContext(path, results, summarize(results), env, lc, dec, boots, loadcost_packages=pk,
-                         excluded=excluded)
+                         excluded=excluded, incomplete=broken)
+
+
+def drop_incomplete(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, left out): a boot whose install dropped world packages (``packages_missing`` > 0) loaded
+    less than it was asked to; its times would read as a fast boot, so none of its metrics enter the
+    statistics. The left-out table has one row per such boot (os, boot, missing)."""
+    if "metric" not in results.columns:
+        return results, pd.DataFrame(columns=["os", "boot", "missing"])
+    lost = results[(results["metric"] == "packages_missing") & (results["value"] > 0)]
+    bad = set(zip(lost["os"], lost["boot"], strict=True))
+    if not bad:
+        return results, pd.DataFrame(columns=["os", "boot", "missing"])
+    keep = [(o, b) not in bad for o, b in zip(results["os"], results["boot"], strict=True)]
+    out = lost[["os", "boot", "value"]].rename(columns={"value": "missing"}).reset_index(drop=True)
+    return results[keep].reset_index(drop=True), out
 
 
 #: A system keeps at least this many measured boots on a quiet host before its contended boots are left out.
@@ -441,6 +460,11 @@ def threats(ctx: ReportContext) -> list[str]:
     load = host_load_text(ctx)
     if load:
         out.append(load)
+    if ctx.incomplete is not None and len(ctx.incomplete):
+        which = ", ".join(f"{o} #{b}" for o, b in zip(ctx.incomplete["os"], ctx.incomplete["boot"], strict=True))
+        out.append(f"**Incomplete installs**: {len(ctx.incomplete)} boot(s) ({which}) came up without some of "
+                   "their world packages (apk drops what the media lacks at a diskless boot): left out of every "
+                   "statistic; boots.csv names the packages.")
     if ctx.merged is not None and len(ctx.merged.hosts) > 1:
         out.append(
             f"**Several hosts** ({', '.join(ctx.merged.hosts)}): every statistic is per host and cell; a difference "
@@ -471,8 +495,12 @@ def loadcost_threat(lc: LoadCost) -> str:
     model = (f"per-package points ({lc.model.n_packages} packages in {lc.model.n_boots} boots, {lc.model.basis_text}; "
              f"robust weighted Theil-Sen; b from the {lc.model.b_from}) and per-boot totals" if lc.model is not None
              else "per-boot totals only (no per-package lines in these boots)")
-    left = f"; {len(lc.left_out)} boot(s) under host load left out (their set has a quiet boot)" \
-        if len(lc.left_out) else ""
+    broken = int(incomplete(lc.left_out).sum()) if len(lc.left_out) else 0
+    busy = len(lc.left_out) - broken
+    left = f"; {busy} boot(s) under host load left out (their set has a quiet boot)" if busy else ""
+    if broken:
+        left += (f"; {broken} boot(s) with an incomplete install left out (world packages missing or apk's "
+                 "'completed with errors' warning: they loaded less than their set)")
     if lc.model is not None and lc.model.basis == "cpu_seconds" and "cpu_over_wall" in lc.points.columns:
         p = lc.points.dropna(subset=["cpu_over_wall"])
         if len(p):

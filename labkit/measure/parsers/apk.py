@@ -29,6 +29,10 @@ class ApkPackage:
     version: str
     size: int | None  # S: bytes of the .apk (compressed)
     installed_size: int | None  # I: bytes installed
+    #: p: names it provides, without their versions (``so:libc.musl-x86_64.so.1``, ``cmd:ldd``, ...):
+    #: apk-tools v2.14.4 src/database.c apk_db_index_write / package.c apk_pkg_write_index_entry
+    #: ('p:' + the blank-separated provides, each "name=version" or a bare name)
+    provides: tuple[str, ...] = ()
 
 
 def parse_apk_installed(text: str, section: str = "apk_installed") -> list[ApkPackage]:
@@ -44,7 +48,8 @@ def parse_apk_installed(text: str, section: str = "apk_installed") -> list[ApkPa
             raise SectionError(section, start, None, f"package record ending before line {no} has no P: or V:")
         s = whole_number(rec["S"], section, start, rec.get("P"), "S: size") if "S" in rec else None
         i = whole_number(rec["I"], section, start, rec.get("P"), "I: size") if "I" in rec else None
-        out.append(ApkPackage(rec["P"], rec["V"], s, i))
+        prov = tuple(t.split("=", 1)[0] for t in rec.get("p", "").split())
+        out.append(ApkPackage(rec["P"], rec["V"], s, i, prov))
         rec.clear()
 
     for no, raw in enumerate(text.split("\n"), start=1):
@@ -60,7 +65,7 @@ def parse_apk_installed(text: str, section: str = "apk_installed") -> list[ApkPa
         if key == "P" and "P" in rec:  # a new record without a blank line between
             flush(no)
             start = no
-        if key in "PVSI":
+        if key in "PVSIp":
             rec[key] = line[2:]
     flush(len(text.split("\n")) + 1)
     return out
@@ -367,6 +372,27 @@ def parse_apk_world(text: str, section: str = "apk_world") -> list[str]:
             if not re.match(r"^[A-Za-z0-9_.+@:<>=~!-]+$", tok):
                 raise SectionError(section, no, raw, f"not a package constraint: {tok!r}")
             out.append(tok)
+    return out
+
+
+_WORLD_NAME_RE = re.compile(r"^(?P<name>[^<>=~@!]+)")
+
+
+def world_missing(world: list[str], installed: list[ApkPackage]) -> list[str]:
+    """The world's dependencies that no installed package satisfies by name or by what it provides.
+
+    A diskless boot runs ``apk add --initramfs-diskless-boot``, which implies ``APK_FORCE_BROKEN_WORLD``
+    (apk-tools v2.14.4 src/apk.c l.277-282, v3.0.6 l.247-251): a world entry the media cannot satisfy is
+    dropped without an error, so only this comparison shows it. Conflicts (``!name``) are not wanted; the
+    version and the repository tag (``name>=1.2``, ``name@edge``) are left to apk: a name present counts."""
+    have = {p.name for p in installed} | {n for p in installed for n in p.provides}
+    out = []
+    for dep in world:
+        if dep.startswith("!"):
+            continue
+        m = _WORLD_NAME_RE.match(dep)
+        if m and m.group("name") not in have:
+            out.append(m.group("name"))
     return out
 
 
