@@ -12,8 +12,24 @@ from labkit.core.settings import Settings
 from labkit.guide.chain import CHAIN, chain_notebooks, run_chain
 
 
+def _checkout_state() -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file of the checkout but caches, the venv and git's own folder."""
+    root = Path(__file__).resolve().parents[1]
+    skip = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "runs"}
+    out = {}
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if p.is_file() and not skip & set(rel.parts):
+            st = p.stat()
+            out[rel.as_posix()] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 def test_every_notebook_runs_in_plan_mode(tmp_path: Path) -> None:
+    before = _checkout_state()
     run = run_chain(Settings(target="plan"), out=tmp_path / "run", log=None)
+    # plan mode writes nothing outside its run folder: the checkout (notebooks/ included) is unchanged
+    assert _checkout_state() == before
     assert run.ok, [(s.name, s.reason, s.traceback) for s in run.steps if s.status == "failed"]
     names = [s.name for s in run.steps]
     assert names == [p.stem for p in chain_notebooks()] and names == [n for n in CHAIN if n in names]
@@ -33,6 +49,9 @@ def test_every_notebook_runs_in_plan_mode(tmp_path: Path) -> None:
     assert "sgdisk --clear" in disk and "mkfs.ext4 -q -F -b 4096 -L alpine /dev/sdX4" in disk  # on the placeholder
     alpine = (run.run_dir / "notebooks" / "04_alpine.ipynb").read_text()
     assert "/dev/sdX4" in alpine and "alpinelab.apkovl.tar.gz" in alpine
+    # the post's Alpine path, on a named placeholder ISO when none is chosen: xorriso reads apks/ and boot/
+    assert "xorriso -indev '<alpine_iso: alpine-extended-3.20.3-x86_64.iso>' -osirrox on:auto_chmod_on " \
+           "-extract /apks" in alpine and "-extract /boot/vmlinuz-lts" in alpine
     assert json.loads((run.run_dir / "chain.json").read_text())["ok"] is True
 
 

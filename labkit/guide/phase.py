@@ -50,7 +50,8 @@ def lab_image(s: Settings) -> Path:
 def install_options(s: Settings) -> InstallOptions:
     return InstallOptions(systems=s.systems, world=s.package_set, cache_dir=s.path("cache_dir"),
                           alpine_iso=s.path("alpine_iso"), alpine_iso_sha256=s.alpine_iso_sha256 or None,
-                          alpine_world=s.alpine_world, alpine_media=s.alpine_media or "vda4", hostname=s.hostname)
+                          alpine_world=s.alpine_world, alpine_media=s.alpine_media or "vda4", hostname=s.hostname,
+                          plan_real_alpine=s.target == "plan")
 
 
 def open_target(s: Settings, runner: Runner) -> Target:

@@ -137,6 +137,22 @@ def _entry(title: str, flavor: str, kernel_args: tuple[str, ...]) -> BootEntry:
                      initrd=f"boot/initramfs-{flavor}", cmdline=kernel_options(lab=True, extra=kernel_args))
 
 
+#: the ISO a plan names when none is chosen (the post uses the extended ISO: it carries the packages offline)
+ISO_PLACEHOLDER = "<alpine_iso: alpine-extended-3.20.3-x86_64.iso>"
+
+
+def plan_alpine_partition(tree: Path, *, world: Sequence[str] = (), hostname: str = "alpinelab",
+                          media: str = LAB_MEDIA) -> BootEntry:
+    """A plan without an ISO: stage the small files :func:`prepare_alpine_partition` writes beside the ISO's
+    (the apkovl and boot/refind_linux.conf for the official ISO's ``lts`` kernel) and return its entry."""
+    spec = lab_apkovl_spec(hostname, [n for n in world if n != "alpine-base"], os_id="alpine", media=media)
+    tree.mkdir(parents=True, exist_ok=True)
+    write_apkovl(spec, tree / spec.filename)
+    atomic_write_text(tree / "boot" / "refind_linux.conf",
+                      refind_linux_conf("lts", lab=True, extra=tuple(spec.kernel_args()), title=REAL_TITLE))
+    return _entry(REAL_TITLE, "lts", tuple(spec.kernel_args()))
+
+
 def iso_entry(runner: Runner, iso: Path, *, hostname: str = "alpinelab", media: str = LAB_MEDIA,
               root_size: str | None = None) -> tuple[BootEntry, bool]:
     """The boot entry :func:`prepare_alpine_partition` will write, read off the ISO without extracting it

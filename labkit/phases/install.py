@@ -66,6 +66,9 @@ class InstallOptions:
     #: install (over the serial console in the lab) fills them.
     nixos_from_installer: bool = False
     nixos_title: str = "NixOS"
+    #: plan mode without ``alpine_iso``: plan the post's path (the official ISO's boot/ and apks/ extracted
+    #: with xorriso) on a named placeholder ISO, as the disk plan names /dev/sdX, instead of the rehearsal
+    plan_real_alpine: bool = False
     default: str = ""  # the system rEFInd boots by default ("" = the first)
 
     def validate(self) -> None:
@@ -162,8 +165,7 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
 
                 entry, rehearsal = iso_entry(runner, opts.alpine_iso, hostname=opts.hostname, media=opts.alpine_media)
                 if plan:
-                    runner.run(["xorriso", "-osirrox", "on", "-indev", opts.alpine_iso, "-extract", "/apks",
-                                tree / "apks", "-extract", "/boot", tree / "boot"])
+                    plan_iso_extract(runner, opts.alpine_iso, tree, entry.kernel.split("vmlinuz-", 1)[-1])
                 systems["alpine"] = SystemContent("alpine", entry, afiles, None, rehearsal=rehearsal)
             else:
                 stage(tree, {})
@@ -172,6 +174,15 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
                                                         media=opts.alpine_media)
                 systems["alpine"] = SystemContent("alpine", guest.entry, afiles, guest, media,
                                                   rehearsal=guest.os_id.endswith("-rehearsal"))
+        elif plan and opts.plan_real_alpine:
+            from labkit.phases.alpine_media import ISO_PLACEHOLDER, plan_alpine_partition
+
+            stage(tree, {})
+            plan_iso_extract(runner, Path(ISO_PLACEHOLDER), tree)
+            entry = plan_alpine_partition(tree, world=opts.alpine_world, hostname=opts.hostname,
+                                          media=opts.alpine_media)
+            runner.note(f"no alpine_iso chosen: the plan names {ISO_PLACEHOLDER}")
+            systems["alpine"] = SystemContent("alpine", entry, afiles, None, rehearsal=False)
         else:
             from labkit.rehearsal.build import alpine_entry
 
@@ -225,6 +236,15 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
 
 
 # -- the phases ---------------------------------------------------------------------------------------
+def plan_iso_extract(runner: Runner, iso: Path, tree: Path, flavor: str = "lts") -> None:
+    """Record (plan mode) the extraction :func:`labkit.systems.alpine.extract.extract_iso` performs: the ISO's
+    apks/ (with apks/.boot_repository, which nlplug-findfs looks for) and its lts boot files, read with
+    xorriso, no mount."""
+    from labkit.systems.alpine.extract import extract_argv
+
+    runner.run(extract_argv(iso, tree, flavor))
+
+
 def phase_steps(target: Target, prepared: Prepared, *, wipe: bool = False) -> list[tuple[str, list[Step]]]:
     """The four phases as (name, steps), in the post's order."""
     phases: list[tuple[str, list[Step]]] = [("disk", disk_steps(target, wipe=wipe)),

@@ -8,6 +8,7 @@ the syslinux/grub/efi loader files stay behind (rEFInd boots the kernel directly
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,16 @@ def refind_linux_conf(flavor: str, *, lab: bool = True, extra: tuple[str, ...] =
     return f'"{title} ({flavor})" "{opts}"\n"{title} ({flavor}, verbose)" "{opts.replace(" quiet", "")}"\n'
 
 
+def extract_argv(iso: Path | str, tree: Path, flavor: str, present: Collection[str] | None = None) -> list[str]:
+    """xorriso's command that copies the ISO's apks/ (with .boot_repository) and the flavour's boot files
+    into ``tree``, without mounting; ``present``: the ISO's files (None: a plan names every boot file)."""
+    argv = ["xorriso", "-indev", str(iso), "-osirrox", "on:auto_chmod_on", "-extract", "/apks", str(tree / "apks")]
+    for w in (f"boot/{n}-{flavor}" for n in BOOT_FILES):
+        if present is None or w in present:
+            argv += ["-extract", f"/{w}", str(tree / w)]
+    return argv
+
+
 def extract_iso(runner: Runner, iso: Path, tree: Path, *, flavor: str | None = None, lab: bool = True,
                 spec: ApkovlSpec | None = None) -> IsoInfo:
     """Fill ``tree`` (the Alpine partition's root) from ``iso``."""
@@ -81,11 +92,7 @@ def extract_iso(runner: Runner, iso: Path, tree: Path, *, flavor: str | None = N
         raise InputError(f"{iso} lacks {missing}", "the ISO is incomplete; download it again")
     if runner.mode.value == "apply":
         check_output_dir(tree, what="the extraction folder")
-    argv = ["xorriso", "-indev", str(iso), "-osirrox", "on:auto_chmod_on", "-extract", "/apks", str(tree / "apks")]
-    for w in wanted:
-        if w in info.files:
-            argv += ["-extract", f"/{w}", str(tree / w)]
-    runner.run(argv)
+    runner.run(extract_argv(iso, tree, flavor, info.files))
     extra = tuple(spec.kernel_args()) if spec else ()
     if runner.mode.value == "apply":
         if not (tree / "apks" / ".boot_repository").is_file():
