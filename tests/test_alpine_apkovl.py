@@ -246,3 +246,28 @@ def test_cli_hashes_from_files_and_no_login(tmp_path: Path, capsys: pytest.Captu
     f.write_text(HASH + "\n")
     assert main(["alpine", "apkovl", "--out", str(out), "--hostname", "h2", "--root-password-hash-file", str(f)]) == 0
     assert _texts((out / "h2.apkovl.tar.gz").read_bytes())["etc/shadow"].startswith(f"root:{HASH}:")
+
+
+def test_a_real_disk_gets_the_owners_login_and_stays_up(tmp_path: Path) -> None:
+    """On a real disk the apkovl is somebody's: root's hash (from a file) and keys, openssh in the world for the
+    keys, DHCP on eth0, and no poweroff after the probe; without any way in it is refused."""
+    from labkit.phases.install import alpine_login
+    from labkit.rehearsal.build import POWEROFF_NAME, lab_apkovl_spec
+    from labkit.systems.alpine.apkovl import AlpineLogin
+
+    with pytest.raises(InputError, match="nobody could log in to the Alpine installed on this disk"):
+        alpine_login(None, ())
+    f = tmp_path / "root.hash"
+    f.write_text(HASH + "\n")
+    login = alpine_login(f, (KEY,))
+    assert HASH not in repr(login)
+    texts = _texts(build_apkovl(lab_apkovl_spec("alpinelab", ["dillo"], login=login)))
+    assert texts["etc/shadow"].startswith(f"root:{HASH}:")
+    assert texts["root/.ssh/authorized_keys"].strip() == KEY
+    assert texts["etc/apk/world"].split() == ["alpine-base", "dillo", "openssh"]
+    assert "iface eth0 inet dhcp" in texts["etc/network/interfaces"]
+    assert f"etc/local.d/{POWEROFF_NAME}" not in texts
+    lab = _texts(build_apkovl(lab_apkovl_spec("alpinelab", ["dillo"])))  # the lab's measurement-only overlay
+    assert f"etc/local.d/{POWEROFF_NAME}" in lab and lab["etc/shadow"].startswith("root:*:")
+    with pytest.raises(InputError, match="nobody could log in"):
+        AlpineLogin("!")

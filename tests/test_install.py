@@ -19,6 +19,7 @@ from labkit.targets.device import PLACEHOLDER, PlanTarget
 from labkit.targets.disks import read_disk
 from labkit.targets.image import ImageTarget, content_sha256
 
+ROOT_HASH = "$6$saltsalt$" + "b" * 86  # a well-formed sha-512 crypt hash (the shape is what is checked)
 WORLD = "base"  # the smallest package set: the tests are about the path, not the payloads
 
 
@@ -101,9 +102,16 @@ def test_install_on_a_loop_disk_then_boot_both_systems(tmp_path: Path, make_loop
     dev = make_loop(size=3 * GiB, backing=None, name="disk.img")
     fp = read_disk(Runner(progress=None), dev).fingerprint
     before = content_sha256(backing)
-    args = ["install", "--device", dev, "--confirm", fp, "--wipe", "--layout", "lab", "--world", WORLD]
+    base = ["install", "--device", dev, "--confirm", fp, "--wipe", "--layout", "lab", "--world", WORLD]
+    # a real disk is somebody's: an Alpine nobody can log in to is refused before anything is planned
+    assert main([*base, "--plan", "--out", str(tmp_path / "nologin")]) == 2
+    assert "nobody could log in to the Alpine installed on this disk" in capsys.readouterr().err
+    hash_file = tmp_path / "root.hash"
+    hash_file.write_text(ROOT_HASH + "\n")
+    args = [*base, "--alpine-root-password-hash-file", str(hash_file)]
     assert main([*args, "--plan", "--out", str(tmp_path / "plan")]) == 0
     shown = capsys.readouterr().out
+    assert ROOT_HASH not in shown
     for needle in ("sgdisk --clear", "mkfs.vfat -F 32", "mkfs.ext4 -q -F -b 4096 -L alpine",
                    "::/EFI/BOOT/BOOTX64.EFI", "::/EFI/BOOT/drivers_x64/ext4_x64.efi", "alpinelab.apkovl.tar.gz"):
         assert needle in shown, needle
@@ -112,13 +120,21 @@ def test_install_on_a_loop_disk_then_boot_both_systems(tmp_path: Path, make_loop
     fp2 = read_disk(Runner(progress=None), dev).fingerprint
     assert fp2 != fp
     assert main(["install", "--device", dev, "--confirm", fp2, "--layout", "lab", "--world", WORLD,
-                 "--out", str(tmp_path / "run2")]) == 0
+                 "--alpine-root-password-hash-file", str(hash_file), "--out", str(tmp_path / "run2")]) == 0
     parts = re.compile(re.escape(dev) + r"(p\d+)?$")
     touched = [e["argv"] for e in mutating_executed(tmp_path / "run2" / "transcript.jsonl")
                if any(parts.match(str(a)) for a in e["argv"])]
     assert touched == [], touched
     sh("partx", "-d", dev, check=False)
     sh("losetup", "-d", dev)
+    # the Alpine on the disk is the owner's: no poweroff after the probe, DHCP on eth0, no login warning
+    from labkit.systems.alpine.diskaudit import audit_disk
+
+    (ovl, findings), = audit_disk(Runner(progress=None), backing).apkovls.values()
+    names = {m.name for m in ovl.members}
+    assert "etc/shadow" in names and "etc/local.d/labkit-probe.start" in names
+    assert "etc/local.d/zz-labkit-poweroff.start" not in names
+    assert not [f for f in findings if f.severity == "warning"], findings
     for system in ("alpine", "nixos"):
         out = tmp_path / f"boot-{system}"
         assert main(["boot", "--disk", str(backing), "--system", system, "--out", str(out), "--accel", "tcg"]) == 0
@@ -135,3 +151,23 @@ def test_boot_refuses_an_image_attached_to_a_loop_device(tmp_path: Path, make_lo
     backing = tmp_path / "disk.img"
     make_loop(size=2 * GiB, name="disk.img")
     assert main(["boot", "--disk", str(backing), "--system", "alpine", "--out", str(tmp_path / "b")]) == 2
+
+
+def test_a_disk_target_needs_a_way_into_alpine(tmp_path: Path) -> None:
+    """The notebooks' disk target installs somebody's Alpine: without a hash file or a key it is refused
+    with the two settings that fix it; the lab target keeps the measurement-only overlay."""
+    from labkit.core.errors import InputError
+    from labkit.core.settings import Settings
+    from labkit.guide.phase import install_options
+
+    with pytest.raises(InputError, match="nobody could log in") as exc:
+        install_options(Settings(target="disk", device="/dev/sdz", fingerprint="0" * 12))
+    assert "alpine_root_password_hash_file" in exc.value.fix and "alpine_ssh_keys" in exc.value.fix
+    assert install_options(Settings(target="lab")).alpine_login is None
+    disk = {"target": "disk", "device": "/dev/sdz", "fingerprint": "0" * 12}
+    assert install_options(Settings(**disk, systems=("nixos",))).alpine_login is None
+    f = tmp_path / "h"
+    f.write_text(ROOT_HASH)
+    login = install_options(Settings(target="disk", device="/dev/sdz", fingerprint="0" * 12,
+                                             alpine_root_password_hash_file=str(f))).alpine_login
+    assert login is not None and login.root_password_hash == ROOT_HASH

@@ -131,3 +131,26 @@ def test_notebook_takes_a_key_file_and_a_pin(tmp_path: Path, meminfo: Path) -> N
     outputs = json.dumps([o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])])
     assert "Finding:" not in outputs and "PLAN ONLY" not in outputs
     assert "lab@demo" in outputs and synth.IMPERMANENCE_PIN_SHA256 in outputs
+
+
+def test_a_bad_tmpfs_size_is_a_short_error(tmp_path: Path, meminfo: Path) -> None:
+    """A learner's typo fails the notebook with a few lines naming the parameter and the fix, not a traceback
+    through labkit's source (papermill still stops there)."""
+    import nbformat
+    import papermill
+
+    from labkit.report.report import _kernel_name
+
+    out = tmp_path / "03_nixos.out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as exc:
+        papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name=_kernel_name(), progress_bar=False,
+                                   parameters={"root": str(tmp_path / "mnt"), "meminfo": str(meminfo),
+                                               "tmpfs_size": "lots"}, cwd=str(tmp_path), execution_timeout=120)
+    assert exc.value.ename == "InputError"
+    errors = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    (err,) = errors
+    lines = "\n".join(err["traceback"]).splitlines()
+    assert len(lines) <= 3, lines
+    assert "tmpfs size 'lots'" in lines[0] and "tmpfs_size" in "\n".join(lines)
+    assert "labkit/" not in "\n".join(lines) and "File " not in "\n".join(lines)

@@ -53,14 +53,6 @@ def assignment(text: str) -> tuple[str, str]:
 
 def ssh_keys(values: list[str]) -> list[str]:
     """OpenSSH public keys given inline (``ssh-ed25519 AAAA...``) or as .pub files (each checked)."""
-    from pathlib import Path
+    from labkit.systems.nixos.config import ssh_keys_from
 
-    from labkit.systems.nixos.config import read_ssh_key_file
-
-    keys: list[str] = []
-    for k in values:
-        if k.startswith(("ssh-", "ecdsa-", "sk-")):
-            keys.append(k)
-        else:
-            keys += read_ssh_key_file(Path(k))
-    return keys
+    return list(ssh_keys_from(values))

@@ -15,7 +15,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     from labkit.core.layout import parse_size
     from labkit.core.runner import Mode, Runner
     from labkit.core.steps import plan_lines
-    from labkit.phases.install import InstallOptions, run_install
+    from labkit.phases.install import InstallOptions, alpine_login, run_install
     from labkit.targets.device import DeviceTarget, PlanTarget
 
     layout = LAYOUTS[args.layout]
@@ -28,10 +28,13 @@ def _cmd_install(args: argparse.Namespace) -> int:
                               "state_path": out / "disk-state.json", "work": out / "mnt"}
     target = PlanTarget(runner, layout, args.device, **common) if args.plan else DeviceTarget(
         runner, layout, args.device, **common)
+    login = None
+    if "alpine" in args.systems and not args.no_login:  # the disk is somebody's: they must be able to log in
+        login = alpine_login(args.alpine_root_password_hash_file, args.alpine_ssh_key or ())
     opts = InstallOptions(systems=tuple(args.systems), world=args.world, alpine_iso=_path(args.alpine_iso),
                           alpine_iso_sha256=args.alpine_iso_sha256, alpine_world=tuple(args.alpine_world or ()),
                           alpine_media=args.alpine_media or _media_name(target), hostname=args.hostname,
-                          cache_dir=_path(args.cache_dir))
+                          cache_dir=_path(args.cache_dir), alpine_login=login)
     res = run_install(target, opts, out / "work", wipe=args.wipe)
     if args.plan:
         print(f"plan for {target.describe()} — nothing was executed:")
@@ -96,6 +99,12 @@ def register(sub: Any) -> None:
     ins.add_argument("--alpine-media", metavar="NAME",
                      help="the Alpine partition's name where the disk boots (default: the device's, vda4 for a loop)")
     ins.add_argument("--hostname", default="alpinelab", help="Alpine's hostname (default alpinelab)")
+    ins.add_argument("--alpine-root-password-hash-file", metavar="FILE",
+                     help="root's crypt(3) hash for Alpine, alone in a file (openssl passwd -6 > FILE)")
+    ins.add_argument("--alpine-ssh-key", nargs="+", metavar="KEY",
+                     help="OpenSSH public keys (or .pub files) for Alpine's root (openssh joins its world)")
+    ins.add_argument("--no-login", action="store_true",
+                     help="a measurement-only Alpine: nobody can log in, it powers off after the probe (as in the lab)")
     ins.add_argument("--allow-removable", action="store_true")
     ins.add_argument("--cache-dir", help="cache for the guest kernel (default ~/.cache/labkit)")
     ins.add_argument("--out", help="transcript, state and work folder (default runs/install-<device>)")

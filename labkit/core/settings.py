@@ -169,6 +169,12 @@ class Settings:
                                             "install")
     alpine_media: str = setting("", "the Alpine partition's kernel name where the disk boots (sda4, nvme0n1p4; "
                                 "empty: the device's own, vda4 in the lab)", "nb", "install", check=_media)
+    alpine_root_password_hash_file: str = setting(
+        "", "a real disk: a file holding root's crypt(3) hash for the Alpine installed there (openssl passwd -6 > "
+        "FILE); never the hash itself", "nb", "install")
+    alpine_ssh_keys: tuple[str, ...] = setting(
+        (), "a real disk: OpenSSH public keys (or .pub files) for Alpine's root (openssh joins the world: the "
+        "extended ISO carries it)", "nb", "install", cli="--alpine-ssh-key")
     nixos_iso: str = setting("", "a NixOS installer ISO: install over the serial console in the lab", "lab")
     nixos_iso_sha256: str = setting("", "its published sha256 (empty: the .sha256 file beside it)", "lab", check=_sha)
     nixos_ssh_keys: tuple[str, ...] = setting((), "OpenSSH public keys (or .pub files) for the installed NixOS user",
@@ -440,7 +446,7 @@ NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "02_refind": (*_COMMON, "systems", "boot_check"),
     "03_nixos": (*_COMMON, "package_set", "boot_check"),
     "04_alpine": (*_COMMON, "package_set", "hostname", "alpine_iso", "alpine_iso_sha256", "alpine_world",
-                  "alpine_media", "boot_check"),
+                  "alpine_media", "alpine_root_password_hash_file", "alpine_ssh_keys", "boot_check"),
     "05_benchmark": ("target", "run_dir", "device", "fingerprint", "systems", "boots", "warmup", "package_set",
                      "memory_mib", "load_cost", "load_sets", "grid", "scheduler", "interactive"),
     "06_report": ("run_dir",),

@@ -20,7 +20,7 @@ from labkit.core.layout import LAYOUTS, Layout, parse_size
 from labkit.core.runner import Mode, Runner
 from labkit.core.settings import Settings
 from labkit.core.steps import PhaseResult, plan_lines
-from labkit.phases.install import InstallOptions, InstallResult, run_install
+from labkit.phases.install import InstallOptions, InstallResult, alpine_login, run_install
 from labkit.targets.base import Target
 from labkit.targets.device import DeviceTarget, PlanTarget
 from labkit.targets.image import ImageTarget
@@ -48,7 +48,12 @@ def lab_image(s: Settings) -> Path:
 
 
 def install_options(s: Settings) -> InstallOptions:
-    return InstallOptions(systems=s.systems, world=s.package_set, cache_dir=s.path("cache_dir"),
+    login = None
+    if s.target == "disk" and "alpine" in s.systems:  # a real disk is somebody's: they must be able to log in
+        login = alpine_login(s.path("alpine_root_password_hash_file"), s.alpine_ssh_keys)
+    elif s.target == "plan" and (s.alpine_root_password_hash_file or s.alpine_ssh_keys):
+        login = alpine_login(s.path("alpine_root_password_hash_file"), s.alpine_ssh_keys)
+    return InstallOptions(alpine_login=login, systems=s.systems, world=s.package_set, cache_dir=s.path("cache_dir"),
                           alpine_iso=s.path("alpine_iso"), alpine_iso_sha256=s.alpine_iso_sha256 or None,
                           alpine_world=s.alpine_world, alpine_media=s.alpine_media or "vda4", hostname=s.hostname,
                           plan_real_alpine=s.target == "plan")

@@ -24,7 +24,7 @@ from labkit.rehearsal.build import LAB_MEDIA, lab_apkovl_spec
 from labkit.rehearsal.payloads import BASE_PACKAGE
 from labkit.rehearsal.types import BootEntry, GuestBuild, PackageInfo
 from labkit.systems.alpine.apkindex import Index, predict, read_apkindex
-from labkit.systems.alpine.apkovl import write_apkovl
+from labkit.systems.alpine.apkovl import AlpineLogin, write_apkovl
 from labkit.systems.alpine.extract import extract_iso, kernel_options, refind_linux_conf
 from labkit.systems.alpine.media import check_iso, is_rehearsal_release
 
@@ -91,6 +91,7 @@ def prepare_alpine_partition(
     flavor: str | None = None,
     root_size: str | None = None,
     media: str = LAB_MEDIA,
+    login: AlpineLogin | None = None,
 ) -> tuple[GuestBuild, AlpineMedia]:
     """Fill ``tree`` (the Alpine partition's root) from ``iso``; return its boot entry and the record."""
     iso = Path(iso)
@@ -107,11 +108,17 @@ def prepare_alpine_partition(
                          "run it in apply mode (labkit lab)")
     index = _index(tree)
     names, world_source = choose_world(index, world, rehearsal)
+    if login is not None and login.ssh_keys and "openssh" not in names:
+        if index.lookup("openssh") is None:  # the diskless boot would drop it silently (APK_FORCE_BROKEN_WORLD)
+            raise InputError(f"{iso.name} does not carry openssh, needed for the SSH keys",
+                             "use the extended ISO (it carries openssh), or log in with a password hash file")
+        names = (*names, "openssh")
     prediction = predict(index, names)  # refuses a world naming a package the ISO lacks
     title = REHEARSAL_TITLE if rehearsal else REAL_TITLE
     with runner.step("alpine media: apkovl and boot entry"):
         spec = lab_apkovl_spec(hostname, [n for n in names if n != "alpine-base"], os_id="alpine",
-                               media=media, root_size=root_size)
+                               media=media, root_size=root_size, login=login)
+
         ovl = write_apkovl(spec, tree / spec.filename)
         atomic_write_text(tree / "boot" / "refind_linux.conf",
                           refind_linux_conf(flavor, lab=True, extra=tuple(spec.kernel_args()), title=title))
@@ -142,10 +149,11 @@ ISO_PLACEHOLDER = "<alpine_iso: alpine-extended-3.20.3-x86_64.iso>"
 
 
 def plan_alpine_partition(tree: Path, *, world: Sequence[str] = (), hostname: str = "alpinelab",
-                          media: str = LAB_MEDIA) -> BootEntry:
+                          media: str = LAB_MEDIA, login: AlpineLogin | None = None) -> BootEntry:
     """A plan without an ISO: stage the small files :func:`prepare_alpine_partition` writes beside the ISO's
     (the apkovl and boot/refind_linux.conf for the official ISO's ``lts`` kernel) and return its entry."""
-    spec = lab_apkovl_spec(hostname, [n for n in world if n != "alpine-base"], os_id="alpine", media=media)
+    spec = lab_apkovl_spec(hostname, [n for n in world if n != "alpine-base"], os_id="alpine", media=media,
+                           login=login)
     tree.mkdir(parents=True, exist_ok=True)
     write_apkovl(spec, tree / spec.filename)
     atomic_write_text(tree / "boot" / "refind_linux.conf",

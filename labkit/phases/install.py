@@ -39,6 +39,7 @@ from labkit.phases.disk import disk_steps, verify_layout
 from labkit.phases.files import put_step, stage
 from labkit.rehearsal.types import BootEntry, GuestBuild
 from labkit.systems import bootchain
+from labkit.systems.alpine.apkovl import AlpineLogin
 from labkit.targets.base import Files, Target
 from labkit.targets.image import ImageInfo, ImageTarget
 
@@ -69,6 +70,9 @@ class InstallOptions:
     #: plan mode without ``alpine_iso``: plan the post's path (the official ISO's boot/ and apks/ extracted
     #: with xorriso) on a named placeholder ISO, as the disk plan names /dev/sdX, instead of the rehearsal
     plan_real_alpine: bool = False
+    #: a real disk: how its owner logs in to Alpine (None: the lab's measurement-only apkovl, which powers
+    #: off after the probe and lets nobody in)
+    alpine_login: AlpineLogin | None = None
     default: str = ""  # the system rEFInd boots by default ("" = the first)
 
     def validate(self) -> None:
@@ -171,7 +175,7 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
                 stage(tree, {})
                 guest, media = prepare_alpine_partition(runner, opts.alpine_iso, tree, sha256=opts.alpine_iso_sha256,
                                                         world=opts.alpine_world, hostname=opts.hostname,
-                                                        media=opts.alpine_media)
+                                                        media=opts.alpine_media, login=opts.alpine_login)
                 systems["alpine"] = SystemContent("alpine", guest.entry, afiles, guest, media,
                                                   rehearsal=guest.os_id.endswith("-rehearsal"))
         elif plan and opts.plan_real_alpine:
@@ -180,7 +184,7 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
             stage(tree, {})
             plan_iso_extract(runner, Path(ISO_PLACEHOLDER), tree)
             entry = plan_alpine_partition(tree, world=opts.alpine_world, hostname=opts.hostname,
-                                          media=opts.alpine_media)
+                                          media=opts.alpine_media, login=opts.alpine_login)
             runner.note(f"no alpine_iso chosen: the plan names {ISO_PLACEHOLDER}")
             systems["alpine"] = SystemContent("alpine", entry, afiles, None, rehearsal=False)
         else:
@@ -193,7 +197,9 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
                 from labkit.systems.alpine.apkovl import write_apkovl
 
                 spec = lab_apkovl_spec(opts.hostname, [n for n in resolve_world(opts.world) if n != BASE_PACKAGE],
-                                       media=opts.alpine_media)
+                                       media=opts.alpine_media,
+                                       login=AlpineLogin(opts.alpine_login.root_password_hash)
+                                       if opts.alpine_login is not None else None)
                 stage(tree, {"boot/refind_linux.conf": bootchain.refind_linux_conf(entry).encode()})
                 write_apkovl(spec, tree / spec.filename)
                 runner.note(f"built at apply time: boot/vmlinuz-lts, boot/initramfs-lts and apks/ (the Alpine-style "
@@ -205,7 +211,7 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
                 assert kernel is not None
                 stage(tree, {})
                 guest = build_alpine_tree(runner, kernel, tree, world=opts.world, hostname=opts.hostname,
-                                          media=opts.alpine_media,
+                                          media=opts.alpine_media, login=opts.alpine_login,
                                           apk_cache=(opts.cache_dir or default_cache_dir()) / "apk")
                 entry = guest.entry
                 atomic_write_text(tree / "boot" / "refind_linux.conf", bootchain.refind_linux_conf(entry))
@@ -236,6 +242,16 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
 
 
 # -- the phases ---------------------------------------------------------------------------------------
+def alpine_login(hash_file: str | Path | None, keys: Sequence[str]) -> AlpineLogin:
+    """How the owner of a real disk logs in to its Alpine: root's hash read from ``hash_file`` (never given
+    inline) and the public keys (inline or .pub files); refused when neither is given."""
+    from labkit.systems.alpine.apkovl import read_password_hash_file
+    from labkit.systems.nixos.config import ssh_keys_from
+
+    root = read_password_hash_file(Path(hash_file), "root") if hash_file else "*"
+    return AlpineLogin(root, ssh_keys_from(keys))
+
+
 def plan_iso_extract(runner: Runner, iso: Path, tree: Path, flavor: str = "lts") -> None:
     """Record (plan mode) the extraction :func:`labkit.systems.alpine.extract.extract_iso` performs: the ISO's
     apks/ (with apks/.boot_repository, which nlplug-findfs looks for) and its lts boot files, read with

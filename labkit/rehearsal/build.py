@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from labkit.core.data import guest_data
+from labkit.core.errors import InputError
 from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.rehearsal.initramfs import build_initramfs, build_modloop
@@ -27,7 +28,7 @@ from labkit.rehearsal.payloads import (
 )
 from labkit.rehearsal.systemd import write_systemd_store
 from labkit.rehearsal.types import BootEntry, GuestBuild, PackageInfo
-from labkit.systems.alpine.apkovl import ApkovlSpec, build_apkovl, write_apkovl
+from labkit.systems.alpine.apkovl import DEFAULT_INTERFACES, AlpineLogin, ApkovlSpec, build_apkovl, write_apkovl
 
 CONSOLE = "console=ttyS0,115200"
 ALPINE_MODULES = "modules=virtio_pci,virtio_blk,ext4"
@@ -76,6 +77,7 @@ def lab_apkovl_spec(
     root_size: str | None = None,
     extra: Mapping[str, tuple[bytes, int]] | None = None,
     runlevels: bool = True,
+    login: AlpineLogin | None = None,
 ) -> ApkovlSpec:
     """labkit's declarative apkovl for the lab: hostname, world, LBU media, the runlevel links of a
     diskless setup-alpine system plus ``local``, the probe as ``etc/local.d/labkit-probe.start``,
@@ -89,20 +91,29 @@ def lab_apkovl_spec(
     ``os_id`` is what a real system reports; the rehearsal's base package overrides it with its marker.
     ``runlevels=False`` leaves the runlevel links out but ``local`` (labkit's apkovl before they were
     written): what a real Alpine would boot without is then visible in the lab.
+
+    ``login`` (a real disk, :class:`AlpineLogin`): the system is somebody's: root gets the hash and the keys
+    (openssh joins the world when there are keys: setup-sshd's ``rc-update add sshd default`` follows from
+    it), DHCP on eth0 as setup-alpine writes it, and no poweroff after the probe (the machine stays up).
     """
-    files = {"etc/labkit-os": (f"{os_id}\n".encode(), 0o644),
-             f"etc/local.d/{POWEROFF_NAME}": (POWEROFF_SCRIPT, 0o755)}
+    files = {"etc/labkit-os": (f"{os_id}\n".encode(), 0o644)}
+    if login is None:
+        files[f"etc/local.d/{POWEROFF_NAME}"] = (POWEROFF_SCRIPT, 0o755)
     files.update({k.lstrip("/"): v for k, v in (extra or {}).items()})
+    names = ["alpine-base", *world, *(["openssh"] if login is not None and login.ssh_keys else [])]
     return ApkovlSpec(
         hostname=hostname,
         # the lab VM has no network card (qemu -nic none): only the loopback, so networking starts cleanly
-        interfaces=LAB_INTERFACES,
-        world=tuple(dict.fromkeys(["alpine-base", *world])),
+        interfaces=LAB_INTERFACES if login is None else DEFAULT_INTERFACES,
+        world=tuple(dict.fromkeys(names)),
         media=media,
         probe=guest_data("probe.sh").decode(),
         root_size=root_size,
         extra_files=tuple((path, data, mode) for path, (data, mode) in sorted(files.items())),
-        no_login=True,  # measurement-only: nobody logs in to a lab guest (see the docstring)
+        # measurement-only without a login: nobody logs in to a lab guest (see the docstring)
+        no_login=login is None,
+        root_password_hash=login.root_password_hash if login is not None else "*",
+        root_ssh_keys=login.ssh_keys if login is not None else (),
         runlevels=runlevels,
     )
 
@@ -134,6 +145,7 @@ def build_alpine_tree(
     media: str = LAB_MEDIA,
     runlevels: bool = True,
     apk_cache: Path | None = None,
+    login: AlpineLogin | None = None,
 ) -> GuestBuild:
     """Fill ``tree`` (the Alpine partition's root) with boot/ (kernel, initramfs, modloop), apks/ and
     ``<hostname>.apkovl.tar.gz``.
@@ -144,13 +156,20 @@ def build_alpine_tree(
     """
     tree = Path(tree)
     names = resolve_world(world)
+    if login is not None and login.ssh_keys:
+        if login.root_password_hash in ("*", "!", "!!"):
+            raise InputError("the Alpine-style rehearsal has no SSH server, so SSH keys cannot log in to it",
+                             "give alpine_root_password_hash_file (a console login), or an Alpine ISO (alpine_iso)")
+        runner.note("the Alpine-style rehearsal has no SSH server: root logs in on the console with its password; "
+                    "the SSH keys are not installed")
+        login = AlpineLogin(login.root_password_hash)
     with runner.step("rehearsal guest: Alpine-style tree"):
         _copy(kernel.vmlinuz, tree / "boot" / "vmlinuz-lts")
         build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts")
         build_modloop(runner, kernel, tree / MODLOOP_PATH)
         infos = write_alpine_repo(alpine_payloads(runner, names), tree, cache=apk_cache)
         spec = lab_apkovl_spec(hostname, [n for n in names if n != BASE_PACKAGE], extra=extra_overlay, media=media,
-                               runlevels=runlevels)
+                               runlevels=runlevels, login=login)
         ovl = write_apkovl(spec, tree / spec.filename).name
     entry = alpine_entry(cmdline_extra)
     files = (("apkovl", ovl), ("kernel", entry.kernel), ("initrd", entry.initrd), ("repository", "apks"),

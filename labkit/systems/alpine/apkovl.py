@@ -127,6 +127,23 @@ def read_password_hash_file(path: Path, who: str) -> str:
 
 
 @dataclass(frozen=True)
+class AlpineLogin:
+    """How the owner of a real disk logs in to the Alpine labkit installs there: root's crypt(3) hash (from
+    a file: :func:`read_password_hash_file`) and/or OpenSSH public keys for root."""
+
+    root_password_hash: str = field(default="*", repr=False)  # never shown
+    ssh_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_password_hash(self.root_password_hash, "root")
+        if self.root_password_hash in _LOCKED and not self.ssh_keys:
+            raise InputError("nobody could log in to the Alpine installed on this disk: root has no password hash "
+                             "and no SSH key",
+                             "set alpine_root_password_hash_file (openssl passwd -6 > FILE) or alpine_ssh_keys "
+                             "(--alpine-root-password-hash-file / --alpine-ssh-key)")
+
+
+@dataclass(frozen=True)
 class User:
     name: str
     uid: int = 1000

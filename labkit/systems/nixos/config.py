@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -175,7 +176,7 @@ def mem_total_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
 def tmpfs_bytes(size: str, mem_total: int) -> int:
     if not _TMPFS_RE.fullmatch(size):
         raise InputError(f"tmpfs size {size!r} is not a size tmpfs understands",
-                         "write it like 2G, 512M or 50% (of RAM)")
+                         "set tmpfs_size (--tmpfs-size) to a size like 2G, 512M or 50% (of RAM)")
     if size.endswith("%"):
         return mem_total * int(size[:-1]) // 100
     return parse_size(size.upper() if size[-1].isalpha() else size)
@@ -229,6 +230,17 @@ def read_ssh_key_file(path: Path) -> tuple[str, ...]:
     if not keys:
         raise InputError(f"the SSH key file {path} holds no key", "give a .pub file (ssh-keygen -t ed25519 makes one)")
     return keys
+
+
+def ssh_keys_from(values: Sequence[str]) -> tuple[str, ...]:
+    """OpenSSH public keys given inline (``ssh-ed25519 AAAA...``) or as .pub files, each checked."""
+    keys: list[str] = []
+    for k in values:
+        if k.startswith(("ssh-", "ecdsa-", "sk-")):
+            keys.append(check_ssh_key(k))
+        else:
+            keys += read_ssh_key_file(Path(k))
+    return tuple(keys)
 
 
 def check_settings(settings: NixosSettings, *, mem_total: int | None = None,
