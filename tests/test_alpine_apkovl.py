@@ -227,7 +227,7 @@ def test_password_hash_files(tmp_path: Path) -> None:
         assert "hunter2" not in str(exc.value) and "x" * 43 not in str(exc.value)
     with pytest.raises(InputError, match="does not exist"):
         read_password_hash_file(tmp_path / "missing", "root")
-    with pytest.raises(InputError, match="over labkit.s limit"):  # a huge file is not read whole
+    with pytest.raises(InputError, match=r"over labkit.s limit"):  # a huge file is not read whole
         f.write_text("$6$" + "a" * 5000)
         read_password_hash_file(f, "root")
 

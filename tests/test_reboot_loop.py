@@ -4,6 +4,7 @@ from a real ext4 image (mkfs.ext4 -d), arm/disarm."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -163,3 +164,157 @@ def test_loop_sh_is_inlined_once() -> None:
     text = probe_script().decode()
     assert "# @@include loop.sh@@" not in text and text.count("labkit_loop_decide() {") == 1
     assert (GUEST_DIR / "loop.sh").is_file()
+
+
+# -- 4. the loop's state machine (loop.sh under busybox sh) ------------------------------------------------
+from labkit.lab import hwloop  # noqa: E402
+
+CONF = """# written by labkit (bootchain.refind_conf)
+timeout -1
+default_selection "NixOS-style rehearsal"
+
+menuentry "NixOS-style rehearsal" {
+    loader \\EFI\\nixos\\grubx64.efi
+}
+
+menuentry "Alpine-style rehearsal" {
+    volume alpine
+    loader /boot/vmlinuz-lts
+}
+"""
+TITLES = {"nixos": "NixOS-style rehearsal", "alpine": "Alpine-style rehearsal"}
+
+
+def sh(tmp: Path, script: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in busybox sh after sourcing loop.sh (busybox applets only on PATH)."""
+    bindir = _bindir(tmp)
+    return subprocess.run([str(bindir / "sh"), "-c", f'. "{GUEST_DIR / "loop.sh"}"\n{script}'],
+                          env={"PATH": str(bindir), **(env or {})}, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def _armed(tmp: Path, plan: list[str], **kw: object) -> tuple[Path, Path]:
+    data, esp = tmp / "data", tmp / "esp"
+    (data / "labkit").mkdir(parents=True, exist_ok=True)
+    (esp / "EFI" / "BOOT").mkdir(parents=True, exist_ok=True)
+    (esp / "EFI" / "BOOT" / "refind.conf").write_text(CONF)
+    args: dict[str, object] = {"armed": True, "plan_": plan, "titles": TITLES, "expected": plan[0], **kw}
+    (data / "labkit" / "loop.json").write_text(hwloop.state_json(**args))  # type: ignore[arg-type]
+    return data / "labkit" / "loop.json", esp
+
+
+def step(tmp: Path, state: Path, esp: Path, os_id: str, boot_id: str, now: int) -> str:
+    res = sh(tmp, f'labkit_loop "{state}" {os_id} {boot_id}',
+             {"LABKIT_LOOP_ESP": str(esp), "LABKIT_LOOP_NOW": str(now), "LABKIT_LOOP_RUN": str(tmp),
+              "LABKIT_LOOP_REBOOT": f"touch {tmp}/rebooted"})
+    assert res.returncode == 0 and not res.stderr, res.stderr
+    return res.stdout
+
+
+def decide(tmp: Path, state: Path, os_id: str, boot_id: str, now: int) -> str:
+    res = sh(tmp, f'labkit_loop_decide "{state}" {os_id} {boot_id} {now}')
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def test_decisions(tmp_path: Path) -> None:
+    state, _esp = _armed(tmp_path, ["nixos", "alpine", "nixos", "alpine"], next_=1, expected="alpine",
+                         rebooted_at=1000, max_gap_s=600)
+    assert decide(tmp_path, state, "alpine-rehearsal", "b1", 1100) == "reboot 1 nixos"
+    assert decide(tmp_path, state, "nixos", "b1", 1100) == "fail 1 nixos came up instead of the expected alpine"
+    assert decide(tmp_path, state, "alpine", "b1", 1700).startswith("fail 1 alpine came back 700 s after")
+    last, _ = _armed(tmp_path / "l", ["nixos", "alpine"], next_=1, expected="alpine", rebooted_at=1000)
+    assert decide(tmp_path, last, "alpine", "b2", 1010) == "done 1"
+    off, _ = _armed(tmp_path / "o", ["nixos"], armed=False)
+    assert decide(tmp_path, off, "nixos", "b3", 5) == "idle"
+    assert decide(tmp_path, tmp_path / "none.json", "nixos", "b3", 5) == "idle"
+    first, _ = _armed(tmp_path / "f", ["alpine", "nixos"])  # rebooted_at 0: the first boot has no gap rule
+    assert decide(tmp_path, first, "alpine", "b4", 10**9) == "reboot 0 nixos"
+
+
+def test_a_whole_loop_then_disarmed_and_restored(tmp_path: Path) -> None:
+    state, esp = _armed(tmp_path, ["nixos", "alpine", "nixos", "alpine"])
+    conf = esp / "EFI" / "BOOT" / "refind.conf"
+    now = 1_000_000
+    for i, os_id in enumerate(["nixos-rehearsal", "alpine-rehearsal", "nixos-rehearsal"]):
+        out = step(tmp_path, state, esp, os_id, f"boot-{i}", now + 60 * i)
+        assert f"boot {i} ({os_id.split('-')[0]}) recorded" in out and "rebooting" in out
+        nxt = ["alpine", "nixos", "alpine"][i]
+        assert f'default_selection "{TITLES[nxt]}"' in conf.read_text()
+        assert (esp / "EFI" / "BOOT" / "refind.conf.labkit-orig").read_text() == CONF
+        assert (tmp_path / "rebooted").exists() and (tmp_path / "labkit-loop-rebooting").exists()
+        (tmp_path / "rebooted").unlink()
+        s = json.loads(state.read_text())
+        assert s["armed"] is True and s["next"] == i + 1 and s["expected"] == nxt and s["rebooted_at"] == now + 60 * i
+    # one line changed, nothing else
+    diff = [(a, b) for a, b in zip(CONF.splitlines(), conf.read_text().splitlines(), strict=True) if a != b]
+    assert diff == [('default_selection "NixOS-style rehearsal"', 'default_selection "Alpine-style rehearsal"')]
+    # the same boot again (the probe run twice) changes nothing
+    before = state.read_text()
+    assert step(tmp_path, state, esp, "nixos-rehearsal", "boot-2", now + 999) == ""
+    assert state.read_text() == before
+    out = step(tmp_path, state, esp, "alpine-rehearsal", "boot-3", now + 200)
+    assert "the plan is done; disarmed" in out and not (tmp_path / "rebooted").exists()
+    s = json.loads(state.read_text())
+    assert s["armed"] is False and s["reason"].startswith("done")
+    assert [(b["index"], b["system"], b["status"]) for b in s["boots"]] == \
+        [(0, "nixos", "ok"), (1, "alpine", "ok"), (2, "nixos", "ok"), (3, "alpine", "ok")]
+    assert conf.read_text() == CONF and not (esp / "EFI" / "BOOT" / "refind.conf.labkit-orig").exists()
+    assert sorted(p.name for p in state.parent.iterdir()) == ["loop.json"]  # no temporary file
+
+
+def test_a_boot_that_never_came_back_is_recorded_failed(tmp_path: Path) -> None:
+    state, esp = _armed(tmp_path, ["nixos", "alpine", "nixos", "alpine"])
+    step(tmp_path, state, esp, "nixos", "boot-0", 1000)
+    (tmp_path / "rebooted").unlink()
+    # alpine hung: the machine was reset and (rEFInd's default fallen back, or a person chose) NixOS came up
+    out = step(tmp_path, state, esp, "nixos", "boot-x", 1300)
+    assert "boot 1 failed: nixos came up instead of the expected alpine" in out
+    s = json.loads(state.read_text())
+    assert s["armed"] is False and s["boots"][-1]["status"] == "failed" and s["boots"][-1]["system"] == "alpine"
+    assert (esp / "EFI" / "BOOT" / "refind.conf").read_text() == CONF and not (tmp_path / "rebooted").exists()
+
+
+def test_a_late_boot_is_a_failed_boot(tmp_path: Path) -> None:
+    state, esp = _armed(tmp_path, ["nixos", "alpine"], max_gap_s=300)
+    step(tmp_path, state, esp, "nixos", "boot-0", 1000)
+    out = step(tmp_path, state, esp, "alpine", "boot-1", 1000 + 301)
+    assert "came back 301 s after the loop's reboot" in out
+    assert json.loads(state.read_text())["boots"][-1]["status"] == "failed"
+
+
+def test_a_failed_step_stops_the_loop(tmp_path: Path) -> None:
+    state, esp = _armed(tmp_path, ["nixos", "alpine"])
+    (esp / "EFI" / "BOOT" / "refind.conf").unlink()  # the ESP has no refind.conf: the default cannot be set
+    out = step(tmp_path, state, esp, "nixos", "boot-0", 1000)
+    assert "stopped: cannot write" in out and not (tmp_path / "rebooted").exists()
+    s = json.loads(state.read_text())
+    assert s["armed"] is False and s["boots"] == [
+        {"index": 0, "system": "nixos", "boot_id": "boot-0", "status": "ok", "at": 1000}]
+    # a probe that could not save its bundle: the armed loop records the boot failed and stops
+    state2, esp2 = _armed(tmp_path / "s", ["nixos", "alpine"])
+    res = sh(tmp_path, f'labkit_loop "{state2}" nixos boot-0 "the probe could not save its bundle"',
+             {"LABKIT_LOOP_ESP": str(esp2), "LABKIT_LOOP_NOW": "5", "LABKIT_LOOP_REBOOT": "false"})
+    assert "boot 0 failed: the probe could not save its bundle" in res.stdout
+    assert json.loads(state2.read_text())["boots"][0]["status"] == "failed"
+
+
+def test_python_and_shell_make_the_same_refind_conf(tmp_path: Path) -> None:
+    for text in (CONF, CONF.replace('default_selection "NixOS-style rehearsal"\n', ""),
+                 CONF + 'default_selection "x"\n', "timeout 5\n"):
+        f = tmp_path / "refind.conf"
+        f.write_text(text)
+        (tmp_path / "refind.conf.labkit-orig").unlink(missing_ok=True)
+        assert sh(tmp_path, f'labkit_conf_select "{f}" "Alpine-style rehearsal"').returncode == 0
+        assert f.read_text() == hwloop.conf_with_default(text, "Alpine-style rehearsal")
+        assert (tmp_path / "refind.conf.labkit-orig").read_text() == text
+
+
+def test_probe_steps_an_armed_loop(tmp_path: Path) -> None:
+    root = _guest_root(tmp_path, "nixos-rehearsal")
+    state, esp = _armed(root, ["nixos", "alpine"])
+    console = run_probe(tmp_path, root, {"LABKIT_LOOP_ESP": str(esp), "LABKIT_LOOP_RUN": str(tmp_path),
+                                         "LABKIT_LOOP_REBOOT": f"touch {tmp_path}/rebooted"})
+    assert "labkit-loop: boot 0 (nixos) recorded; next: boot 1 (alpine" in console
+    assert (tmp_path / "rebooted").exists()
+    assert json.loads(state.read_text())["boots"][0]["boot_id"] == BOOT_ID

@@ -83,14 +83,14 @@ labkit_loop_decide() {
 labkit_state_write() {
 	_st=$1
 	_reason=$(printf '%s' "$6" | tr -d '"\134')
-	awk -v armed="$2" -v next_="$3" -v exp="$4" -v at="$5" -v reason="$_reason" -v add="${7:-}" '
+	awk -v armed="$2" -v next_="$3" -v ex="$4" -v at="$5" -v reason="$_reason" -v add="${7:-}" '
 		function val(k, v) { return "  \"" k "\": " v }
 		/^  "boots": \[/ { inb = 1; next }
 		inb && /^  \]/ { inb = 0; next }
 		inb { sub(/,[ \t]*$/, ""); if ($0 ~ /\{/) boots[++n] = $0; next }
 		/^  "armed":/ { print val("armed", armed) ","; next }
 		/^  "next":/ { print val("next", next_) ","; next }
-		/^  "expected":/ { print val("expected", "\"" exp "\"") ","; next }
+		/^  "expected":/ { print val("expected", "\"" ex "\"") ","; next }
 		/^  "rebooted_at":/ { print val("rebooted_at", at) ","; next }
 		/^  "reason":/ { print val("reason", "\"" reason "\"") ","; next }
 		/^}/ { next }
