@@ -318,3 +318,164 @@ def test_probe_steps_an_armed_loop(tmp_path: Path) -> None:
     assert "labkit-loop: boot 0 (nixos) recorded; next: boot 1 (alpine" in console
     assert (tmp_path / "rebooted").exists()
     assert json.loads(state.read_text())["boots"][0]["boot_id"] == BOOT_ID
+
+
+# -- 3. collect, and arm/disarm against a disk image (mkfs.ext4 -d, mtools) --------------------------------
+from labkit.core.runner import Runner  # noqa: E402
+from labkit.targets.base import MTOOLS_ENV  # noqa: E402
+from labkit.targets.gpt import read_gpt  # noqa: E402
+
+TOOLS = all(shutil.which(t) for t in ("sgdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "debugfs", "blkid"))
+needs_tools = pytest.mark.skipif(not TOOLS, reason="needs sgdisk, e2fsprogs, dosfstools, mtools")
+
+
+def make_disk(tmp: Path, data_tree: Path, conf: str = CONF) -> Path:
+    """A GPT image: 1 ESP (FAT, label ESP, EFI/BOOT/refind.conf), 2 ext4 labelled data filled with
+    ``mkfs.ext4 -d data_tree``; nothing mounted."""
+    disk = tmp / "disk.img"
+    subprocess.run(["truncate", "-s", "40M", str(disk)], check=True)
+    # (sgdisk -q writes nothing: no -q here)
+    subprocess.run(["sgdisk", "-o", "-n", "1:2048:+8M", "-t", "1:ef00", "-n", "2:0:+24M", "-t", "2:8300", str(disk)],
+                   check=True, capture_output=True)
+    esp, data = read_gpt(disk).entries[:2]
+    subprocess.run(["mkfs.vfat", "-n", "ESP", "--offset", str(esp.first_lba), str(disk), str(esp.size // 1024)],
+                   check=True, capture_output=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "data", "-d", str(data_tree), "-E", f"offset={data.start}",
+                    str(disk), f"{data.size // 1024}k"], check=True, capture_output=True)
+    spec = f"{disk}@@{esp.start}"
+    subprocess.run(["mmd", "-i", spec, "::/EFI", "::/EFI/BOOT"], check=True, env=MTOOLS_ENV, capture_output=True)
+    (tmp / "refind.conf").write_text(conf)
+    subprocess.run(["mcopy", "-i", spec, str(tmp / "refind.conf"), "::/EFI/BOOT/refind.conf"], check=True,
+                   env=MTOOLS_ENV)
+    return disk
+
+
+def esp_file(disk: Path, rel: str) -> str | None:
+    esp = read_gpt(disk).entries[0]
+    res = subprocess.run(["mtype", "-i", f"{disk}@@{esp.start}", f"::/{rel}"], env=MTOOLS_ENV,
+                         capture_output=True, text=True, check=False)
+    return res.stdout if res.returncode == 0 else None
+
+
+def _loop_bundles(tmp: Path) -> Path:
+    """/data as the loop leaves it: nixos, alpine, nixos bundles from the real probe, the loop state recording
+    them and a fourth boot (alpine) that never came back."""
+    data = tmp / "data-tree"
+    state, esp = _armed(tmp / "g", ["nixos", "alpine", "nixos", "alpine"])
+    for i, os_id in enumerate(["nixos", "alpine", "nixos"]):
+        g = tmp / f"g{i}"
+        g.mkdir()
+        root = _guest_root(g, os_id, boot_id=f"00000000-0000-4000-8000-00000000000{i}")
+        (root / "data" / "labkit").mkdir(parents=True)
+        shutil.copy(state, root / "data" / "labkit" / "loop.json")
+        run_probe(g, root, {"LABKIT_LOOP_ESP": str(esp), "LABKIT_LOOP_NOW": str(1000 + 100 * i),
+                            "LABKIT_LOOP_RUN": str(g), "LABKIT_LOOP_REBOOT": "true"})
+        shutil.copy(root / "data" / "labkit" / "loop.json", state)
+        (data / "labkit" / "bundles").mkdir(parents=True, exist_ok=True)
+        for f in (root / "data" / "labkit" / "bundles").iterdir():
+            shutil.copy(f, data / "labkit" / "bundles" / f.name)
+    # boot 3 (alpine) hung; after a reset NixOS came up: its probe records boot 3 failed and disarms
+    g = tmp / "g3"
+    g.mkdir()
+    root = _guest_root(g, "nixos", boot_id="00000000-0000-4000-8000-000000000003")
+    (root / "data" / "labkit").mkdir(parents=True)
+    shutil.copy(state, root / "data" / "labkit" / "loop.json")
+    console = run_probe(g, root, {"LABKIT_LOOP_ESP": str(esp), "LABKIT_LOOP_NOW": "2000", "LABKIT_LOOP_RUN": str(g),
+                                  "LABKIT_LOOP_REBOOT": "false"})
+    assert "boot 3 failed: nixos came up instead of the expected alpine" in console
+    shutil.copy(root / "data" / "labkit" / "loop.json", data / "labkit" / "loop.json")
+    for f in (root / "data" / "labkit" / "bundles").iterdir():
+        shutil.copy(f, data / "labkit" / "bundles" / f.name)
+    return data
+
+
+def _check_collected(out: Path, res: hwloop.Collected) -> None:
+    import pandas as pd
+
+    boots = pd.read_csv(out / "boots.csv")
+    assert list(boots["os"]) == ["nixos", "alpine", "nixos", "alpine", "nixos"]
+    assert list(boots["ok"]) == [True, True, True, False, True]
+    assert "loop boot 3 (alpine) failed: nixos came up instead of the expected alpine" in boots["reason"][3]
+    assert "not part of a loop" in boots["reason"][4]  # the boot that found the failure is measured too
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["accel"]) == {"hardware"} and set(results["os"]) == {"nixos", "alpine"}
+    assert results.groupby("os")["boot"].nunique().to_dict() == {"alpine": 1, "nixos": 3}
+    assert "kernel_s" in set(results["metric"]) and "firmware_s" not in set(results["metric"])
+    env = json.loads((out / "environment.json").read_text())
+    assert env["params"]["target"] == "hardware" and env["extra"]["loop"]["armed"] is False
+    assert res.label == "hardware" and len(list((out / "bundles").iterdir())) == 4
+
+
+@needs_tools
+def test_collect_from_a_disk_image_without_mounting(tmp_path: Path) -> None:
+    data = _loop_bundles(tmp_path)
+    disk = make_disk(tmp_path, data)
+    runner = Runner(progress=None)
+    place = hwloop.locate(runner, disk)
+    assert place.disk == disk and place.data_offset == read_gpt(disk).entries[1].start
+    out = tmp_path / "run"
+    res = hwloop.collect(runner, place, out, report=False)
+    _check_collected(out, res)
+
+
+def test_collect_from_a_mounted_data_directory(tmp_path: Path) -> None:
+    data = _loop_bundles(tmp_path)
+    out = tmp_path / "run"
+    res = hwloop.collect(Runner(progress=None), hwloop.locate(Runner(progress=None), data), out, report=False)
+    _check_collected(out, res)
+
+
+def test_collect_refuses_an_empty_data(tmp_path: Path) -> None:
+    from labkit.core.errors import InputError
+
+    (tmp_path / "d").mkdir()
+    with pytest.raises(InputError, match="no bundle in /data/labkit/bundles"):
+        hwloop.collect(Runner(progress=None), hwloop.locate(Runner(progress=None), tmp_path / "d"), tmp_path / "o")
+    with pytest.raises(InputError, match="does not exist"):
+        hwloop.locate(Runner(progress=None), tmp_path / "missing")
+
+
+@needs_tools
+def test_arm_and_disarm_a_disk_image(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "labkit" / "bundles").mkdir(parents=True)
+    disk = make_disk(tmp_path, tree)
+    runner = Runner(progress=None)
+    place = hwloop.locate(runner, disk)
+    state = hwloop.arm(runner, place, rounds=2, systems=("alpine", "nixos"))
+    assert state["plan"] == ["alpine", "nixos", "alpine", "nixos"] and state["expected"] == "alpine"
+    conf = esp_file(disk, "EFI/BOOT/refind.conf")
+    assert conf == hwloop.conf_with_default(CONF, "Alpine-style rehearsal")
+    assert esp_file(disk, "EFI/BOOT/refind.conf.labkit-orig") == CONF
+    raw = hwloop.read_data(runner, place, hwloop.STATE_REL)
+    assert raw is not None and json.loads(raw)["armed"] is True
+    from labkit.core.errors import InputError
+
+    with pytest.raises(InputError, match="already armed"):
+        hwloop.arm(runner, place, rounds=1)
+    # the guest's shell reads what arm wrote
+    (tmp_path / "s.json").write_bytes(raw)
+    assert decide(tmp_path, tmp_path / "s.json", "alpine", "b0", 5) == "reboot 0 nixos"
+    hwloop.disarm(runner, place)
+    assert esp_file(disk, "EFI/BOOT/refind.conf") == CONF
+    assert esp_file(disk, "EFI/BOOT/refind.conf.labkit-orig") is None
+    raw = hwloop.read_data(runner, place, hwloop.STATE_REL)
+    assert raw is not None and json.loads(raw)["armed"] is False and "by hand" in json.loads(raw)["reason"]
+
+
+def test_arm_refuses_bad_input(tmp_path: Path) -> None:
+    from labkit.core.errors import InputError
+
+    with pytest.raises(InputError, match=r"outside 1\.\.200"):
+        hwloop.plan(["nixos"], 0, "interleaved")
+    with pytest.raises(InputError, match="at most once"):
+        hwloop.plan(["nixos", "nixos"], 1, "interleaved")
+    assert hwloop.plan(["nixos", "alpine"], 2, "blocked") == ["nixos", "nixos", "alpine", "alpine"]
+    state, esp = _armed(tmp_path, ["nixos"])
+    state.unlink()
+    place = hwloop.Place(data_dir=state.parent.parent, esp_dir=esp)
+    with pytest.raises(InputError, match="2 entries whose title names nixos"):
+        (esp / "EFI" / "BOOT" / "refind.conf").write_text(CONF + 'menuentry "nixos old" {\n}\n')
+        hwloop.arm(Runner(progress=None), place, rounds=1)
+    with pytest.raises(InputError, match="no rEFInd entry matches"):
+        hwloop.arm(Runner(progress=None), place, rounds=1, titles={"nixos": "Fedora"})

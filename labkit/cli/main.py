@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     from labkit.cli.matrix import register as register_matrix
 
     register_matrix(sub)
+
+    from labkit.cli.measure import register as register_measure
+
+    register_measure(sub)
     return p
 
 
