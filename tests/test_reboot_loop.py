@@ -479,3 +479,20 @@ def test_arm_refuses_bad_input(tmp_path: Path) -> None:
         hwloop.arm(Runner(progress=None), place, rounds=1)
     with pytest.raises(InputError, match="no rEFInd entry matches"):
         hwloop.arm(Runner(progress=None), place, rounds=1, titles={"nixos": "Fedora"})
+
+
+@needs_tools
+def test_disarm_records_the_boot_that_never_came_back(tmp_path: Path) -> None:
+    state, esp = _armed(tmp_path, ["nixos", "alpine"])
+    runner = Runner(progress=None)
+    place = hwloop.Place(data_dir=state.parent.parent, esp_dir=esp)
+    # disarmed before the first reboot: nothing failed
+    s = hwloop.disarm(runner, hwloop.Place(data_dir=state.parent.parent, esp_dir=esp))
+    assert s["boots"] == [] and s["armed"] is False
+    state, esp = _armed(tmp_path / "2", ["nixos", "alpine"])
+    place = hwloop.Place(data_dir=state.parent.parent, esp_dir=esp)
+    step(tmp_path, state, esp, "nixos", "boot-0", 1000)  # the loop rebooted into alpine, which hangs
+    s = hwloop.disarm(runner, place, reason="the lab's QEMU timed out")
+    assert s["boots"][-1]["status"] == "failed" and s["boots"][-1]["system"] == "alpine"
+    assert "never came back (the lab's QEMU timed out)" in s["boots"][-1]["reason"]
+    assert (esp / "EFI" / "BOOT" / "refind.conf").read_text() == CONF

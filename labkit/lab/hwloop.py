@@ -272,6 +272,11 @@ def _esp_write(runner: Runner, place: Place, rel: str, text: str | None) -> None
         raise LoopError(f"{rel} on the ESP did not read back as written", "check the ESP with fsck.vfat")
 
 
+def esp_text(runner: Runner, place: Place) -> str | None:
+    """The ESP's refind.conf (None when there is none)."""
+    return _esp_read(runner, place, bootchain.ESP_REFIND_CONF)
+
+
 def conf_titles(text: str) -> list[str]:
     return [ln.split('"')[1] for ln in text.splitlines() if ln.strip().startswith("menuentry") and ln.count('"') >= 2]
 
@@ -341,8 +346,13 @@ def disarm(runner: Runner, place: Place, reason: str = "disarmed by hand (labkit
                              "nothing to disarm")
         return {}
     state = read_state(old.decode(errors="replace"), "loop.json")
+    boots = list(state.get("boots", []))
+    if state.get("armed") and (int(state.get("rebooted_at", 0)) > 0 or boots) and state.get("expected"):
+        # the loop rebooted into the expected boot and it never came back to record itself: it failed
+        boots.append({"index": int(state.get("next", 0)), "system": str(state["expected"]), "boot_id": "",
+                      "status": "failed", "at": int(time.time()), "reason": f"never came back ({reason})"})
     text = _state_from(state, armed=False, reason=reason if state.get("armed") else state.get("reason", reason),
-                       rebooted_at=0)
+                       rebooted_at=0, boots=boots)
     write_data(runner, place, STATE_REL, text)
     return read_state(text, "loop.json")
 
@@ -375,8 +385,12 @@ def _boot_id(name: str) -> tuple[str, str]:
 
 
 def collect(runner: Runner, place: Place, out: Path, *, report: bool = True,
-            serial_t_begin: dict[str, float] | None = None) -> Collected:
-    """Every bundle on /data, and the loop's failed boots, as a run folder in ``out``."""
+            serial_t_begin: dict[str, float] | None = None, accel: str | None = None,
+            extra_env: dict[str, Any] | None = None) -> Collected:
+    """Every bundle on /data, and the loop's failed boots, as a run folder in ``out``.
+
+    The lab (:mod:`labkit.lab.rebootloop`) passes ``serial_t_begin`` (boot id → host time of the bundle's BEGIN
+    line, counted from that boot's reset), so the host-timed metrics sit beside the in-guest ones, and ``accel``."""
     names = list_bundles(runner, place)
     state_raw = read_data(runner, place, STATE_REL)
     state = read_state(state_raw.decode(errors="replace"), "loop.json") if state_raw is not None else None
@@ -409,14 +423,14 @@ def collect(runner: Runner, place: Place, out: Path, *, report: bool = True,
 
     parsed.sort(key=order_key)
     vm = {in_vm(b) for _o, _i, b, _p in parsed if b is not None} - {None}
-    label = "lab VM" if vm else "hardware"
+    label = "lab VM" if vm or accel in ("tcg", "kvm") else "hardware"
     rows: list[ResultRow] = []
     counts: dict[str, int] = {}
     entries: list[tuple[int, str, BootRecord]] = []  # (plan index or big, ...)
     for os_id, boot_id, b, problem in parsed:
         n = counts.get(os_family(os_id), 0)
         counts[os_family(os_id)] = n + 1
-        accel = (in_vm(b) or "hardware") if b is not None else ("tcg" if vm else "hardware")
+        accel_ = accel or ((in_vm(b) or "hardware") if b is not None else ("tcg" if vm else "hardware"))
         rel = f"bundles/{os_id}-{boot_id}.txt"
         lb = loop_boots.get(boot_id)
         t_begin = (serial_t_begin or {}).get(boot_id)
@@ -426,15 +440,15 @@ def collect(runner: Runner, place: Place, out: Path, *, report: bool = True,
             try:
                 m = measure_bundle(b)
             except BundleError as exc:
-                rec = BootRecord(os_id, n, False, False, exc.problem, float("nan"), accel, False, "", rel)
+                rec = BootRecord(os_id, n, False, False, exc.problem, float("nan"), accel_, False, "", rel)
             else:
-                rows += [ResultRow(run_id, b.os, b.guest, n, False, accel, x.name, x.value, x.unit, x.source)
+                rows += [ResultRow(run_id, b.os, b.guest, n, False, accel_, x.name, x.value, x.unit, x.source)
                          for x in m.metrics]
                 why = "loop boot" if lb else "not part of a loop"
-                rec = BootRecord(os_id, n, False, True, f"{why}; boot id {boot_id}", float("nan"), accel, False, "",
+                rec = BootRecord(os_id, n, False, True, f"{why}; boot id {boot_id}", float("nan"), accel_, False, "",
                                  rel, missing_json(m.missing))
         else:
-            rec = BootRecord(os_id, n, False, False, f"bundle {rel}: {problem or 'unreadable'}", float("nan"), accel,
+            rec = BootRecord(os_id, n, False, False, f"bundle {rel}: {problem or 'unreadable'}", float("nan"), accel_,
                              False, "", rel)
         entries.append((int(lb["index"]) if lb else 10**6 + len(entries), boot_id, rec))
     for fb in (state or {}).get("boots", []):
@@ -446,7 +460,8 @@ def collect(runner: Runner, place: Place, out: Path, *, report: bool = True,
         counts[system] = n + 1
         reason = f"loop boot {fb.get('index')} ({system}) failed: {fb.get('reason', 'no bundle')}"
         entries.append((int(fb.get("index", 0)), "", BootRecord(os_id, n, False, False, reason, float("nan"),
-                                                                 "tcg" if vm else "hardware", False, "", None)))
+                                                                 accel or ("tcg" if vm else "hardware"), False,
+                                                                 "", None)))
     entries.sort(key=lambda e: (e[0], e[1]))
     records = [e[2] for e in entries]
     write_boots_csv(records, out / "boots.csv")
@@ -458,6 +473,7 @@ def collect(runner: Runner, place: Place, out: Path, *, report: bool = True,
         "loop": state, "boots_ok": sum(r.ok for r in records), "boots_failed": sum(not r.ok for r in records),
         "note": "collected from /data/labkit: 'host' below is the machine that ran labkit measure collect, not "
                 "the measured machine (its kernels are in guest_kernel)",
+        **(extra_env or {}),
     }
     params = {"target": label, "systems": sorted({os_family(r.os) for r in records}),
               "rounds": len((state or {}).get("plan", [])) // max(1, len(set((state or {}).get("plan", [])))) or None}

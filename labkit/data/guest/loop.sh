@@ -143,7 +143,8 @@ labkit_esp_mount() {
 
 # labkit_loop STATE SYSTEM BOOTID [REASON]: one step of the armed loop after the bundle is saved; prints
 # what it did. With REASON (a step of the probe failed), an armed loop records this boot failed and stops.
-# LABKIT_LOOP_NOW (epoch seconds) and LABKIT_LOOP_REBOOT (the command that reboots) are overridable.
+# LABKIT_LOOP_NOW (epoch seconds) and LABKIT_LOOP_REBOOT (the command that reboots: else systemctl reboot
+# where systemd runs, busybox/OpenRC's reboot elsewhere) are overridable; LABKIT_LOOP_RUN instead of /run.
 labkit_loop() {
 	_now=${LABKIT_LOOP_NOW:-$(date +%s)}
 	if [ -n "${4:-}" ] && [ -f "$1" ] && [ "$(labkit_get "$1" armed)" = true ]; then
@@ -188,7 +189,14 @@ labkit_loop() {
 		echo "labkit-loop: boot $_idx ($_fam) recorded; next: boot $((_idx + 1)) ($_nsys, rEFInd default \"$_title\"); rebooting"
 		: > "${LABKIT_LOOP_RUN:-/run}/labkit-loop-rebooting" 2>/dev/null
 		sync
-		${LABKIT_LOOP_REBOOT:-reboot}
+		if [ -n "${LABKIT_LOOP_REBOOT:-}" ]; then
+			$LABKIT_LOOP_REBOOT
+		elif command -v systemctl > /dev/null 2>&1; then
+			# systemd: an ordered reboot (a signal to PID 1 from another tool's reboot could mean re-exec)
+			systemctl --no-block reboot
+		else
+			reboot
+		fi
 		;;
 	done)
 		labkit_conf_restore "$_conf"
