@@ -496,3 +496,19 @@ def test_disarm_records_the_boot_that_never_came_back(tmp_path: Path) -> None:
     assert s["boots"][-1]["status"] == "failed" and s["boots"][-1]["system"] == "alpine"
     assert "never came back (the lab's QEMU timed out)" in s["boots"][-1]["reason"]
     assert (esp / "EFI" / "BOOT" / "refind.conf").read_text() == CONF
+
+
+def test_cli_arm_disarm_collect_on_a_mounted_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from labkit.cli.main import main
+
+    state, esp = _armed(tmp_path, ["nixos"])
+    state.unlink()
+    data = state.parent.parent
+    assert main(["measure", "arm", "--rounds", "1", "--data", str(data), "--esp", str(esp),
+                 "--title", "alpine=Alpine-style"]) == 0
+    assert "armed: 2 boots (nixos alpine)" in capsys.readouterr().out
+    assert json.loads(state.read_text())["title_alpine"] == "Alpine-style"
+    assert main(["measure", "disarm", "--data", str(data), "--esp", str(esp)]) == 0
+    assert (esp / "EFI" / "BOOT" / "refind.conf").read_text() == CONF
+    assert main(["measure", "collect", "--data", str(data), "--out", str(tmp_path / "o"), "--no-report"]) == 2
+    assert "no bundle in /data/labkit/bundles" in capsys.readouterr().err

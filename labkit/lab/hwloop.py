@@ -394,9 +394,9 @@ def collect(runner: Runner, place: Place, out: Path, *, report: bool = True,
     names = list_bundles(runner, place)
     state_raw = read_data(runner, place, STATE_REL)
     state = read_state(state_raw.decode(errors="replace"), "loop.json") if state_raw is not None else None
-    if not names and state is None:
+    if not names and not (state or {}).get("boots"):
         where = place.data_dir or place.disk
-        raise InputError(f"no bundle in /data/labkit/bundles and no loop state on {where}",
+        raise InputError(f"no bundle in /data/labkit/bundles and no recorded loop boot on {where}",
                          "boot the installed systems (the probe saves a bundle each boot), then collect")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bundles").mkdir(exist_ok=True)
