@@ -512,3 +512,26 @@ def test_cli_arm_disarm_collect_on_a_mounted_data(tmp_path: Path, capsys: pytest
     assert (esp / "EFI" / "BOOT" / "refind.conf").read_text() == CONF
     assert main(["measure", "collect", "--data", str(data), "--out", str(tmp_path / "o"), "--no-report"]) == 2
     assert "no bundle in /data/labkit/bundles" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("awk") is None, reason="needs bash and an awk")
+def test_the_loop_under_bash_and_the_hosts_tools(tmp_path: Path) -> None:
+    """NixOS runs the probe with bash (pkgs.runtimeShell) and GNU coreutils + gawk on the unit's PATH: here bash,
+    coreutils and the host's awk (gawk, or Debian's default mawk), none of them busybox."""
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    for tool in ("bash", "awk", "cp", "mv", "sync", "tr", "grep", "mkdir", "rm", "cat", "date", "touch"):
+        found = shutil.which(tool)
+        assert found, tool
+        (gnu / tool).symlink_to(found)
+    state, esp = _armed(tmp_path, ["nixos", "alpine"])
+    for i, os_id in enumerate(["nixos", "alpine"]):
+        script = f'. "{GUEST_DIR / "loop.sh"}"\nlabkit_loop "{state}" {os_id} b{i}'
+        res = subprocess.run([str(gnu / "bash"), "-c", script],
+                             env={"PATH": str(gnu), "LABKIT_LOOP_ESP": str(esp), "LABKIT_LOOP_NOW": str(100 + i),
+                                  "LABKIT_LOOP_RUN": str(tmp_path), "LABKIT_LOOP_REBOOT": "true"},
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert res.returncode == 0 and not res.stderr, res.stderr
+    s = json.loads(state.read_text())
+    assert s["armed"] is False and [b["status"] for b in s["boots"]] == ["ok", "ok"]
+    assert (esp / "EFI" / "BOOT" / "refind.conf").read_text() == CONF
