@@ -535,3 +535,12 @@ def test_the_loop_under_bash_and_the_hosts_tools(tmp_path: Path) -> None:
     s = json.loads(state.read_text())
     assert s["armed"] is False and [b["status"] for b in s["boots"]] == ["ok", "ok"]
     assert (esp / "EFI" / "BOOT" / "refind.conf").read_text() == CONF
+
+
+def test_cli_lab_rounds_needs_reboot_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from labkit.cli.main import main
+
+    assert main(["lab", "--rounds", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "--rounds is for --reboot-loop" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["lab", "--reboot-loop", "--rounds", "0"])
