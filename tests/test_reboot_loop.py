@@ -544,3 +544,21 @@ def test_cli_lab_rounds_needs_reboot_loop(tmp_path: Path, capsys: pytest.Capture
     assert "--rounds is for --reboot-loop" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["lab", "--reboot-loop", "--rounds", "0"])
+
+
+def test_serial_boots_counts_each_boot_from_its_reset(tmp_path: Path) -> None:
+    """Host times of each bundle's BEGIN line, from QEMU start for the first boot and from the previous boot's
+    'reboot: Restarting system' line after that; boot ids from the probe's 'bundle saved as' line."""
+    from labkit.lab.rebootloop import serial_boots
+    from labkit.measure.bundle import format_bundle
+
+    def boot(t: float, os_id: str, boot_id: str) -> list[SerialLine]:
+        text = format_bundle(os_id, "rehearsal", {"uptime": "5.00 1.00"}).rstrip("\n").split("\n")
+        out = [SerialLine(t + i * 0.01, ln) for i, ln in enumerate(text)]
+        return [*out, SerialLine(t + 1, f"labkit-probe: bundle saved as /data/labkit/bundles/{os_id}-{boot_id}.txt"),
+                SerialLine(t + 2, "labkit-loop: boot 0 (x) recorded; ... rebooting"),
+                SerialLine(t + 3, "[   12.000000] reboot: Restarting system")]
+
+    lines = [SerialLine(0.5, "BdsDxe: loading Boot0002"), *boot(20.0, "alpine-rehearsal", "aaaa-1"),
+             *boot(60.0, "nixos-rehearsal", "bbbb-2")]
+    assert serial_boots(lines) == {"aaaa-1": 20.0, "bbbb-2": pytest.approx(60.0 - 23.0)}
