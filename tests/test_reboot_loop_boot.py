@@ -81,3 +81,17 @@ def test_lab_reboot_loop_with_a_boot_that_hangs(tmp_path: Path) -> None:
     assert run.restored
     state = json.loads((run.run_dir / "environment.json").read_text())["extra"]["loop"]
     assert state["armed"] is False and state["boots"][-1]["status"] == "failed"
+
+
+@pytest.mark.boot
+@pytest.mark.timeout(3600)
+def test_lab_reboot_loop_restarting_qemu_per_boot(tmp_path: Path) -> None:
+    """The cross-check: -no-reboot, one QEMU run per boot, rEFInd following the guest's default across runs."""
+    params = LabParams(out=tmp_path / "run", systems=("nixos", "alpine"), report=False)
+    run = run_reboot_loop(params, 1, progress=None, restart_qemu=True)
+    boots = _rows(run.run_dir / "boots.csv")
+    assert [(b["os"].split("-")[0], b["ok"]) for b in boots] == [("nixos", "True"), ("alpine", "True")], boots
+    assert run.restored and [b["serial_log"] for b in boots] == ["serial/loop-0.log", "serial/loop-1.log"]
+    assert all(float(b["wall_s"]) > 0 and float(b["host_qemu_cpu"]) > 0 for b in boots)
+    check = _rows(run.run_dir / "method_check.csv")
+    assert len(check) == 2 and all(0 < float(c["host_firmware_loaders_s"]) < 300 for c in check)

@@ -37,7 +37,8 @@ def _cmd_lab_loop(args: argparse.Namespace, params: Any) -> int:
     """``labkit lab --reboot-loop --rounds N``: the hardware reboot loop, rehearsed on the lab image."""
     from labkit.lab.rebootloop import run_reboot_loop
 
-    run = run_reboot_loop(params, args.rounds or 2, runs_root=Path(args.runs_root), order=args.loop_order)
+    run = run_reboot_loop(params, args.rounds or 2, runs_root=Path(args.runs_root), order=args.loop_order,
+                          restart_qemu=args.loop_restart_qemu)
     boots = run.collected.boots
     print(f"reboot loop {run.run_dir.name}: plan {' '.join(run.plan)}; {sum(b.ok for b in boots)}/{len(boots)} "
           f"boots measured from /data; QEMU: {run.qemu_reason}; refind.conf restored: {run.restored}")
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--rounds", type=whole(1, 50), help="with --reboot-loop: boots of each system (default 2)")
     lab.add_argument("--loop-order", default="interleaved", choices=["interleaved", "blocked"],
                      help="with --reboot-loop: the boot order (default interleaved)")
+    lab.add_argument("--loop-restart-qemu", action="store_true",
+                     help="with --reboot-loop: QEMU with -no-reboot, started again after each guest reboot (a cold "
+                          "start per boot, to cross-check the warm reboots)")
     lab.set_defaults(func=_cmd_lab)
 
     lay = sub.add_parser("layout", help="show a disk layout")

@@ -19,7 +19,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -28,6 +28,7 @@ from labkit.core.errors import LabkitError
 from labkit.core.runfolder import prepare_run_dir
 from labkit.core.runner import Mode, Runner, atomic_write_text
 from labkit.lab import hwloop, qemu
+from labkit.lab.boot import with_host_load, write_boots_csv
 from labkit.lab.run import LabParams, build_lab_image, cache_dir
 from labkit.measure.bundle import extract_bundles
 
@@ -93,8 +94,11 @@ def method_check(collected: hwloop.Collected, path: Path) -> Path:
 
 def run_reboot_loop(params: LabParams, rounds: int, *, progress: TextIO | None = sys.stderr,
                     runs_root: Path = Path("runs"), order: str = "interleaved",
-                    after_arm: Callable[[Runner, hwloop.Place], None] | None = None) -> LoopRun:
-    """``after_arm`` runs once the image is armed (the tests break one entry there, to make one boot fail)."""
+                    after_arm: Callable[[Runner, hwloop.Place], None] | None = None,
+                    restart_qemu: bool = False) -> LoopRun:
+    """``after_arm`` runs once the image is armed (the tests break one entry there, to make one boot fail).
+    ``restart_qemu``: QEMU with ``-no-reboot``, started again after each guest reboot (a cross-check of the warm
+    reboots: under TCG they made some boots' firmware + loader span much longer, see the README)."""
     params.validate()
     params.validate_lab()
     plan = hwloop.plan(tuple(params.systems), rounds, order)
@@ -118,19 +122,41 @@ def run_reboot_loop(params: LabParams, rounds: int, *, progress: TextIO | None =
         if after_arm is not None:
             after_arm(runner, place)
     (run_dir / "serial").mkdir(exist_ok=True)
-    timeout = params.boot_timeout_s * len(plan) + MARGIN_S
-    with runner.step(f"boot the image once; the guests reboot {len(plan) - 1} times (limit {timeout:.0f} s)"):
-        res = qemu.boot(runner, image, workdir=work / "qemu", accel=accel.accel, memory_mib=params.memory_mib,
-                        timeout_s=timeout, serial_log=run_dir / "serial" / "loop.log", reboot=True)
-    runner.note(f"QEMU: {res.reason} after {res.wall_s:.0f} s")
+    runs: list[qemu.BootResult] = []
+    t_begin: dict[str, float] = {}
+    per_boot: dict[str, qemu.BootResult] = {}  # boot id -> its own QEMU run (restart_qemu)
+    if not restart_qemu:
+        timeout = params.boot_timeout_s * len(plan) + MARGIN_S
+        with runner.step(f"boot the image once; the guests reboot {len(plan) - 1} times (limit {timeout:.0f} s)"):
+            res = qemu.boot(runner, image, workdir=work / "qemu", accel=accel.accel, memory_mib=params.memory_mib,
+                            timeout_s=timeout, serial_log=run_dir / "serial" / "loop.log", reboot=True)
+        runs.append(res)
+        t_begin = serial_boots(res.lines)
+    else:
+        # a cross-check of the warm reboots: every guest reboot ends QEMU (-no-reboot) and the lab starts a new
+        # QEMU on the same image (rEFInd still follows the default the guest set): a cold start per boot
+        for k in range(len(plan) + 1):
+            with runner.step(f"QEMU run {k + 1} (one boot; the guest's reboot ends it)"):
+                res = qemu.boot(runner, image, workdir=work / "qemu", accel=accel.accel,
+                                memory_mib=params.memory_mib, timeout_s=params.boot_timeout_s,
+                                serial_log=run_dir / "serial" / f"loop-{k}.log")
+            runs.append(res)
+            found = serial_boots(res.lines)
+            t_begin.update(found)
+            per_boot.update({b: res for b in found})
+            said = [ln.text for ln in res.lines if ln.text.startswith("labkit-loop:")]
+            if not res.ok or not said or not said[-1].endswith("rebooting"):
+                break
+    reason = "; ".join(r.reason for r in runs)
+    runner.note(f"QEMU: {reason} after {sum(r.wall_s for r in runs):.0f} s")
     restored = hwloop.esp_text(runner, place) == original
     if not restored:
         runner.note("refind.conf is not the original after the loop: disarming from the host")
-        hwloop.disarm(runner, place, reason=f"disarmed by the lab after QEMU ended ({res.reason})")
+        hwloop.disarm(runner, place, reason=f"disarmed by the lab after QEMU ended ({runs[-1].reason})")
         restored = hwloop.esp_text(runner, place) == original
-    t_begin = serial_boots(res.lines)
     extra = {"target_detail": "lab image, reboot loop", "accel_tried": [list(t) for t in accel.tried],
-             "qemu": {"reason": res.reason, "wall_s": round(res.wall_s, 1), "rc": res.rc},
+             "qemu": [{"reason": r.reason, "wall_s": round(r.wall_s, 1), "rc": r.rc} for r in runs],
+             "qemu_restarted_per_boot": restart_qemu,
              "refind_conf_restored": restored, "serial_matched_boots": len(t_begin),
              "guests": {s: {"os_id": g.os_id, "title": g.entry.title, "cmdline": g.entry.cmdline}
                         for s, g in lab.guests.items()},
@@ -138,6 +164,17 @@ def run_reboot_loop(params: LabParams, rounds: int, *, progress: TextIO | None =
              "wall_s": round(time.monotonic() - started, 1)}
     collected = hwloop.collect(runner, place, run_dir, report=False, serial_t_begin=t_begin, accel=accel.accel,
                                extra_env=extra)
+    if per_boot:  # each boot had its own QEMU run: its wall time, serial log and the host's load meanwhile
+        recs = []
+        for rec in collected.boots:
+            bid = next((b for b in per_boot if rec.bundle and rec.bundle.endswith(f"-{b}.txt")), None)
+            if bid is not None:
+                r = per_boot[bid]
+                log = str(r.serial_log.relative_to(run_dir)) if r.serial_log else ""
+                rec = with_host_load(replace(rec, wall_s=round(r.wall_s, 3), serial_log=log), r.host_load)
+            recs.append(rec)
+        write_boots_csv(recs, run_dir / "boots.csv")
+        collected = replace(collected, boots=tuple(recs))
     method_check(collected, run_dir / "method_check.csv")
     if not params.keep_image:
         image.unlink(missing_ok=True)
@@ -150,4 +187,4 @@ def run_reboot_loop(params: LabParams, rounds: int, *, progress: TextIO | None =
                           f"read {run_dir / 'serial' / 'loop.log'} and {run_dir / 'boots.csv'}")
     atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "ok": all(b.ok for b in collected.boots)
                                                         and restored}) + "\n")
-    return LoopRun(run_dir, collected, res.reason, restored, tuple(plan))
+    return LoopRun(run_dir, collected, reason, restored, tuple(plan))
