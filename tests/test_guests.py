@@ -186,7 +186,7 @@ def test_guest_scripts_are_shellcheck_clean(tmp_path: Path) -> None:
     stage2 = tmp_path / "stage2.sh"
     text = (DATA_DIR / "nixos-stage2.sh").read_text()
     stage2.write_text(text.replace("@busybox@", "/nix/store/x-busybox").replace("@system@", "/nix/store/y-system"))
-    scripts = [*(DATA_DIR / n for n in ("probe.sh", "alpine-init.sh", "nixos-init.sh")), stage2]
+    scripts = [*(DATA_DIR / n for n in ("probe.sh", "loop.sh", "alpine-init.sh", "nixos-init.sh")), stage2]
     res = subprocess.run(["shellcheck", "-s", "sh", "-e", "SC2239", *map(str, scripts)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout
     # labkit's OpenRC stand-ins (not the upstream OpenRC scripts shipped beside them, marked so in line 2);

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import synth
 
-from labkit.core.data import guest_data
+from labkit.core.data import probe_script
 from labkit.measure.bundle import SerialLine, extract_bundles
 from labkit.measure.metrics import measure_bundle
 
@@ -56,7 +56,7 @@ def _run_probe(tmp: Path, env: dict[str, str], system: str, tools: dict[str, str
     for name, target in tools.items():
         (bindir / name).symlink_to(target)
     probe = tmp / "probe.sh"
-    probe.write_bytes(guest_data("probe.sh"))
+    probe.write_bytes(probe_script())
     dmesg = tmp / "dmesg"
     dmesg.write_text("[    1.200000] Run /init as init process\n")
     out = tmp / "console"
@@ -117,7 +117,7 @@ def test_module_keeps_itself_and_the_probe_in_the_system(tmp_path: Path) -> None
     cfg.mkdir(parents=True)
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA lab@demo"
     (cfg / MODULE_NAME).write_text(render_module(NixosSettings(user=User(ssh_keys=(key,))), mem_total=4 << 30))
-    (cfg / PROBE_NAME).write_bytes(guest_data("probe.sh"))
+    (cfg / PROBE_NAME).write_bytes(probe_script())
     lib = ("{ mkForce = x: x; mkDefault = x: x; optionalString = c: s: if c then s else \"\"; "
            "concatMapStrings = f: l: builtins.concatStringsSep \"\" (map f l); }")
     expr = (f"(import {cfg / MODULE_NAME} {{ config = {{ nix.package = null; }}; lib = {lib}; pkgs = {{}}; }})"

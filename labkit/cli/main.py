@@ -7,9 +7,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from labkit.cli.args import ssh_keys
+from labkit.cli.args import ssh_keys, whole
 from labkit.core.errors import LabkitError
 from labkit.core.text import dumps_json
 
@@ -24,7 +24,29 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     if args.like:
         return _cmd_lab_like(args)
     params = from_args(args, "lab", nixos_ssh_keys=tuple(ssh_keys(args.nixos_ssh_keys or [])))
+    if args.reboot_loop:
+        return _cmd_lab_loop(args, params)
+    if args.rounds is not None:
+        from labkit.core.errors import InputError
+
+        raise InputError("--rounds is for --reboot-loop", "add --reboot-loop, or use --boots for a lab run")
     return _report_lab(run_lab(params, runs_root=Path(args.runs_root)))
+
+
+def _cmd_lab_loop(args: argparse.Namespace, params: Any) -> int:
+    """``labkit lab --reboot-loop --rounds N``: the hardware reboot loop, rehearsed on the lab image."""
+    from labkit.lab.rebootloop import run_reboot_loop
+
+    run = run_reboot_loop(params, args.rounds or 2, runs_root=Path(args.runs_root), order=args.loop_order,
+                          restart_qemu=args.loop_restart_qemu)
+    boots = run.collected.boots
+    print(f"reboot loop {run.run_dir.name}: plan {' '.join(run.plan)}; {sum(b.ok for b in boots)}/{len(boots)} "
+          f"boots measured from /data; QEMU: {run.qemu_reason}; refind.conf restored: {run.restored}")
+    for b in boots:
+        if not b.ok:
+            print(f"  failed: {b.os} #{b.boot}: {b.reason}")
+    print(f"results: {run.run_dir / 'results.csv'}; host vs in-guest: {run.run_dir / 'method_check.csv'}")
+    return 0 if all(b.ok for b in boots) and run.restored else 3
 
 
 def _cmd_lab_like(args: argparse.Namespace) -> int:
@@ -96,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--like", metavar="RUN_DIR",
                      help="run again with the parameters recorded in RUN_DIR/environment.json, warning about every "
                           "difference in host, tools and versions (then: labkit merge RUN_DIR NEW --out DIR)")
+    lab.add_argument("--reboot-loop", action="store_true",
+                     help="rehearse the hardware reboot loop (labkit measure arm/collect) on the lab image: one QEMU "
+                          "run, the guests reboot themselves, bundles collected from the image's /data")
+    lab.add_argument("--rounds", type=whole(1, 50), help="with --reboot-loop: boots of each system (default 2)")
+    lab.add_argument("--loop-order", default="interleaved", choices=["interleaved", "blocked"],
+                     help="with --reboot-loop: the boot order (default interleaved)")
+    lab.add_argument("--loop-restart-qemu", action="store_true",
+                     help="with --reboot-loop: QEMU with -no-reboot, started again after each guest reboot (a cold "
+                          "start per boot, to cross-check the warm reboots)")
     lab.set_defaults(func=_cmd_lab)
 
     lay = sub.add_parser("layout", help="show a disk layout")
@@ -134,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     from labkit.cli.matrix import register as register_matrix
 
     register_matrix(sub)
+
+    from labkit.cli.measure import register as register_measure
+
+    register_measure(sub)
     return p
 
 

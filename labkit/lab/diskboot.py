@@ -83,6 +83,9 @@ def _check_disk_free(runner: Runner, disk: Path) -> None:
                          f"detach it first: losetup -d {res.stdout.strip().split(':')[0]}")
 
 
+check_disk_free = _check_disk_free  # for labkit measure arm/disarm/collect on a disk
+
+
 def _prepare(runner: Runner, disk: Path, system: str) -> tuple[LabImage, str, int]:
     if system not in SYSTEMS:
         raise InputError(f"--system {system!r}", f"choose {' or '.join(SYSTEMS)}")

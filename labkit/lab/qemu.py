@@ -85,11 +85,13 @@ def qemu_argv(
     accel: str = "tcg",
     memory_mib: int = 512,
     extra: Sequence[str] = (),
+    reboot: bool = False,
 ) -> list[str]:
-    """The exact ``qemu-system-x86_64`` command labkit runs (serial on stdout)."""
+    """The exact ``qemu-system-x86_64`` command labkit runs (serial on stdout). ``-no-reboot`` (a guest reboot
+    ends QEMU) unless ``reboot`` (the reboot loop: the guest reboots itself, QEMU goes on)."""
     argv = [
         QEMU, "-machine", "q35", "-accel", accel, "-m", str(memory_mib),
-        "-no-reboot", "-display", "none", "-nic", "none", "-monitor", "none",
+        *([] if reboot else ["-no-reboot"]), "-display", "none", "-nic", "none", "-monitor", "none",
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={ovmf_code}",
         "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}",
     ]
@@ -112,12 +114,14 @@ def boot(
     stop_on: Callable[[str], bool] | None = None,
     serial_log: Path | None = None,
     extra: Sequence[str] = (),
+    reboot: bool = False,
 ) -> BootResult:
-    """Boot once; ``ok`` = QEMU exited 0 (guest powered off) or ``stop_on`` matched a line."""
+    """Boot once (with ``reboot``: through every reboot of the guest until it powers off); ``ok`` = QEMU exited 0
+    (guest powered off) or ``stop_on`` matched a line."""
     workdir = Path(workdir)
     vars_file = workdir / "OVMF_VARS.fd"
     argv = qemu_argv(image, ovmf_code=ovmf_code, vars_file=vars_file, accel=accel,
-                     memory_mib=memory_mib, extra=extra)
+                     memory_mib=memory_mib, extra=extra, reboot=reboot)
     if runner.mode is Mode.PLAN:
         runner.run(argv)
         return BootResult(False, False, None, accel, 0.0, [], serial_log, argv, "plan mode: not booted")

@@ -133,6 +133,19 @@ METRICS: tuple[MetricDef, ...] = (
         "host serial timestamps + /proc/uptime", phase=True,
     ),
     MetricDef(
+        "firmware_s", "s",
+        "time in the firmware before the boot loader starts, on the machine's own clock, as systemd-analyze "
+        "counts it: the ACPI FPDT's bootloader_launch_ns (else the loader's LoaderTimeInitUSec). Hardware and lab.",
+        "ACPI FPDT (/sys/firmware/acpi/fpdt/boot)",
+    ),
+    MetricDef(
+        "loader_s", "s",
+        "time from the boot loader's start to the kernel's ExitBootServices, as systemd-analyze counts it: "
+        "FPDT exitbootservice_end_ns - bootloader_launch_ns (rEFInd, its menu timeout, GRUB for NixOS and the "
+        "kernel's EFI stub reading the initrd; else LoaderTimeExecUSec - LoaderTimeInitUSec).",
+        "ACPI FPDT (/sys/firmware/acpi/fpdt/boot)",
+    ),
+    MetricDef(
         "kernel_s", "s", f"dmesg time of '{KERNEL_END_MARKER}' (kernel start → /init).", "dmesg", phase=True,
     ),
     MetricDef(
@@ -552,6 +565,20 @@ def measure_bundle(
         for n in ("total_to_probe_s", "firmware_loaders_s"):
             v.absent(n, "no host timestamp of the bundle's BEGIN line (read from a file, not from the lab's "
                         "serial console)")
+
+    if "firmware" in secs:
+        from labkit.measure.parsers.firmware import firmware_times, parse_firmware
+
+        fw = firmware_times(parse_firmware(secs["firmware"]))
+        if fw.firmware_s is not None and fw.loader_s is not None:
+            v.set("firmware_s", fw.firmware_s, fw.source)
+            v.set("loader_s", fw.loader_s, fw.source)
+        else:
+            v.absent("firmware_s", fw.why)
+            v.absent("loader_s", fw.why)
+    else:
+        for n in ("firmware_s", "loader_s"):
+            v.absent(n, "no firmware section (a probe older than the FPDT reader)")
 
     kernel_end = find_marker(dmesg, KERNEL_END_MARKER)
     if kernel_end is not None:

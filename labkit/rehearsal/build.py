@@ -9,8 +9,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from labkit.core.data import guest_data
+from labkit.core.data import guest_data, probe_script
 from labkit.core.errors import InputError
+from labkit.core.layout import LAB_LAYOUT, Role
 from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.rehearsal.initramfs import build_initramfs, build_modloop
@@ -63,8 +64,9 @@ LAB_INTERFACES = "auto lo\niface lo inet loopback\n"
 #: busybox init + OpenRC, busybox poweroff only signals init, which acts once ``openrc default`` (this
 #: local.d script included) has returned, then runs ``openrc shutdown`` (busybox init/init.c l.1182-1186).
 POWEROFF_SCRIPT = b"""#!/bin/sh
-# labkit lab: the probe has printed its bundle; power off (QEMU exits, -no-reboot)
-poweroff
+# labkit lab: the probe has printed its bundle; power off (QEMU exits, -no-reboot), unless an armed
+# reboot loop is rebooting (the probe left /run/labkit-loop-rebooting)
+[ -e /run/labkit-loop-rebooting ] || poweroff
 """
 
 
@@ -107,7 +109,8 @@ def lab_apkovl_spec(
         interfaces=LAB_INTERFACES if login is None else DEFAULT_INTERFACES,
         world=tuple(dict.fromkeys(names)),
         media=media,
-        probe=guest_data("probe.sh").decode(),
+        data=f"LABEL={LAB_LAYOUT.partition(Role.DATA).label}",  # the probe saves its bundle on /data
+        probe=probe_script().decode(),
         root_size=root_size,
         extra_files=tuple((path, data, mode) for path, (data, mode) in sorted(files.items())),
         # measurement-only without a login: nobody logs in to a lab guest (see the docstring)
@@ -280,7 +283,7 @@ def build_nixos_trees(
         with tempfile.TemporaryDirectory(dir=store) as tmp:
             probe_dir = Path(tmp) / "probe"
             (probe_dir / "bin").mkdir(parents=True)
-            (probe_dir / "bin" / "labkit-probe").write_bytes(guest_data("probe.sh"))
+            (probe_dir / "bin" / "labkit-probe").write_bytes(probe_script())
             os.chmod(probe_dir / "bin" / "labkit-probe", 0o755)
             probe_name = _add_store_dir(store, "labkit-probe", probe_dir)
 

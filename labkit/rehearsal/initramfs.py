@@ -35,7 +35,9 @@ BOOT_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
 #: the modloop (mkinitfs 3.10.1 initramfs-init.in l.567 ``modprobe -a ... loop squashfs``).
 FLAVOR_MODULES: dict[str, tuple[str, ...]] = {
     "alpine": (*BOOT_MODULES, "loop", "vfat", "nls_cp437", "nls_ascii"),
-    "nixos": BOOT_MODULES,
+    # vfat: the reboot loop's probe mounts the ESP to set rEFInd's next default (labkit/data/guest/loop.sh),
+    # as a real NixOS has it mounted at /boot/efi
+    "nixos": (*BOOT_MODULES, "vfat", "nls_cp437", "nls_ascii"),
 }
 #: The rehearsal's modloop (``boot/modloop-lts``): the initramfs's modules again, plus the drivers of the lab
 #: VM's devices (QEMU q35: ICH9 LPC, SMBus and AHCI, the PC speaker, fw_cfg), which hwdrivers loads.

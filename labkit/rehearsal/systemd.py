@@ -171,14 +171,16 @@ def _unit_text_poweroff(busybox: str, systemd: str) -> str:
     running = f'{bb}/grep -qs "unit-script-labkit-probe-star[t]" /proc/[0-9]*/cmdline'
     return (
         "# labkit rehearsal only (not part of labkit's NixOS module): power the VM off once the probe has\n"
-        "# printed its bundle and exited, so QEMU exits (-no-reboot). Type=simple: it never holds the boot open.\n"
+        "# printed its bundle and exited, so QEMU exits (-no-reboot); not when an armed reboot loop is rebooting\n"
+        "# (the probe's /run/labkit-loop-rebooting). Type=simple: it never holds the boot open.\n"
         "# After=multi-user.target too, as the probe: multi-user.target then does not order itself after this unit\n"
         "# (systemd adds a wanted unit's After= to a target unless that would loop: unit.c\n"
         "# unit_add_default_target_dependency), so there is no ordering cycle.\n"
         "[Unit]\nAfter=multi-user.target labkit-probe.service\n"
         "Description=labkit rehearsal: power off after the probe\n\n[Service]\n"
         f"ExecStart={bb}/sh -c 'n=0; until {running} || [ $$n -ge 100 ]; do {bb}/sleep 0.2; n=$$((n+1)); done; "
-        f"while {running}; do {bb}/sleep 0.5; done; exec /nix/store/{systemd}/bin/systemctl --no-block poweroff'\n"
+        f"while {running}; do {bb}/sleep 0.5; done; [ -e /run/labkit-loop-rebooting ] || "
+        f"exec /nix/store/{systemd}/bin/systemctl --no-block poweroff'\n"
         "Type=simple\n\n[Install]\nWantedBy=multi-user.target\n"
     )
 
@@ -195,11 +197,11 @@ def write_systemd_store(runner: Runner, store: Path, busybox: tuple[Payload, str
     fhs = write_fhs(store, [(sd, sd_name), (libs, libs_name), busybox])
     bb_name = busybox[1]
     # the probe script as Nix copies ./labkit-probe.sh into the store: a file <hash>-labkit-probe.sh
-    from labkit.core.data import guest_data
+    from labkit.core.data import probe_script
 
     with tempfile.TemporaryDirectory(dir=store) as tmp:
         f = Path(tmp) / PROBE_NAME
-        f.write_bytes(guest_data("probe.sh"))
+        f.write_bytes(probe_script())
         os.chmod(f, 0o444)
         os.utime(f, (EPOCH, EPOCH))
         probe_file = add_store_dir(store, PROBE_NAME, f)

@@ -10,7 +10,11 @@
 # source exists.
 # Overrides for tests: LABKIT_PROBE_ROOT (prefix for /proc, /etc, /var, /run, /lib, /media, /nix),
 # LABKIT_PROBE_OUT (instead of /dev/console), LABKIT_PROBE_DMESG (a file instead of `dmesg`),
-# LABKIT_PROBE_SYSTEM (the NixOS system whose closure is measured, instead of /run/current-system).
+# LABKIT_PROBE_SYSTEM (the NixOS system whose closure is measured, instead of /run/current-system),
+# LABKIT_PROBE_DATA (where /data is, instead of $R/data when /data is a mount point).
+# After printing, the bundle is also saved as /data/labkit/bundles/<os>-<boot id>.txt when /data is mounted
+# (atomically: temporary file, sync, rename), and an armed reboot loop (/data/labkit/loop.json) takes its
+# next step (the functions below, from loop.sh).
 R=${LABKIT_PROBE_ROOT:-}
 SYSTEM=${LABKIT_PROBE_SYSTEM:-/run/current-system}
 OUT=${LABKIT_PROBE_OUT:-/dev/console}
@@ -24,7 +28,8 @@ case "$OS" in
 esac
 TMP=${TMPDIR:-/tmp}/labkit-probe.$$
 BODY=$TMP.body
-echo "@@LABKIT-BUNDLE-BEGIN v=1 os=$OS guest=$GUEST@@" > "$OUT"
+BEGIN="@@LABKIT-BUNDLE-BEGIN v=1 os=$OS guest=$GUEST@@"
+echo "$BEGIN" > "$OUT"
 
 N=0
 section() {
@@ -59,6 +64,27 @@ have() {
 	# end of the part that reads the boot's timings and RAM; the inventory (packages, store) follows
 	section uptime_mid
 	cat "$R/proc/uptime"
+	# Firmware and loader time without a host clock: the ACPI FPDT boot record as the kernel exposes it
+	# (drivers/acpi/acpi_fpdt.c, kernel >= 5.12 on x86_64: <name>_ns, decimal ns) and the Boot Loader
+	# Interface variables (systemd docs/BOOT_LOADER_INTERFACE.md; efivarfs <Name>-<guid>: a 4-byte attribute
+	# word, then a NUL-terminated UTF-16 decimal string). rEFInd and GRUB set no LoaderTime* variable.
+	section firmware
+	F=$R/sys/firmware/acpi/fpdt/boot
+	if [ -d "$F" ]; then
+		for n in firmware_start_ns bootloader_load_ns bootloader_launch_ns exitbootservice_start_ns exitbootservice_end_ns; do
+			[ -r "$F/$n" ] && echo "fpdt $n $(cat "$F/$n")"
+		done
+	else
+		echo "fpdt absent"
+	fi
+	if [ -e "$R/sys/firmware/acpi/tables/FPDT" ]; then echo "fpdt_table present"; else echo "fpdt_table absent"; fi
+	if [ -d "$R/sys/firmware/efi" ]; then echo "efi present"; else echo "efi absent"; fi
+	V=$R/sys/firmware/efi/efivars
+	if [ -d "$V" ] && [ -n "$(ls "$V" 2>/dev/null)" ]; then echo "efivars present"; else echo "efivars absent"; fi
+	for n in LoaderTimeInitUSec LoaderTimeExecUSec LoaderInfo; do
+		f=$V/$n-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+		if [ -r "$f" ]; then echo "efivar $n $(tail -c +5 "$f" | tr -d '\000')"; else echo "efivar $n absent"; fi
+	done
 	if [ -f "$R/etc/os-release" ]; then
 		section os_release
 		awk 1 "$R/etc/os-release"
@@ -190,4 +216,30 @@ SUM=${SUM%% *}
 	echo "@@LABKIT-BUNDLE-END sections=$N md5=$SUM@@"
 } > "$TMP.all"
 cat "$TMP.all" >> "$OUT"
+
+# @@include loop.sh@@
+
+DATA=${LABKIT_PROBE_DATA:-}
+if [ -z "$DATA" ] && awk '$2 == "/data" { f = 1 } END { exit !f }' "$R/proc/mounts" 2>/dev/null; then
+	DATA=$R/data
+fi
+if [ -n "$DATA" ]; then
+	BOOTID=$(cat "$R/proc/sys/kernel/random/boot_id" 2>/dev/null) || BOOTID=
+	BOOTID=${BOOTID:-noid-$(date +%s)-$$}
+	{
+		echo "$BEGIN"
+		cat "$TMP.all"
+	} > "$TMP.file"
+	if labkit_save "$TMP.file" "$DATA/labkit/bundles" "$OS-$BOOTID.txt"; then
+		echo "labkit-probe: bundle saved as /data/labkit/bundles/$OS-$BOOTID.txt" >> "$OUT"
+		FAILED=
+	else
+		echo "labkit-probe: cannot save the bundle in /data/labkit/bundles" >> "$OUT"
+		FAILED="the probe could not save its bundle in /data/labkit/bundles"
+	fi
+	rm -f "$TMP.file"
+	if [ -f "$DATA/labkit/loop.json" ]; then
+		labkit_loop "$DATA/labkit/loop.json" "$OS" "$BOOTID" "$FAILED" >> "$OUT" 2>&1
+	fi
+fi
 rm -f "$BODY" "$TMP.all"

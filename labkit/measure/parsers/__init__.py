@@ -34,6 +34,7 @@ from labkit.measure.parsers.apk import (
     strip_ansi,
 )
 from labkit.measure.parsers.apk_timing import parse_apk_gunzip
+from labkit.measure.parsers.firmware import parse_firmware
 from labkit.measure.parsers.mkinitfs import parse_initramfs_messages
 from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
 from labkit.measure.parsers.system import parse_free, parse_os_release, parse_rc_log, parse_rc_status
@@ -73,6 +74,7 @@ FORMATS: dict[str, Callable[[str], Any]] = {
     "nix_path_info": parse_nix_path_info,
     "nix_closure_du": lambda t: parse_du_k(t, "nix_closure_du"),
     "nix_store_du": parse_du_k,
+    "firmware": parse_firmware,
 }
 
 _DETECT: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -98,6 +100,7 @@ _DETECT: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("df", re.compile(r"^Filesystem\s+1(?:K|024)-blocks", re.M)),
     ("os_release", re.compile(r"^(?:PRETTY_NAME|ID|NAME)=", re.M)),
     ("dmesg", re.compile(r"^\[\s*\d+\.\d+\] ", re.M)),
+    ("firmware", re.compile(r"^fpdt(?: absent| [a-z_]+_ns \d+)\n", re.M)),
     ("uptime", re.compile(r"^\d+\.\d+ \d+\.\d+\s*$")),
     ("apk_cache", re.compile(r"^-[-rwx]{9}\s+\d+\s+\d+\s+\d+\s+\d+ .*\.apk$", re.M)),
 )

@@ -45,6 +45,7 @@ _HASH_RES = {
 _LOCKED = {"*", "!", "!!"}
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _SIZE_RE = re.compile(r"\d{1,15}[kmgKMG%]?")
+_DATA_SPEC_RE = re.compile(r"LABEL=[A-Za-z0-9_.-]{1,16}|UUID=[0-9a-fA-F-]{8,36}|/dev/[a-z0-9]{1,32}")
 _SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RUNLEVELS = ("sysinit", "boot", "default", "shutdown")
 
@@ -178,6 +179,9 @@ class ApkovlSpec:
     media: str = "sda4"  # LBU_MEDIA: the partition holding apks/ and the apkovl
     media_uuid: str | None = None  # fstab line for the media by UUID
     media_fs: str = "ext4"
+    #: the fstab spec of the persistent /data partition (e.g. ``LABEL=data``), mounted read-write by OpenRC's
+    #: ``localmount`` (``mount -a``; ``bootmisc`` needs it) so the probe can save its bundle there; None: no /data
+    data: str | None = None
     mirror: str | None = None  # e.g. https://dl-cdn.alpinelinux.org/alpine/v3.20 (main + community)
     lbu_include: tuple[str, ...] = ()
     lbu_exclude: tuple[str, ...] = ()
@@ -204,6 +208,8 @@ class ApkovlSpec:
         check_device_name(self.media)
         if self.media_uuid is not None:
             check_fs_uuid(self.media_uuid)
+        if self.data is not None and not _DATA_SPEC_RE.fullmatch(self.data):
+            raise InputError(f"bad /data fstab spec {self.data!r}", "use LABEL=data, UUID=<fs uuid> or /dev/<node>")
         check_word(self.media_fs, "media filesystem type", r"[a-z0-9]{1,16}")
         if self.mirror is not None:
             check_repository(self.mirror)
@@ -338,6 +344,10 @@ def entries(spec: ApkovlSpec) -> list[Entry]:
     fstab = bl.FSTAB_BASE
     if spec.media_uuid:
         fstab += f"UUID={spec.media_uuid}\t/media/{spec.media}\t{spec.media_fs}\tnoauto,ro 0 0\n"
+    if spec.data:
+        # busybox mount (Alpine 3.20: BusyBox 1.36.1) resolves LABEL=/UUID= and, with nofail, lets `mount -a`
+        # go on when the partition is absent (checked in the 3.20.3 minirootfs's busybox: the applet has both)
+        fstab += f"{spec.data}\t/data\text4\trw,noatime,nofail 0 0\n"
     hosts = (f"127.0.0.1\t{spec.hostname}.{spec.domain} {spec.hostname} localhost.localdomain localhost\n"
              "::1\t\tlocalhost localhost.localdomain\n")
     backup = f"BACKUP_LIMIT={spec.backup_limit}" if spec.backup_limit else "# BACKUP_LIMIT=3"
@@ -348,6 +358,7 @@ def entries(spec: ApkovlSpec) -> list[Entry]:
         _f("etc/apk/world", "".join(f"{p}\n" for p in sorted(set(spec.world)))),
         _f("etc/apk/repositories", "".join(f"{r}\n" for r in repos)),
         _f("etc/fstab", fstab),
+        *([Entry("data", "dir", 0o755)] if spec.data else []),
         Entry("etc/lbu", "dir", 0o755),
         _f("etc/lbu/lbu.conf", bl.LBU_CONF.format(media=spec.media, backup=backup)),
         *_accounts(spec),

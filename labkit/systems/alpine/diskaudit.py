@@ -221,6 +221,12 @@ def audit_disk(runner: Runner, path: Path | str) -> DiskAudit:
     return DiskAudit(path, parts, tuple(findings), ovl_audits)
 
 
+#: The readers above, for other layers that read a disk without mounting it (labkit.lab.hwloop: /data).
+blkid_fields = _blkid
+list_ext_dir = _list_ext
+read_ext_file = _read_ext
+
+
 def looks_like_apkovl(path: Path) -> bool:
     """A regular file starting with the gzip magic (an apkovl), as opposed to a disk or an image."""
     if not path.is_file():

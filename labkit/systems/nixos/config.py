@@ -309,9 +309,8 @@ def _probe_service(settings: NixosSettings) -> dict[str | tuple[str, ...], objec
         "# Type=simple: the start job completes at once, so the probe never holds the boot open;\n"
         "# it waits until the boot has finished, then writes one bundle.\n"
         "systemctl is-system-running --wait > /dev/null || true\n"
-        "mkdir -p /data/labkit/bundles\n"
-        "${pkgs.runtimeShell} ${./" + PROBE_NAME + "} | tee \"/data/labkit/bundles/bundle-$(cat "
-        "/proc/sys/kernel/random/boot_id).txt\"\n"
+        "# the probe saves its bundle in /data/labkit/bundles itself (atomically) and steps an armed reboot loop\n"
+        "${pkgs.runtimeShell} ${./" + PROBE_NAME + "}\n"
     )
     return {
         "description": "labkit probe: one measurement bundle to /data and the serial console",
@@ -442,6 +441,6 @@ def render_module(settings: NixosSettings, *, mem_total: int | None = None,
 
 def probe_script() -> bytes:
     """The probe (``labkit/data/guest/probe.sh``) that the module runs (``./labkit-probe.sh``)."""
-    from labkit.core.data import guest_data
+    from labkit.core.data import probe_script as _probe
 
-    return guest_data("probe.sh")
+    return _probe()
