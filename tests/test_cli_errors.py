@@ -203,3 +203,28 @@ def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
     proc.stdout.close()  # the reader goes away
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and err == "", err
+
+
+def test_every_command_has_a_help_page(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help of every command and subcommand prints (argparse %-formats help texts: a bare % broke it)."""
+    import argparse
+
+    from labkit.cli.main import build_parser
+
+    parser = build_parser()
+    seen = 0
+
+    def walk(p: argparse.ArgumentParser, argv: list[str]) -> None:
+        nonlocal seen
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([*argv, "--help"])
+        assert exc.value.code == 0, argv
+        assert "usage:" in capsys.readouterr().out
+        seen += 1
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, [*argv, name])
+
+    walk(parser, [])
+    assert seen > 20

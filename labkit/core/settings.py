@@ -410,7 +410,8 @@ def add_arguments(parser: Any, scope: str, *, skip: Sequence[str] = ()) -> None:
         t = kind(f.name)
         d = default(f.name)
         shown = ",".join(d) if isinstance(d, tuple) else d
-        help_ = f"{m.help} (default: {shown if shown not in ('', {}, ()) else 'none'})"
+        # argparse %-formats help strings: a '%' of the table's text (50%, ±25 %) is written '%%'
+        help_ = f"{m.help} (default: {shown if shown not in ('', {}, ()) else 'none'})".replace("%", "%%")
         if t is bool:
             parser.add_argument(opt, *m.aliases, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_)
