@@ -195,8 +195,9 @@ total=$(for name in $PKGS; do [ "$name" = alpine-base ] && name=$BASE_PKG; echo 
 for name in $PKGS; do
 	# alpine-base (the world of a real Alpine apkovl) is provided by the rehearsal base package: its record
 	# in the installed database says so with a p: (provides) line, as apk writes one for virtual names
+	[ "$name" = alpine-base ] && name=$BASE_PKG
 	prov=
-	[ "$name" = alpine-base ] && { name=$BASE_PKG; prov=alpine-base; }
+	[ "$name" = "$BASE_PKG" ] && prov=alpine-base
 	case " $done_pkgs " in *" $name "*) continue ;; esac
 	done_pkgs="$done_pkgs $name"
 	line=$(awk -v n="$name" '$1 == n { print $2 " " $3 " " $4 " " $5; exit }' "$INDEX" 2>/dev/null)
