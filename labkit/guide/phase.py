@@ -47,9 +47,11 @@ def lab_image(s: Settings) -> Path:
     return run_dir(s) / "lab-disk" / "disk.img"
 
 
-def install_options(s: Settings) -> InstallOptions:
+def install_options(s: Settings, phase: str = "alpine") -> InstallOptions:
+    """The install's options from the notebook's settings. The Alpine phase on a real disk needs its owner's
+    way in (asked there: the other phases' notebooks do not declare it)."""
     login = None
-    if s.target == "disk" and "alpine" in s.systems:  # a real disk is somebody's: they must be able to log in
+    if s.target == "disk" and "alpine" in s.systems and phase == "alpine":  # a real disk is somebody's
         login = alpine_login(s.path("alpine_root_password_hash_file"), s.alpine_ssh_keys)
     elif s.target == "plan" and (s.alpine_root_password_hash_file or s.alpine_ssh_keys):
         login = alpine_login(s.path("alpine_root_password_hash_file"), s.alpine_ssh_keys)
@@ -102,7 +104,7 @@ def _run(s: Settings, phase: str, mode: Mode) -> PhaseView:
     runner = Runner(mode=mode, transcript=rd / (f"plan-{phase}.jsonl" if mode is Mode.PLAN else "transcript.jsonl"),
                     progress=None)
     target = open_target(s, runner)
-    res: InstallResult = run_install(target, install_options(s), rd / "work", wipe=s.wipe, phases=(phase,))
+    res: InstallResult = run_install(target, install_options(s, phase), rd / "work", wipe=s.wipe, phases=(phase,))
     result = res.phases[0] if res.phases else None
     return PhaseView(phase, target.describe(), result, mode is Mode.APPLY, tuple(c.shell() for c in res.staging))
 
