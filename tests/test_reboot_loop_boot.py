@@ -24,8 +24,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.boot
 @pytest.mark.timeout(3600)
-def test_lab_reboot_loop_two_rounds(tmp_path: Path) -> None:
-    run = run_reboot_loop(LabParams(out=tmp_path / "run", keep_image=True), 2, progress=None)
+def test_lab_reboot_loop_one_round(tmp_path: Path) -> None:
+    """One QEMU run, the guests rebooting themselves (one round: each system once; `--rounds 2` is the same
+    loop twice as long, and a warm reboot under TCG can take minutes, see the README)."""
+    run = run_reboot_loop(LabParams(out=tmp_path / "run", keep_image=True), 1, progress=None)
     d = run.run_dir
     boots = _rows(d / "boots.csv")
     assert [(b["os"].split("-")[0], b["ok"]) for b in boots] == [(s, "True") for s in run.plan], \
@@ -35,12 +37,12 @@ def test_lab_reboot_loop_two_rounds(tmp_path: Path) -> None:
     per_os: dict[str, set[str]] = {}
     for r in results:
         per_os.setdefault(r["os"].split("-")[0], set()).add(r["boot"])
-    assert {k: len(v) for k, v in per_os.items()} == {"nixos": 2, "alpine": 2}
+    assert {k: len(v) for k, v in per_os.items()} == {"nixos": 1, "alpine": 1}
     # every boot's bundle was found on serial too: host-timed metrics beside the in-guest ones
     host = [r for r in results if r["metric"] == "firmware_loaders_s"]
-    assert len(host) == 4 and all(0 < float(r["value"]) < 600 for r in host)
+    assert len(host) == 2 and all(0 < float(r["value"]) < 600 for r in host)
     check = _rows(d / "method_check.csv")
-    assert len(check) == 4 and all(c["host_firmware_loaders_s"] for c in check)
+    assert len(check) == 2 and all(c["host_firmware_loaders_s"] for c in check)
     env = json.loads((d / "environment.json").read_text())
     assert env["params"]["target"] == "lab VM" and env["extra"]["refind_conf_restored"] is True
     assert env["extra"]["loop"]["armed"] is False and env["extra"]["loop"]["reason"].startswith("done")
@@ -72,26 +74,18 @@ def _break_alpine(runner: Runner, place: hwloop.Place) -> None:
 @pytest.mark.boot
 @pytest.mark.timeout(3600)
 def test_lab_reboot_loop_with_a_boot_that_hangs(tmp_path: Path) -> None:
-    params = LabParams(out=tmp_path / "run", systems=("nixos", "alpine"), boot_timeout_s=120.0, report=False,
+    """One QEMU run per boot (-no-reboot, rEFInd following the guest's default across runs: the cross-check
+    mode), and the second boot hangs in rEFInd: QEMU is stopped at the boot's time limit, the boot is recorded
+    failed, the loop ends disarmed with the original refind.conf back."""
+    params = LabParams(out=tmp_path / "run", systems=("nixos", "alpine"), boot_timeout_s=60.0, report=False,
                        keep_image=True)
-    run = run_reboot_loop(params, 1, progress=None, after_arm=_break_alpine)
+    run = run_reboot_loop(params, 1, progress=None, after_arm=_break_alpine, restart_qemu=True)
     boots = _rows(run.run_dir / "boots.csv")
     assert [(b["os"].split("-")[0], b["ok"]) for b in boots] == [("nixos", "True"), ("alpine", "False")], boots
     assert "never came back" in boots[1]["reason"]
-    assert run.restored
+    assert run.restored and boots[0]["serial_log"] == "serial/loop-0.log"
+    assert float(boots[0]["wall_s"]) > 0 and float(boots[0]["host_qemu_cpu"]) > 0
+    check = _rows(run.run_dir / "method_check.csv")
+    assert len(check) == 1 and 0 < float(check[0]["host_firmware_loaders_s"]) < 300
     state = json.loads((run.run_dir / "environment.json").read_text())["extra"]["loop"]
     assert state["armed"] is False and state["boots"][-1]["status"] == "failed"
-
-
-@pytest.mark.boot
-@pytest.mark.timeout(3600)
-def test_lab_reboot_loop_restarting_qemu_per_boot(tmp_path: Path) -> None:
-    """The cross-check: -no-reboot, one QEMU run per boot, rEFInd following the guest's default across runs."""
-    params = LabParams(out=tmp_path / "run", systems=("nixos", "alpine"), report=False)
-    run = run_reboot_loop(params, 1, progress=None, restart_qemu=True)
-    boots = _rows(run.run_dir / "boots.csv")
-    assert [(b["os"].split("-")[0], b["ok"]) for b in boots] == [("nixos", "True"), ("alpine", "True")], boots
-    assert run.restored and [b["serial_log"] for b in boots] == ["serial/loop-0.log", "serial/loop-1.log"]
-    assert all(float(b["wall_s"]) > 0 and float(b["host_qemu_cpu"]) > 0 for b in boots)
-    check = _rows(run.run_dir / "method_check.csv")
-    assert len(check) == 2 and all(0 < float(c["host_firmware_loaders_s"]) < 300 for c in check)
