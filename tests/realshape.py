@@ -173,9 +173,9 @@ tmpfs                   246152     18234    227918   7% /
 
 
 def apk_installed() -> str:
-    """/lib/apk/db/installed filtered as the probe does (``awk '/^[PVSI]:/ || /^$/'``)."""
+    """/lib/apk/db/installed filtered as the probe does (``awk '/^[PVSIp]:/ || /^$/'``)."""
     text = (ALPINE_FIXTURES / "lib-apk-db-installed").read_text()
-    return "\n".join(ln for ln in text.split("\n") if ln[:2] in ("P:", "V:", "S:", "I:") or not ln)
+    return "\n".join(ln for ln in text.split("\n") if ln[:2] in ("P:", "V:", "S:", "I:", "p:") or not ln)
 
 
 def alpine_sections(*, uptime: float = 9.40, rc_log: str | None = RC_LOG) -> dict[str, str]:

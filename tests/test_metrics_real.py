@@ -124,6 +124,11 @@ def test_real_alpine_diskless() -> None:
     assert v["openrc_boot_s"].value == 3.0  # rc.log: 10:00:04 → 10:00:07
     assert v["package_count"].value == 14 and v["installed_size_mib"].value == pytest.approx(8440 / 1024)
     assert not any(m.name.startswith("systemd_") for m in res.metrics)
+    # the minirootfs's world, all installed (the probe keeps p: lines, so a world naming cmd:apk counts too)
+    assert v["packages_missing"].value == 0 and v["apk_install_errors"].value == 0
+    sections = {**realshape.alpine_sections(), "apk_world": "apk-tools\ncmd:apk\nso:libapk.so.2.14.0\nfirefox\n"}
+    lost = {m.name: m for m in measure_bundle(realshape.bundle("alpine", sections)).metrics}["packages_missing"]
+    assert lost.value == 1 and lost.source.endswith(": firefox")
 
 
 def test_real_alpine_missing_reasons() -> None:

@@ -311,7 +311,7 @@ def _tool_error(text: str, prefixes: tuple[str, ...] = ("error:",)) -> str | Non
     return None
 
 
-_APK_RECORD = re.compile(r"^P:[^\n]+\nV:[^\n]+\nS:(\d+)\nI:(\d+)$", re.M)
+_APK_RECORD = re.compile(r"^P:[^\n]+\nV:[^\n]+\nS:(\d+)\nI:(\d+)(?:\np:[^\n]*)?$", re.M)
 
 
 def _apk_sums(text: str) -> tuple[float, float, float] | None:

@@ -113,9 +113,10 @@ have() {
 		rc-status --all --nocolor 2>&1
 	fi
 	if [ -f "$R/lib/apk/db/installed" ]; then
-		# only the package header fields: the file list (F:/R:/Z: lines) would be most of the text
+		# only the package header fields and what each provides (p:, for the world check: packages_missing);
+		# the file list (F:/R:/Z: lines) would be most of the text
 		section apk_installed
-		awk '/^[PVSI]:/ || /^$/' "$R/lib/apk/db/installed"
+		awk '/^[PVSIp]:/ || /^$/' "$R/lib/apk/db/installed"
 	fi
 	if [ -f "$R/etc/apk/world" ]; then
 		section apk_world
