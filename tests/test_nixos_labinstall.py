@@ -341,7 +341,8 @@ def test_lab_run_with_the_rehearsal_installer_iso(
     from labkit.lab.run import LabParams, run_lab
 
     _kernel, iso = rehearsal
-    run = run_lab(LabParams(out=tmp_path / "run", boots=1, warmup=0, systems=("nixos",), report=False, load_cost=False,
+    run = run_lab(LabParams(out=tmp_path / "run", boots=1, max_boots=1, warmup=0, systems=("nixos",), report=False,
+                            load_cost=False,
                             nixos_iso=iso.path, nixos_ssh_keys=(KEY,), nixos_install_memory_mib=512),
                   progress=None)
     assert [b.ok for b in run.boots] == [True], run.boots
