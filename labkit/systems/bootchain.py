@@ -232,20 +232,7 @@ def set_default_selection(runner: Runner, image: Path, esp_offset: int, title: s
     else:
         lines.insert(next((i for i, ln in enumerate(lines) if ln.strip().startswith("menuentry")), len(lines)), sel)
     new = "\n".join(lines) + "\n"
-    if runner.mode is Mode.PLAN:
-        runner.run(["mcopy", "-o", "-i", target, "<new refind.conf>", conf_path], env=MTOOLS_ENV)
-        return new
-    tmp = (work or image.parent) / f".{image.name}.refind.conf"
-    atomic_write_text(tmp, new)
-    try:
-        runner.run(["mcopy", "-o", "-i", target, tmp, conf_path], env=MTOOLS_ENV)
-    finally:
-        tmp.unlink(missing_ok=True)
-    back = runner.run(["mtype", "-i", target, conf_path], env=MTOOLS_ENV, query=True).stdout
-    if back != new:
-        raise VerifyFailed(f"refind.conf in {image.name} did not read back as written",
-                           "check the ESP with fsck.vfat; rebuild the image")
-    return new
+    return _write_refind_conf(runner, image, target, conf_path, new, work)
 
 
 def set_entry_options(runner: Runner, image: Path, esp_offset: int, title: str, options: str,
@@ -271,6 +258,12 @@ def set_entry_options(runner: Runner, image: Path, esp_offset: int, title: str, 
     new = "\n".join(lines) + "\n"
     if new == old:
         return new
+    return _write_refind_conf(runner, image, target, conf_path, new, work)
+
+
+def _write_refind_conf(runner: Runner, image: Path, target: str, conf_path: str, new: str,
+                       work: Path | None) -> str:
+    """Put ``new`` as the image's refind.conf with mtools (plan mode: record the copy) and read it back."""
     if runner.mode is Mode.PLAN:
         runner.run(["mcopy", "-o", "-i", target, "<new refind.conf>", conf_path], env=MTOOLS_ENV)
         return new
