@@ -425,8 +425,7 @@ def test_nixos_rehearsal_boots_from_the_store(runner: Runner, kernel: GuestKerne
     t = parse_systemd_time(s["systemd_time"])
     assert set(t.phases) == {"kernel", "userspace"} and t.phases["kernel"] > 0 and t.phases["userspace"] > 0
     assert t.target == "multi-user.target" and t.target_s is not None
-    assert "multi-user.target @" in s["systemd_critical_chain"]
-    assert "systemd-journald.service" in s["systemd_blame"]
+    assert "systemd_blame" not in s and "systemd_critical_chain" not in s  # costly under TCG, read by nothing
     link = os.readlink(tmp_path / "nix" / build.file("units") / "labkit-probe.service")  # /nix/store/...
     unit = (tmp_path / "nix" / link.removeprefix("/nix/")).read_text()
     assert unit == render_service("labkit-probe", probe_service(NixosSettings()), _UnitPaths(tmp_path / "nix")).text

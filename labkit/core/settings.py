@@ -152,6 +152,8 @@ class Settings:
                                   "rests on them; more while it is wide, up to load_top_max)", "lab", minimum=1)
     load_top_max: int = setting(6, "cap on the largest set's boots while the per-MiB cost's 95 % interval is "
                                 "wider than ±25 % (a busy host)", "lab", minimum=1)
+    load_warmup: int = setting(1, "warm-up boots of the largest load-cost set's image before its measured boots "
+                               "(in boots.csv, left out of the fit)", "lab", minimum=0)
     load_redo: int = setting(1, "per load-cost set: boots again after a boot under host load (not when the load "
                              "is persistent)", "lab", minimum=0)
     boot_check: bool = setting(True, "lab target: boot the image once after the phase", "nb")
