@@ -15,7 +15,8 @@ from labkit.guide.chain import CHAIN, chain_notebooks, run_chain
 def _checkout_state() -> dict[str, tuple[int, int]]:
     """(size, mtime_ns) of every file of the checkout but caches, the venv and git's own folder."""
     root = Path(__file__).resolve().parents[1]
-    skip = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "runs"}
+    skip = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "runs",
+            "test-artifacts"}  # the browser test's screenshots (it may run meanwhile on another worker)
     out = {}
     for p in root.rglob("*"):
         rel = p.relative_to(root)
