@@ -134,6 +134,14 @@ def test_numbers_nan_inf_and_huge_are_refused(capsys: pytest.CaptureFixture[str]
         with pytest.raises(InputError):
             parse_number(bad, "the value")
     assert parse_number("0.5", "x", minimum=0, maximum=1) == 0.5
+    # a setting (the form, `-p name=value`, a settings file) is written the same way: ASCII digits only
+    from labkit.core.settings import coerce
+
+    for name, bad in (("boots", "1_000"), ("boots", "\u0661\u0662"), ("boots", "0x1f"), ("boots", "1e3"),
+                      ("spread_threshold", "1_0.5"), ("spread_threshold", "1e3"), ("spread_threshold", "nan")):
+        with pytest.raises(InputError, match=f"{name}="):
+            coerce(name, bad)
+    assert coerce("boots", " 4 ") == 4 and coerce("spread_threshold", ".5") == 0.5
 
 
 def test_bundle_numbers_are_finite(tmp_path: Path) -> None:
@@ -228,3 +236,12 @@ def test_every_command_has_a_help_page(capsys: pytest.CaptureFixture[str]) -> No
 
     walk(parser, [])
     assert seen > 20
+
+
+def test_a_plan_for_a_device_that_is_not_there_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped device still gets its plan (a lesson prepared away from the machine), but never passes for a
+    disk labkit has read: the plan says what it assumed and that apply would refuse."""
+    rc, err = cli(["disk", "apply", "--plan", "--device", str(tmp_path / "sdz"), "--confirm", "x",
+                   "--workdir", str(tmp_path / "w")], capsys)
+    assert rc == 0
+    assert f"{tmp_path / 'sdz'} is not a disk here" in err and "would refuse" in err and "labkit disks" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,14 @@ def _cmd_apply(args: argparse.Namespace) -> int:
                         state_path=work / "disk-state.json")
     res = run_disk_phase(runner, params)
     if args.plan:
+        if res.disk is None:
+            # a plan without the disk (a lesson prepared away from the machine): say so, so that a mistyped
+            # device name is not taken for a disk labkit has read
+            from labkit.core.text import printable
+
+            print(f"warning: {printable(args.device)} is not a disk here (no such device): this plan assumes an "
+                  f"empty disk of {human(layout.disk_size)}; without --plan labkit would refuse it. "
+                  "`labkit disks` lists the disks and their fingerprints.", file=sys.stderr)
         print("plan (nothing was executed):")
         for c in res.mutating:
             print(f"  {c.shell()}")

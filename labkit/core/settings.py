@@ -37,6 +37,10 @@ SYSTEMS = ("alpine", "nixos")
 ACCELS = ("kvm", "tcg")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
+#: How a whole number / a decimal setting is written (no `1_000`, no `1e3`, no digits of other scripts).
+_WHOLE = re.compile(r"[+-]?[0-9]{1,18}")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]{1,15}(?:\.[0-9]{0,15})?|\.[0-9]{1,15})")
+
 
 @dataclass(frozen=True)
 class Meta:
@@ -349,15 +353,17 @@ def coerce(name: str, value: Any) -> Any:
     if t is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        try:
-            return int(str(value).strip())
-        except ValueError:
-            raise InputError(f"{name}={value!r} is not a whole number", f"e.g. {name}={default(name)}") from None
+        # ASCII digits only: Python's int() would also take "1_000" and other scripts' digits
+        if not _WHOLE.fullmatch(str(value).strip()):
+            raise InputError(f"{name}={value!r} is not a whole number", f"e.g. {name}={default(name)}")
+        return int(str(value).strip())
     if t is float:
-        try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif _DECIMAL.fullmatch(str(value).strip()):
             number = float(str(value).strip())
-        except ValueError:
-            raise InputError(f"{name}={value!r} is not a number", f"e.g. {name}={default(name)}") from None
+        else:
+            raise InputError(f"{name}={value!r} is not a number", f"e.g. {name}={default(name)}")
         if not math.isfinite(number) or abs(number) > 1e12:
             raise InputError(f"{name}={value!r} is not a usable number", f"e.g. {name}={default(name)}")
         return number
