@@ -46,7 +46,8 @@ def test_lab_reboot_loop_one_round(tmp_path: Path) -> None:
     env = json.loads((d / "environment.json").read_text())
     assert env["params"]["target"] == "lab VM" and env["extra"]["refind_conf_restored"] is True
     assert env["extra"]["loop"]["armed"] is False and env["extra"]["loop"]["reason"].startswith("done")
-    assert (d / "report.html").is_file()
+    assert "Method check (reboot loop)" in (d / "report.html").read_text(encoding="utf-8")
+    assert {"firmware_loader_diff_s", "to_probe_diff_s"} <= set(_rows(d / "tables" / "method_check.csv")[0])
     # the image: the original refind.conf back, no kept copy, the loop disarmed
     image = d / "work" / "disk.img"
     place = hwloop.locate(Runner(progress=None), image)

@@ -211,3 +211,22 @@ def test_incomplete_installs_leave_the_statistics(tmp_path: Path) -> None:
     assert 2 not in set(alpine["boot"]) and {1, 3} <= set(alpine["boot"])
     assert 2 in set(ctx.results[ctx.results["os"] == "nixos-rehearsal"]["boot"])
     assert any("**Incomplete installs**: 1 boot(s) (alpine-rehearsal #2)" in t for t in threats(ctx))
+
+
+def test_method_check_table_gives_guest_minus_host(tmp_path: Path) -> None:
+    """The reboot loop's method_check.csv in the report: guest - host per boot; a missing guest clock stays
+    missing (no FPDT under OVMF), never 0."""
+    from types import SimpleNamespace
+
+    from labkit.report.report import method_check_table
+
+    ctx = SimpleNamespace(run_dir=tmp_path)
+    assert method_check_table(ctx).empty  # type: ignore[arg-type]
+    (tmp_path / "method_check.csv").write_text(
+        "os,boot,host_firmware_loaders_s,guest_firmware_s,guest_loader_s,guest_firmware_plus_loader_s,"
+        "host_total_to_probe_s,guest_uptime_at_probe_s\n"
+        "alpine-rehearsal,1,12.5,,,,33.0,21.25\n"
+        "nixos-rehearsal,2,10.0,6.0,4.5,10.5,30.0,20.0\n")
+    t = method_check_table(ctx)  # type: ignore[arg-type]
+    assert pd.isna(t.loc[0, "firmware_loader_diff_s"]) and t.loc[0, "to_probe_diff_s"] == pytest.approx(-11.75)
+    assert t.loc[1, "firmware_loader_diff_s"] == pytest.approx(0.5)

@@ -381,6 +381,24 @@ def boots_table(ctx: ReportContext) -> pd.DataFrame:
     return ctx.boots[cols]
 
 
+#: Written by the reboot loop (labkit.lab.rebootloop.method_check): per boot, the host's serial-timed figures
+#: beside the guest's own (FPDT firmware and loader times, uptime at the probe).
+METHOD_CHECK_FILE = "method_check.csv"
+
+
+def method_check_table(ctx: ReportContext) -> pd.DataFrame:
+    """The reboot loop's host-vs-guest timings with their differences (guest - host, s), or an empty table."""
+    path = ctx.run_dir / METHOD_CHECK_FILE
+    if not path.is_file():
+        return pd.DataFrame()
+    t = pd.read_csv(path)
+    for a, b, name in (("guest_firmware_plus_loader_s", "host_firmware_loaders_s", "firmware_loader_diff_s"),
+                       ("guest_uptime_at_probe_s", "host_total_to_probe_s", "to_probe_diff_s")):
+        if a in t.columns and b in t.columns:
+            t[name] = pd.to_numeric(t[a], errors="coerce") - pd.to_numeric(t[b], errors="coerce")
+    return t
+
+
 def failed_boots(ctx: ReportContext) -> pd.DataFrame:
     t = boots_table(ctx)
     return t[~t["ok"].astype(bool)] if len(t) else t
@@ -408,6 +426,9 @@ def report_tables(ctx: ReportContext) -> dict[str, pd.DataFrame]:
         tables["loadcost_firefox"] = lc.firefox()
         tables["decompression"] = decompression_table(ctx)
     tables["host_load"] = contended_boots(ctx.boots)
+    mc = method_check_table(ctx)
+    if not mc.empty:
+        tables["method_check"] = mc
     return tables
 
 
@@ -836,6 +857,25 @@ def show_warmup(ctx: ReportContext) -> None:
         return
     index = ["run_id", "os", "boot"] if t["run_id"].nunique() > 1 else ["os", "boot"]
     _display_html(_html_table(t.pivot_table(index=index, columns="metric", values="value").reset_index()))
+
+
+def show_method_check(ctx: ReportContext) -> None:
+    """The reboot loop's cross-check: the host's serial-timed phases beside the guest's own clocks."""
+    t = method_check_table(ctx)
+    if t.empty:
+        _display_md("_No method check in this run (`labkit lab --reboot-loop` writes one)._")
+        return
+    lines = []
+    for col, what in (("firmware_loader_diff_s", "firmware + loaders (the guest's FPDT vs the host's serial stamps)"),
+                      ("to_probe_diff_s", "kernel start to probe (the guest's uptime vs the host's stamps)")):
+        vals = pd.to_numeric(t[col], errors="coerce").dropna() if col in t.columns else pd.Series(dtype=float)
+        if vals.empty:
+            lines.append(f"- {what}: {MISSING} (the guest published no such clock: e.g. no FPDT under OVMF)")
+        else:
+            lines.append(f"- {what}: guest - host median {vals.median():+.3f} s over {len(vals)} boots "
+                         f"(range {vals.min():+.3f} .. {vals.max():+.3f} s)")
+    _display_md("\n".join(lines))
+    _display_html(_html_table(t))
 
 
 def show_loadcost(ctx: ReportContext) -> None:
