@@ -362,10 +362,18 @@ def _content_lines(text: str) -> list[tuple[int, str]]:
 #: seconds as the kernel prints them (no sign, no exponent, no nan/inf); at most 10 years of uptime
 _SECONDS_RE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
 MAX_SECONDS = 10 * 365 * 86400.0
+#: /proc/uptime is two numbers of at most 22 characters each: a longer section is read line by line
+_UPTIME_FAST_CHARS = 256
 
 
 def parse_uptime(text: str) -> Uptime:
     """``/proc/uptime``: ``"12.34 5.67"`` (seconds up, seconds idle summed over CPUs)."""
+    # the usual case in one step: a short text of two plain decimals on one line (the checks below, without
+    # the list of lines; any other text takes the line-by-line path and gets its error)
+    parts = text.split() if len(text) <= _UPTIME_FAST_CHARS else []
+    if (len(parts) == 2 and _SECONDS_RE.fullmatch(parts[0]) and _SECONDS_RE.fullmatch(parts[1])
+            and "\n" not in text.strip() and float(parts[0]) <= MAX_SECONDS):
+        return Uptime(float(parts[0]), float(parts[1]))
     lines = _content_lines(text)
     if len(lines) != 1:
         raise SectionError("uptime", None, None, f"expected one line, found {len(lines)}")
@@ -391,14 +399,31 @@ def _line_count(text: str) -> int:
     return text.count("\n") + (0 if text.endswith("\n") else 1)
 
 
-def parse_meminfo(text: str) -> dict[str, int]:
-    """``/proc/meminfo`` → ``{key: value}``; values with a ``kB`` unit are in KiB, others are counts."""
+def _meminfo_digits(text: str) -> dict[str, str] | None:
+    """``{key: digits}`` when every line of ``text`` is well-formed and MemTotal is there (one regex pass),
+    else None. The digits always convert: ``\\d`` and ``int()`` accept the same (Unicode) decimal digits."""
     found = _MEMINFO_ALL.findall(text)
-    if found and len(found) == _line_count(text):  # every line well-formed: one regex pass
-        keys, values = zip(*found, strict=True)
-        d = dict(zip(keys, map(int, values), strict=True))
+    if found and len(found) == _line_count(text):  # every line well-formed
+        d = dict(found)
         if "MemTotal" in d:
             return d
+    return None
+
+
+def meminfo_values(text: str, keys: Iterable[str]) -> dict[str, int]:
+    """The values of ``keys`` that :func:`parse_meminfo` finds (the same errors), converting only those."""
+    d = _meminfo_digits(text)
+    if d is None:
+        full = parse_meminfo(text)
+        return {k: full[k] for k in keys if k in full}
+    return {k: int(d[k]) for k in keys if k in d}
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """``/proc/meminfo`` → ``{key: value}``; values with a ``kB`` unit are in KiB, others are counts."""
+    d = _meminfo_digits(text)
+    if d is not None:
+        return {key: int(val) for key, val in d.items()}
     out: dict[str, int] = {}
     for no, line in _content_lines(text):
         m = _MEMINFO_RE.match(line)

@@ -33,12 +33,12 @@ from labkit.measure.bundle import (
     check_dmesg,
     dmesg_marker_find,
     dmesg_marker_time,
+    meminfo_values,
     parse_df,
     parse_dmesg,
-    parse_meminfo,
     parse_uptime,
 )
-from labkit.measure.parsers.apk import ApkPackage, parse_apk_installed, parse_apk_world, world_missing
+from labkit.measure.parsers.apk import parse_apk_installed, parse_apk_world, world_missing_names
 from labkit.measure.parsers.mkinitfs import INSTALL_ERRORS_WARNING
 from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
 from labkit.measure.parsers.system import parse_rc_log
@@ -266,10 +266,14 @@ def metric_definitions() -> list[dict[str, str]]:
              "applies to": m.applies_to} for m in METRICS]
 
 
+@functools.lru_cache(maxsize=256)
 def os_family(os_id: str) -> str:
     """``alpine-rehearsal`` → ``alpine``; ``nixos`` → ``nixos``; a merged report's group label
     (``alpine-rehearsal | memory_mib=384``, :mod:`labkit.report.merge`) → ``alpine``."""
-    return re.split(r"[^A-Za-z0-9_]", os_id, maxsplit=1)[0]
+    return _FAMILY_END.split(os_id, maxsplit=1)[0]
+
+
+_FAMILY_END = re.compile(r"[^A-Za-z0-9_]")
 
 
 def applies(metric: str, os_id: str) -> bool:
@@ -312,16 +316,33 @@ def _tool_error(text: str, prefixes: tuple[str, ...] = ("error:",)) -> str | Non
 
 
 _APK_RECORD = re.compile(r"^P:[^\n]+\nV:[^\n]+\nS:(\d+)\nI:(\d+)(?:\np:[^\n]*)?$", re.M)
+#: _APK_RECORD with the name (when it has no white space, as _INSTALLED_NAMES reads it) and the p: line as
+#: groups; or else, where no record starts, a character that is not white space (the last group), taken
+#: with all the rest of the text: one such match rules the fast path out, so a section of junk gives one
+#: match, not one per character
+_APK_RECORD_OR_OTHER = re.compile(
+    r"^P:(?:(\S+)|[^\n]+)\nV:[^\n]+\nS:(\d+)\nI:(\d+)(?:\np:([^\n]*))?$|(\S)[\s\S]*", re.M)
 
 
-def _apk_sums(text: str) -> tuple[float, float, float] | None:
-    """(count, installed MiB, compressed MiB) when the section is exactly the probe's P/V/S/I records
-    (one regex pass); None otherwise (then :func:`parse_apk_installed` reads it line by line)."""
-    recs = _APK_RECORD.findall(text)
-    if not recs or _APK_RECORD.sub("", text).strip():
+class _ApkFast(NamedTuple):
+    n_packages: float
+    installed_mib: float
+    compressed_mib: float
+    records: list[tuple[str, str, str, str, str]]  # (name or "", S, I, p: line, "")
+
+
+def _apk_sums(text: str) -> _ApkFast | None:
+    """(count, installed MiB, compressed MiB, records) when the section is exactly the probe's P/V/S/I[/p]
+    records separated by white space (one regex pass: a record where one starts, else a character that is
+    not white space, which rules the fast path out); None otherwise (then :func:`parse_apk_installed` reads it
+    line by line)."""
+    found = _APK_RECORD_OR_OTHER.findall(text)
+    if not found:
         return None
-    sizes, installed = zip(*recs, strict=True)
-    return (float(len(recs)), sum(map(int, installed)) / 1024**2, sum(map(int, sizes)) / 1024**2)
+    _, sizes, installed, _, other = zip(*found, strict=True)
+    if any(other):
+        return None
+    return _ApkFast(float(len(found)), sum(map(int, installed)) / 1024**2, sum(map(int, sizes)) / 1024**2, found)
 
 
 def _package_values(v: _Values, bundle: Bundle) -> None:
@@ -329,8 +350,9 @@ def _package_values(v: _Values, bundle: Bundle) -> None:
     nix_names = ("closure_size_mib", "package_count", "installed_size_mib")
     fast = _apk_sums(sections["apk_installed"]) if "apk_installed" in sections else None
     if fast is not None:
-        for name, value in zip(("package_count", "installed_size_mib", "compressed_size_mib"), fast, strict=True):
-            v.set(name, value)
+        v.set("package_count", fast.n_packages)
+        v.set("installed_size_mib", fast.installed_mib)
+        v.set("compressed_size_mib", fast.compressed_mib)
     elif "apk_installed" in sections:
         pkgs = parse_apk_installed(sections["apk_installed"])
         v.set("package_count", float(len(pkgs)))
@@ -389,26 +411,36 @@ def _package_values(v: _Values, bundle: Bundle) -> None:
         for n in ("package_count", "installed_size_mib", "compressed_size_mib"):
             v.absent(n, "no apk_installed section: /lib/apk/db/installed was not found")
     if os_family(bundle.os) == "alpine":
-        _world_values(v, sections)
+        _world_values(v, sections, fast.records if fast is not None else None)
 
 
 _INSTALLED_NAMES = re.compile(r"^P:(\S+)$|^p:(.*)$", re.M)
 
 
-def _world_values(v: _Values, sections: Mapping[str, str]) -> None:
+def _installed_names(text: str, records: list[tuple[str, str, str, str, str]] | None = None) -> set[str]:
+    """The names in /lib/apk/db/installed and what its packages provide (p: tokens without their versions):
+    from :func:`_apk_sums`'s records when it read the section, else one pass of _INSTALLED_NAMES."""
+    if records is not None:
+        have = {r[0] for r in records if r[0]}
+        provides = [r[3] for r in records if r[3]]
+    else:
+        found = _INSTALLED_NAMES.findall(text)
+        have = {name for name, _ in found if name}
+        provides = [p for name, p in found if not name]
+    for p in provides:
+        have.update(t.split("=", 1)[0] for t in p.split())
+    return have
+
+
+def _world_values(v: _Values, sections: Mapping[str, str],
+                  records: list[tuple[str, str, str, str, str]] | None = None) -> None:
     """packages_missing (world vs installed) and apk_install_errors (the initramfs's warning)."""
     if "apk_world" not in sections or "apk_installed" not in sections:
         what = "apk_world" if "apk_world" not in sections else "apk_installed"
         v.absent("packages_missing", f"no {what} section in the bundle")
     else:
-        have: set[str] = set()
-        for name, provides in _INSTALLED_NAMES.findall(sections["apk_installed"]):
-            if name:
-                have.add(name)
-            else:
-                have.update(t.split("=", 1)[0] for t in provides.split())
-        world = parse_apk_world(sections["apk_world"])
-        lost = world_missing(world, [ApkPackage(n, "", None, None) for n in sorted(have)])
+        have = _installed_names(sections["apk_installed"], records)
+        lost = world_missing_names(parse_apk_world(sections["apk_world"]), have)
         v.set("packages_missing", float(len(lost)),
               "apk world vs apk db" + (f": {', '.join(lost[:8])}{' ...' if len(lost) > 8 else ''}" if lost else ""))
     if "dmesg" in sections:
@@ -520,6 +552,14 @@ def initramfs_end(bundle: Bundle, dmesg: Iterable[tuple[float, str]],
         return Boundary(None, "", "dmesg has neither stage 2's 'booting system configuration' nor systemd's "
                                   "'running in system mode' line (the kernel log wrapped?)")
     return Boundary(None, "", f"no initramfs-end rule for os {bundle.os!r}")
+
+
+#: Metric(*fields) without the named tuple's Python-level __new__ (the same object; made ~20 times a bundle)
+_new_metric = tuple.__new__
+
+
+#: the /proc/meminfo keys the metrics read
+_MEMINFO_READ = ("MemTotal", "MemAvailable", "Shmem")
 
 
 def _mib(kib: int) -> float:
@@ -642,7 +682,7 @@ def measure_bundle(
         v.absent("probe_timing_s", "no uptime_mid section (an older probe)")
 
     if "meminfo" in secs:
-        mem = parse_meminfo(secs["meminfo"])
+        mem = meminfo_values(secs["meminfo"], _MEMINFO_READ)
         v.set("mem_total_mib", _mib(mem["MemTotal"]))
         if "MemAvailable" in mem:
             v.set("ram_used_mib", _mib(mem["MemTotal"] - mem["MemAvailable"]),
@@ -657,7 +697,7 @@ def measure_bundle(
         for n in ("mem_total_mib", "ram_used_mib", "shmem_mib"):
             v.absent(n, "no meminfo section")
     if "meminfo_settled" in secs:
-        settled = parse_meminfo(secs["meminfo_settled"])
+        settled = meminfo_values(secs["meminfo_settled"], _MEMINFO_READ)
         if "MemAvailable" in settled:
             v.set("ram_used_mib", _mib(settled["MemTotal"] - settled["MemAvailable"]))
             v.sources.pop("ram_used_mib", None)
@@ -695,8 +735,9 @@ def measure_bundle(
         for n in ("alpine_load_cost_s_per_mib", "alpine_load_cost_ram_mib_per_mib"):
             v.absent(n, "installed_size_mib is missing or 0")
 
-    metrics = [Metric(d.name, v.values[d.name], d.unit, v.sources.get(d.name, d.source))
-               for d in METRICS if d.name in v.values]
+    values, sources = v.values, v.sources
+    metrics = [_new_metric(Metric, (d.name, values[d.name], d.unit, sources.get(d.name, d.source)))
+               for d in METRICS if d.name in values]
     missing = [Missing(d.name, v.why.get(d.name, "no source for it in this bundle"))
                for d in _applicable(bundle.os) if d.name not in v.values]
     return BundleMetrics(metrics, missing)

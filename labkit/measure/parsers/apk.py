@@ -9,6 +9,7 @@ apk-tools' source at tag v3.0.6 (file:line cited at each parser).
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from dataclasses import dataclass
 
 from labkit.core.console import strip_ansi  # the one ANSI stripper
@@ -364,12 +365,15 @@ def parse_apk_stats(text: str, section: str = "apk_stats") -> ApkStats:
     return ApkStats(**values)
 
 
+_WORLD_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.+@:<>=~!-]+$")
+
+
 def parse_apk_world(text: str, section: str = "apk_world") -> list[str]:
     """``/etc/apk/world``: one dependency per line (or several per line, blank separated)."""
     out: list[str] = []
     for no, raw in enumerate(text.split("\n"), start=1):
         for tok in raw.split():
-            if not re.match(r"^[A-Za-z0-9_.+@:<>=~!-]+$", tok):
+            if not _WORLD_TOKEN_RE.match(tok):
                 raise SectionError(section, no, raw, f"not a package constraint: {tok!r}")
             out.append(tok)
     return out
@@ -385,7 +389,12 @@ def world_missing(world: list[str], installed: list[ApkPackage]) -> list[str]:
     (apk-tools v2.14.4 src/apk.c l.277-282, v3.0.6 l.247-251): a world entry the media cannot satisfy is
     dropped without an error, so only this comparison shows it. Conflicts (``!name``) are not wanted; the
     version and the repository tag (``name>=1.2``, ``name@edge``) are left to apk: a name present counts."""
-    have = {p.name for p in installed} | {n for p in installed for n in p.provides}
+    return world_missing_names(world, {p.name for p in installed} | {n for p in installed for n in p.provides})
+
+
+def world_missing_names(world: list[str], have: Container[str]) -> list[str]:
+    """:func:`world_missing` against the set of names the installed packages have or provide (no
+    :class:`ApkPackage` per name: the metrics read it for every bundle)."""
     out = []
     for dep in world:
         if dep.startswith("!"):
