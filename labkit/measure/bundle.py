@@ -308,7 +308,10 @@ def _fast_bundle(text: str) -> Bundle | None:
         pos = stop
     if end.group("n") != str(len(sections)):
         return None
-    version = _check_header(header.group("os"), header.group("guest"), header.group("v"), "bundle text")
+    try:
+        version = _check_header(header.group("os"), header.group("guest"), header.group("v"), "bundle text")
+    except BundleError:
+        return None  # the line reader raises the same error, naming the line as it always has
     return Bundle(header.group("os"), header.group("guest"), sections, None, True, True, version)
 
 
