@@ -59,6 +59,21 @@ def _old_parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
+def _old_df_row(fields: list[str], no: int, line: str) -> B.DfRow:
+    if len(fields) < 6:
+        raise SectionError("df", no, line, "expected 6 columns (Filesystem 1K-blocks Used Available Use% Mounted on)")
+    fs, blocks, used, avail, pct = fields[:5]
+    mount = " ".join(fields[5:])
+    try:
+        use_pct = None if pct == "-" else B.whole_number(pct.rstrip("%"), "df", no, line, "Use%")
+        if pct != "-" and not pct.endswith("%"):
+            raise ValueError
+        sizes = [B.whole_number(x, "df", no, line, "size") for x in (blocks, used, avail)]
+        return B.DfRow(fs, sizes[0], sizes[1], sizes[2], use_pct, mount)
+    except ValueError:
+        raise SectionError("df", no, line, "size columns must be whole KiB numbers and Use% like '12%'") from None
+
+
 def _old_os_family(os_id: str) -> str:
     return re.split(r"[^A-Za-z0-9_]", os_id, maxsplit=1)[0]
 
@@ -351,3 +366,20 @@ def test_bundle_text_one_pass_reader_is_the_same_as_the_line_reader(monkeypatch:
             lines = [_outcome(lambda t=text, s=strict: parse_bundle_text(t, strict=s)) for strict in (True, False)]
         assert now == lines, repr(text[:80])
     assert n_fast >= 2 * len(FIXTURES)  # the one-pass path was taken (fixtures, no final newline, noise ...)
+
+
+def test_df_fast_rows_are_the_same_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(3)
+    rows = ["tmpfs 246152 18234 227918 7% /", "tmpfs 1 2 3 12%% /", "tmpfs 1 2 3 % /", "tmpfs 1 2 3 - /",
+            "tmpfs 1 2 3 7 /", "tmpfs ١ 2 3 7% /", "tmpfs 1234567890123456789 2 3 7% /", "tmpfs -1 2 3 7% /",
+            "tmpfs 1 2 3 7% /mnt/with space", "tmpfs 1 2 3 7%", "tmpfs 1 2 3 7%\xa0/", "a\n 1 2 3 4% /x"]
+    header = "Filesystem           1K-blocks      Used Available Use% Mounted on\n"
+    texts = [header + r for r in rows] + [synth.DF_ALPINE.format(used=1, avail=2, pct=3), realshape.DF_ALPINE,
+                                          synth.DF_NIXOS.format(used=1, avail=2, pct=3)]
+    texts += list(_mutations(realshape.DF_ALPINE, rng))
+    for text in texts:
+        now = _outcome(lambda t=text: B.parse_df(t))
+        with monkeypatch.context() as m:
+            m.setattr(B, "_df_row", _old_df_row)
+            assert now == _outcome(lambda t=text: B.parse_df(t)), repr(text[:80])
+

@@ -509,7 +509,18 @@ class DfRow:
     mounted_on: str
 
 
+#: df's Use% column: "-" or a whole number followed by "%" (what _df_row accepts, in one step)
+_DF_PCT_RE = re.compile(r"-|[0-9]{1,18}%+")
+
+
 def _df_row(fields: list[str], no: int, line: str) -> DfRow:
+    # the usual row in one step (split() fields have no white space around them: whole_number's checks);
+    # any other row goes through the checks below, which name what is wrong
+    if (len(fields) >= 6 and _WHOLE_RE.fullmatch(fields[1]) and _WHOLE_RE.fullmatch(fields[2])
+            and _WHOLE_RE.fullmatch(fields[3]) and _DF_PCT_RE.fullmatch(fields[4])):
+        pct = fields[4]
+        return DfRow(fields[0], int(fields[1]), int(fields[2]), int(fields[3]),
+                     None if pct == "-" else int(pct.rstrip("%")), " ".join(fields[5:]))
     if len(fields) < 6:
         raise SectionError("df", no, line, "expected 6 columns (Filesystem 1K-blocks Used Available Use% Mounted on)")
     fs, blocks, used, avail, pct = fields[:5]
