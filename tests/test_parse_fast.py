@@ -280,8 +280,11 @@ def _adversarial_bundles() -> Iterator[tuple[str, Bundle]]:
 # -- the tests ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["one-list", "streamed"])
 def test_metrics_are_the_same_as_before_on_fixture_and_adversarial_bundles(
-        before: Callable[[Bundle], str]) -> None:
+        before: Callable[[Bundle], str], stream: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if stream:  # the apk database read match by match, as a section over _APK_STREAM_CHARS is
+        monkeypatch.setattr(M, "_APK_STREAM_CHARS", 0)
     n_ok = n_err = 0
     for label, bundle in _adversarial_bundles():
         now = _outcome(lambda b=bundle: M.measure_bundle(b))
@@ -291,9 +294,13 @@ def test_metrics_are_the_same_as_before_on_fixture_and_adversarial_bundles(
     assert n_ok > 100 and n_err > 50  # both the values and the errors were compared, many times
 
 
-def test_apk_database_fast_path_is_the_same_as_before() -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["one-list", "streamed"])
+def test_apk_database_fast_path_is_the_same_as_before(stream: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Sums, names and provides from one pass equal the two old passes (and the line parser), on the real
-    database filtered as the probe does, with p: lines, and on adversarial variants."""
+    database filtered as the probe does, with p: lines, and on adversarial variants; read as one list of
+    matches and match by match (the way a section over _APK_STREAM_CHARS is read)."""
+    if stream:
+        monkeypatch.setattr(M, "_APK_STREAM_CHARS", 0)
     rng = random.Random(5)
     filtered = realshape.apk_installed()
     raw = (realshape.ALPINE_FIXTURES / "lib-apk-db-installed").read_text()
@@ -310,7 +317,8 @@ def test_apk_database_fast_path_is_the_same_as_before() -> None:
         names_old: set[str] = set()
         for name, provides in M._INSTALLED_NAMES.findall(text):
             names_old |= {name} if name else {t.split("=", 1)[0] for t in provides.split()}
-        assert M._installed_names(text, fast.records if fast else None) == names_old, repr(text[:80])
+        assert (fast.names if fast else M._installed_names(text)) == names_old, repr(text[:80])
+        assert M._installed_names(text) == names_old
         if fast is not None:  # the fast sums agree with the line parser too
             pkgs = parse_apk_installed(text)
             assert fast.n_packages == len(pkgs)

@@ -324,25 +324,62 @@ _APK_RECORD_OR_OTHER = re.compile(
     r"^P:(?:(\S+)|[^\n]+)\nV:[^\n]+\nS:(\d+)\nI:(\d+)(?:\np:([^\n]*))?$|(\S)[\s\S]*", re.M)
 
 
+#: above this many characters the apk database is read match by match (finditer: sums kept as they come, no
+#: list of every record), so a huge section costs about its names, not several times its size
+_APK_STREAM_CHARS = 1 << 20
+
+
 class _ApkFast(NamedTuple):
     n_packages: float
     installed_mib: float
     compressed_mib: float
-    records: list[tuple[str, str, str, str, str]]  # (name or "", S, I, p: line, "")
+    names: set[str]  # names and what the packages provide, as _installed_names reads them
+
+
+def _provided(p_line: str) -> Iterator[str]:
+    """The names a ``p:`` line provides, without their versions."""
+    return (t.split("=", 1)[0] for t in p_line.split())
 
 
 def _apk_sums(text: str) -> _ApkFast | None:
-    """(count, installed MiB, compressed MiB, records) when the section is exactly the probe's P/V/S/I[/p]
+    """(count, installed MiB, compressed MiB, names) when the section is exactly the probe's P/V/S/I[/p]
     records separated by white space (one regex pass: a record where one starts, else a character that is
     not white space, which rules the fast path out); None otherwise (then :func:`parse_apk_installed` reads it
     line by line)."""
+    if len(text) > _APK_STREAM_CHARS:
+        return _apk_sums_streamed(text)
     found = _APK_RECORD_OR_OTHER.findall(text)
     if not found:
         return None
-    _, sizes, installed, _, other = zip(*found, strict=True)
+    names, sizes, installed, provides, other = zip(*found, strict=True)
     if any(other):
         return None
-    return _ApkFast(float(len(found)), sum(map(int, installed)) / 1024**2, sum(map(int, sizes)) / 1024**2, found)
+    have = set(names)
+    have.discard("")
+    for p_line in provides:
+        if p_line:
+            have.update(_provided(p_line))
+    return _ApkFast(float(len(found)), sum(map(int, installed)) / 1024**2, sum(map(int, sizes)) / 1024**2, have)
+
+
+def _apk_sums_streamed(text: str) -> _ApkFast | None:
+    """:func:`_apk_sums` match by match (the same result, memory about the names only)."""
+    count = size = installed = 0
+    have: set[str] = set()
+    for m in _APK_RECORD_OR_OTHER.finditer(text):
+        name, s, i, p_line, other = m.groups()
+        if other is not None:
+            return None
+        count += 1
+        size += int(s)
+        installed += int(i)
+        if name:
+            have.add(name)
+        if p_line:
+            have.update(_provided(p_line))
+    if not count:
+        return None
+    return _ApkFast(float(count), installed / 1024**2, size / 1024**2, have)
 
 
 def _package_values(v: _Values, bundle: Bundle) -> None:
@@ -411,35 +448,31 @@ def _package_values(v: _Values, bundle: Bundle) -> None:
         for n in ("package_count", "installed_size_mib", "compressed_size_mib"):
             v.absent(n, "no apk_installed section: /lib/apk/db/installed was not found")
     if os_family(bundle.os) == "alpine":
-        _world_values(v, sections, fast.records if fast is not None else None)
+        _world_values(v, sections, fast.names if fast is not None else None)
 
 
 _INSTALLED_NAMES = re.compile(r"^P:(\S+)$|^p:(.*)$", re.M)
 
 
-def _installed_names(text: str, records: list[tuple[str, str, str, str, str]] | None = None) -> set[str]:
-    """The names in /lib/apk/db/installed and what its packages provide (p: tokens without their versions):
-    from :func:`_apk_sums`'s records when it read the section, else one pass of _INSTALLED_NAMES."""
-    if records is not None:
-        have = {r[0] for r in records if r[0]}
-        provides = [r[3] for r in records if r[3]]
-    else:
-        found = _INSTALLED_NAMES.findall(text)
-        have = {name for name, _ in found if name}
-        provides = [p for name, p in found if not name]
-    for p in provides:
-        have.update(t.split("=", 1)[0] for t in p.split())
+def _installed_names(text: str) -> set[str]:
+    """The names in /lib/apk/db/installed and what its packages provide (p: tokens without their versions),
+    read with _INSTALLED_NAMES (when :func:`_apk_sums` did not read the section)."""
+    have: set[str] = set()
+    for name, p_line in _INSTALLED_NAMES.findall(text):
+        if name:
+            have.add(name)
+        else:
+            have.update(_provided(p_line))
     return have
 
 
-def _world_values(v: _Values, sections: Mapping[str, str],
-                  records: list[tuple[str, str, str, str, str]] | None = None) -> None:
+def _world_values(v: _Values, sections: Mapping[str, str], names: set[str] | None = None) -> None:
     """packages_missing (world vs installed) and apk_install_errors (the initramfs's warning)."""
     if "apk_world" not in sections or "apk_installed" not in sections:
         what = "apk_world" if "apk_world" not in sections else "apk_installed"
         v.absent("packages_missing", f"no {what} section in the bundle")
     else:
-        have = _installed_names(sections["apk_installed"], records)
+        have = names if names is not None else _installed_names(sections["apk_installed"])
         lost = world_missing_names(parse_apk_world(sections["apk_world"]), have)
         v.set("packages_missing", float(len(lost)),
               "apk world vs apk db" + (f": {', '.join(lost[:8])}{' ...' if len(lost) > 8 else ''}" if lost else ""))
