@@ -14,8 +14,9 @@ one run, in alternating order (so load changes on the host hit both sides alike)
   rehearsal-Alpine bundles: ~430 dmesg lines, meminfo, free, df, apk db, cache listing; 100 variants
   cycled), against a floor on the same texts in the same run: the md5 of each body plus splitting it
   into lines, the least any reader must do (``floor_median_s``). Aim: ratio <= 4.
-- memory: the peak memory of reading one ~100 MB bundle from a file and computing its metrics (a fresh
-  Python process; ru_maxrss above the interpreter's own), as a multiple of the file's size. Aim: <= 3.
+- memory: the peak memory of reading a ~100 MB bundle from a file and computing its metrics (a fresh
+  Python process; VmHWM above the interpreter's own), as a multiple of the file's size, for two bundles: a
+  dmesg flood and a huge package database + meminfo; the larger median is the ratio. Aim: <= 3.
 
 Results are printed and written as JSON (default ``benchmarks/results/latest.json``), with the
 host and accelerator they were measured on.
@@ -148,12 +149,22 @@ print(base, hwm(), n, len(b.sections))
 """
 
 
-def bench_memory(rounds: int, tmp: Path) -> dict[str, object]:
-    """Peak memory of reading a ~MEMORY_BUNDLE_MB bundle file and computing its metrics, in a fresh process
-    each round (ru_maxrss after the imports is the baseline), as a multiple of the file's size."""
-    lines = MEMORY_BUNDLE_MB * 1024**2 // 56
-    path = tmp / "big-bundle.txt"
-    path.write_text("\n".join(sample_bundle_lines(0, dmesg_lines=lines)) + "\n", encoding="utf-8")
+def db_bundle_text(size_mb: int) -> str:
+    """A bundle of ~``size_mb`` MB whose bulk is the sections parsed line by line: the apk database (2/3)
+    and /proc/meminfo (1/3), both well-formed (a probe gone wrong, or a hostile guest)."""
+    from labkit.measure.bundle import format_bundle
+
+    records = size_mb * 1024**2 * 2 // 3 // 54
+    apk = "\n".join(f"P:package-name-{i}\nV:1.2.{i}-r0\nS:{1000 + i}\nI:{4000 + i}\n" for i in range(records))
+    keys = size_mb * 1024**2 // 3 // 22
+    meminfo = "\n".join(["MemTotal:         462240 kB", "MemAvailable:     395800 kB", "Shmem:  32980 kB",
+                          *(f"Key{i}:    {i} kB" for i in range(keys))])
+    return format_bundle("alpine-rehearsal", "rehearsal", {
+        "uptime": "5.70 4.10", "dmesg": "[    2.044485] Run /init as init process", "meminfo": meminfo,
+        "apk_installed": apk, "apk_world": "package-name-1\nzstd", "uptime_end": "5.78 4.15"})
+
+
+def _peak_over_size(path: Path, rounds: int) -> list[float]:
     size = path.stat().st_size
     extra: list[float] = []
     for _ in range(rounds):
@@ -161,11 +172,29 @@ def bench_memory(rounds: int, tmp: Path) -> dict[str, object]:
                              text=True, cwd=Path(__file__).resolve().parent.parent).stdout.split()
         base_kib, peak_kib = int(out[0]), int(out[1])  # KiB
         extra.append((peak_kib - base_kib) * 1024 / size)
-    med = statistics.median(extra)
-    return {"benchmark": "memory", "bundle_bytes": size, "peak_over_size": [round(x, 3) for x in extra],
+    return extra
+
+
+def bench_memory(rounds: int, tmp: Path) -> dict[str, object]:
+    """Peak memory of reading a ~MEMORY_BUNDLE_MB bundle file and computing its metrics, in a fresh process
+    each round (VmHWM after the imports is the baseline), as a multiple of the file's size; two bundles: a
+    dmesg flood (the big section is only searched) and a huge package database + meminfo (the big sections
+    are read record by record). The ratio is the larger median."""
+    lines = MEMORY_BUNDLE_MB * 1024**2 // 56
+    path = tmp / "big-bundle.txt"
+    path.write_text("\n".join(sample_bundle_lines(0, dmesg_lines=lines)) + "\n", encoding="utf-8")
+    db_path = tmp / "big-db-bundle.txt"
+    db_path.write_text(db_bundle_text(MEMORY_BUNDLE_MB), encoding="utf-8")
+    extra = _peak_over_size(path, rounds)
+    db_extra = _peak_over_size(db_path, rounds)
+    med = max(statistics.median(extra), statistics.median(db_extra))
+    return {"benchmark": "memory", "bundle_bytes": path.stat().st_size,
+            "peak_over_size": [round(x, 3) for x in extra],
+            "db_bundle_bytes": db_path.stat().st_size, "db_peak_over_size": [round(x, 3) for x in db_extra],
             "labkit_median_s": None, "baseline_median_s": None, "ratio": round(med, 3), "aim": AIMS["memory"],
             "meets_aim": med <= AIMS["memory"],
-            "baseline": "the bundle file's size (peak RSS above the interpreter's, read + parse + metrics)"}
+            "baseline": "the bundle file's size (peak RSS above the interpreter's, read + parse + metrics); "
+                        "ratio: the larger median of the dmesg-flood and package-database bundles"}
 
 
 def plain_image_script(trees: dict[Role, Path], esp: Path, out: Path) -> str:
@@ -307,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                 res = bench_image(args.rounds, sub) if name == "image" else bench_boot(args.rounds, sub, accel)
             results.append(res)
             if name == "memory":
-                print(f"  memory: peak {res['ratio']} x the bundle's {res['bundle_bytes']} bytes "
+                print(f"  memory: peak {res['ratio']} x the bundle's size (dmesg flood of {res['bundle_bytes']} "
+                      f"bytes: {res['peak_over_size']}; package database + meminfo of {res['db_bundle_bytes']} "
+                      f"bytes: {res['db_peak_over_size']}) "
                       f"(aim <= {res['aim']}: {'met' if res['meets_aim'] else 'NOT met'})")
                 continue
             floor = f" (floor_median_s {res['floor_median_s']})" if "floor_median_s" in res else ""

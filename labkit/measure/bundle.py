@@ -413,9 +413,29 @@ def _meminfo_digits(text: str) -> dict[str, str] | None:
     return None
 
 
+#: above this many characters meminfo_values reads the lines match by match, keeping only the keys it wants
+_MEMINFO_STREAM_CHARS = 1 << 20
+
+
+def _meminfo_streamed(text: str, keys: Iterable[str]) -> dict[str, str] | None:
+    """:func:`_meminfo_digits` restricted to ``keys``, match by match (no list of every line)."""
+    wanted = set(keys)
+    d: dict[str, str] = {}
+    count = 0
+    total = False
+    for m in _MEMINFO_ALL.finditer(text):
+        count += 1
+        key = m.group(1)
+        total = total or key == "MemTotal"
+        if key in wanted:
+            d[key] = m.group(2)
+    return d if count and count == _line_count(text) and total else None
+
+
 def meminfo_values(text: str, keys: Iterable[str]) -> dict[str, int]:
     """The values of ``keys`` that :func:`parse_meminfo` finds (the same errors), converting only those."""
-    d = _meminfo_digits(text)
+    keys = tuple(keys)
+    d = _meminfo_streamed(text, keys) if len(text) > _MEMINFO_STREAM_CHARS else _meminfo_digits(text)
     if d is None:
         full = parse_meminfo(text)
         return {k: full[k] for k in keys if k in full}
