@@ -81,9 +81,12 @@ def _old_os_family(os_id: str) -> str:
     return re.split(r"[^A-Za-z0-9_]", os_id, maxsplit=1)[0]
 
 
+_OLD_APK_RECORD = re.compile(r"^P:[^\n]+\nV:[^\n]+\nS:(\d+)\nI:(\d+)(?:\np:[^\n]*)?$", re.M)
+
+
 def _old_apk_sums(text: str) -> tuple[float, float, float] | None:
-    recs = M._APK_RECORD.findall(text)
-    if not recs or M._APK_RECORD.sub("", text).strip():
+    recs = _OLD_APK_RECORD.findall(text)
+    if not recs or _OLD_APK_RECORD.sub("", text).strip():
         return None
     sizes, installed = zip(*recs, strict=True)
     return (float(len(recs)), sum(map(int, installed)) / 1024**2, sum(map(int, sizes)) / 1024**2)

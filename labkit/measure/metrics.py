@@ -315,11 +315,10 @@ def _tool_error(text: str, prefixes: tuple[str, ...] = ("error:",)) -> str | Non
     return None
 
 
-_APK_RECORD = re.compile(r"^P:[^\n]+\nV:[^\n]+\nS:(\d+)\nI:(\d+)(?:\np:[^\n]*)?$", re.M)
-#: _APK_RECORD with the name (when it has no white space, as _INSTALLED_NAMES reads it) and the p: line as
-#: groups; or else, where no record starts, a character that is not white space (the last group), taken
-#: with all the rest of the text: one such match rules the fast path out, so a section of junk gives one
-#: match, not one per character
+#: one record of the probe's /lib/apk/db/installed (P, V, S, I and an optional p: line), with its name (when
+#: it has no white space, as _INSTALLED_NAMES reads it), S, I and the p: line as groups; or else, where no
+#: record starts, a character that is not white space (the last group), taken with all the rest of the text:
+#: one such match rules the fast path out, so a section of junk gives one match, not one per character
 _APK_RECORD_OR_OTHER = re.compile(
     r"^P:(?:(\S+)|[^\n]+)\nV:[^\n]+\nS:(\d+)\nI:(\d+)(?:\np:([^\n]*))?$|(\S)[\s\S]*", re.M)
 
