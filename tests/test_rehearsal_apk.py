@@ -1,0 +1,152 @@
+"""Real signed v2 .apk files and APKINDEX, checked by the real apk-tools 2.14.4 of the Alpine minirootfs
+(run on this host through its own musl loader): indexed, installed without --allow-untrusted, refused when
+a signature is broken."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import shutil
+import tarfile
+import zlib
+from pathlib import Path
+
+import pytest
+from paths import require_alpine_minirootfs
+
+from labkit.core.runner import Runner
+from labkit.rehearsal.apk import (
+    ApkSpec,
+    ApkTool,
+    LabKey,
+    lab_key,
+    signature_member,
+    unpack_minirootfs,
+    write_repository,
+)
+from labkit.rehearsal.payloads import PkgEntry
+
+HELLO = (PkgEntry("usr/bin/hello", "file", 0o755, 14, data=b"#!/bin/sh\necho\n"[:14]),
+         PkgEntry("usr/bin/hi", "symlink", 0o777, 0, target="hello"),
+         PkgEntry("etc/hello.conf", "file", 0o600, 3, data=b"x=1"))
+
+
+@pytest.fixture(scope="module")
+def tool(tmp_path_factory: pytest.TempPathFactory) -> ApkTool:
+    return unpack_minirootfs(Runner(progress=None), require_alpine_minirootfs(), tmp_path_factory.mktemp("mr"))
+
+
+def _specs() -> list[ApkSpec]:
+    return [ApkSpec("hello", "1.0-r0", HELLO, description="says hello", license="MIT", depends=("meta",)),
+            ApkSpec("meta", "0-r0", (), provides=("alpine-base=0-r0",))]
+
+
+def _root(tmp: Path, key: LabKey) -> Path:
+    root = tmp / "root"
+    (root / "etc" / "apk" / "keys").mkdir(parents=True)
+    shutil.copyfile(key.public, root / "etc" / "apk" / "keys" / key.name)
+    return root
+
+
+def _add(runner: Runner, tool: ApkTool, root: Path, repo: Path, *names: str, diskless: bool = False):
+    flags = ["--initramfs-diskless-boot"] if diskless else []
+    return runner.run(tool.argv("add", "--root", root, "--initdb", "--no-network", "--repository", repo, *flags,
+                                *names), check=False)
+
+
+def test_real_apk_indexes_and_installs_signed_packages(runner: Runner, tool: ApkTool, tmp_path: Path) -> None:
+    key = lab_key(runner, tmp_path / "key")
+    assert key.private.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    pub = key.public.read_bytes()
+    assert lab_key(runner, tmp_path / "key") == key and key.public.read_bytes() == pub  # generated once
+    apks = write_repository(runner, tool, key, _specs(), tmp_path / "repo", "labkit test")
+    assert [p.name for p in apks] == ["hello-1.0-r0.apk", "meta-0-r0.apk"]
+    # three gzip members: signature, control (.PKGINFO), data
+    raw = apks[0].read_bytes()
+    names = tarfile.open(fileobj=io.BytesIO(gzip.decompress(raw)), mode="r:").getnames()
+    assert names[:2] == [f".SIGN.RSA.{key.name}", ".PKGINFO"] and "usr/bin/hello" in names
+    # apk verify: the package signature itself checks out against the key
+    keys = _root(tmp_path, key) / "etc" / "apk" / "keys"
+    ver = runner.run(tool.argv("verify", "--keys-dir", keys, *apks), check=False)
+    assert ver.rc == 0 and ver.stdout.count("0 - OK") == 2, ver.stdout + ver.stderr
+    index = (tmp_path / "repo" / "x86_64" / "APKINDEX.tar.gz").read_bytes()
+    text = tarfile.open(fileobj=io.BytesIO(gzip.decompress(index))).extractfile("APKINDEX").read().decode()
+    assert "P:hello\nV:1.0-r0\nA:x86_64\n" in text and "p:alpine-base=0-r0" in text and "D:meta" in text
+    res = _add(runner, tool, tmp_path / "root", tmp_path / "repo", "hello", "alpine-base")
+    assert res.rc == 0, res.stdout + res.stderr
+    assert "(1/2) Installing meta (0-r0)" in res.stdout and "(2/2) Installing hello (1.0-r0)" in res.stdout
+    assert "UNTRUSTED" not in res.stderr and "WARNING" not in res.stderr
+    root = tmp_path / "root"
+    assert (root / "usr/bin/hello").read_bytes() == HELLO[0].data
+    assert (root / "usr/bin/hi").readlink() == Path("hello")
+    assert (root / "etc/hello.conf").stat().st_mode & 0o777 == 0o600
+    db = (root / "lib/apk/db/installed").read_text()
+    assert "P:hello\nV:1.0-r0\n" in db and "R:hello.conf\na:0:0:600\n" in db and "f:" not in db
+
+
+def test_untrusted_index_installs_nothing(runner: Runner, tool: ApkTool, tmp_path: Path) -> None:
+    """A root without the lab key: apk says UNTRUSTED and installs nothing; under --initramfs-diskless-boot
+    (force-broken-world, not allow-untrusted) it still ends OK with 0 packages and exit status 0."""
+    key = lab_key(runner, tmp_path / "key")
+    repo = tmp_path / "repo"
+    write_repository(runner, tool, key, _specs(), repo, "labkit test")
+    root = tmp_path / "root"
+    (root / "etc" / "apk" / "keys").mkdir(parents=True)
+    res = _add(runner, tool, root, repo, "hello")
+    assert res.rc != 0 and "UNTRUSTED signature" in res.stderr, res.stderr
+    assert not (root / "usr/bin/hello").exists()
+    res = _add(runner, tool, root, repo, "hello", "alpine-base", diskless=True)
+    assert res.rc == 0 and "UNTRUSTED signature" in res.stderr and "OK: 0 MiB in 0 packages" in res.stdout
+    assert "Installing" not in res.stdout and not (root / "usr/bin/hello").exists()
+
+
+def test_index_signed_by_another_key_is_refused(runner: Runner, tool: ApkTool, tmp_path: Path) -> None:
+    """The index re-signed by another key under the same key name: BAD signature, nothing installed."""
+    key = lab_key(runner, tmp_path / "key")
+    other = lab_key(runner, tmp_path / "other")
+    repo = tmp_path / "repo"
+    write_repository(runner, tool, key, _specs(), repo, "labkit test")
+    index = repo / "x86_64" / "APKINDEX.tar.gz"
+    body = _strip_signature(index.read_bytes())
+    index.write_bytes(signature_member(runner, other, body) + body)
+    res = _add(runner, tool, _root(tmp_path, key), repo, "hello")
+    assert res.rc != 0 and "BAD signature" in res.stderr, res.stderr
+    assert not (tmp_path / "root" / "usr/bin/hello").exists()
+
+
+def test_broken_signature_is_refused(runner: Runner, tool: ApkTool, tmp_path: Path) -> None:
+    """A signature byte flipped in the index: BAD signature, nothing installed."""
+    key = lab_key(runner, tmp_path / "key")
+    repo = tmp_path / "repo"
+    write_repository(runner, tool, key, _specs(), repo, "labkit test")
+    index = repo / "x86_64" / "APKINDEX.tar.gz"
+    body = _strip_signature(index.read_bytes())
+    sig = gzip.decompress(index.read_bytes()[: len(index.read_bytes()) - len(body)])
+    tampered = bytearray(sig)
+    tampered[600] ^= 0xFF  # inside the signature's data (after the 512-byte header)
+    index.write_bytes(gzip.compress(bytes(tampered), mtime=0) + body)
+    res = _add(runner, tool, _root(tmp_path, key), repo, "hello")
+    assert res.rc != 0 and "BAD signature" in res.stderr, res.stderr
+    assert not (tmp_path / "root" / "usr/bin/hello").exists()
+
+
+def test_tampered_package_data_is_refused(runner: Runner, tool: ApkTool, tmp_path: Path) -> None:
+    """A package whose data changed after it was indexed: the datahash no longer matches, apk refuses it."""
+    key = lab_key(runner, tmp_path / "key")
+    repo = tmp_path / "repo"
+    hello = write_repository(runner, tool, key, _specs(), repo, "labkit test")[0]
+    raw = bytearray(hello.read_bytes())
+    raw[-30] ^= 0xFF
+    hello.write_bytes(bytes(raw))
+    res = _add(runner, tool, _root(tmp_path, key), repo, "hello", "alpine-base", diskless=True)
+    assert "ERROR: hello-1.0-r0" in res.stderr, res.stdout + res.stderr
+    db = (tmp_path / "root" / "lib/apk/db/installed").read_text()
+    assert "P:meta" in db
+    assert not (tmp_path / "root" / "usr/bin/hello").exists()
+
+
+def _strip_signature(index: bytes) -> bytes:
+    """The unsigned index: what follows the first gzip member."""
+    d = zlib.decompressobj(31)
+    d.decompress(index)
+    return d.unused_data
