@@ -15,6 +15,7 @@ import pytest
 from paths import require_alpine_minirootfs
 
 from labkit.core.runner import Runner
+from labkit.rehearsal.alpinerepo import apk_version, minirootfs_specs, write_real_alpine_repo
 from labkit.rehearsal.apk import (
     ApkSpec,
     ApkTool,
@@ -150,3 +151,38 @@ def _strip_signature(index: bytes) -> bytes:
     d = zlib.decompressobj(31)
     d.decompress(index)
     return d.unused_data
+
+
+def test_rehearsal_repository_from_the_minirootfs(runner: Runner, tool: ApkTool, tmp_path: Path) -> None:
+    """The repository re-packs the minirootfs's 14 packages as they are recorded in its database, adds the
+    rehearsal base (providing alpine-base) and the payloads; the real apk installs it as the initramfs
+    asks (``apk add --initramfs-diskless-boot <world> alpine-base``), running the packages' own scripts."""
+    key = lab_key(runner, tmp_path / "key")
+    infos = write_real_alpine_repo(runner, tool, key, ["busybox-static", "gdisk"], tmp_path / "tree",
+                                   cache=tmp_path / "cache")
+    mini = {s.name: s for s in minirootfs_specs(tool)}
+    assert len(mini) == 14 and mini["apk-tools"].version == "2.14.4-r0" and mini["busybox"].version == "1.36.1-r29"
+    assert mini["busybox-binsh"].extra == {"provider_priority": "100"} and "/bin/sh" in mini["busybox-binsh"].provides
+    assert [n for n, _ in mini["busybox"].scripts] == ["post-install", "post-upgrade", "trigger"]
+    by_name = {i.name: i for i in infos}
+    assert by_name["musl"].installed_size == 667648  # I: of the minirootfs's database
+    assert "-r" in by_name["gdisk"].version and ":" not in by_name["gdisk"].version
+    assert (tmp_path / "tree" / "apks" / ".boot_repository").is_file()
+    root = _root(tmp_path, key)
+    res = _add(runner, tool, root, tmp_path / "tree" / "apks", "gdisk", "alpine-base", diskless=True)
+    assert res.rc == 0 and "UNTRUSTED" not in res.stderr, res.stdout + res.stderr
+    assert "Installing busybox (1.36.1-r29)" in res.stdout and "Installing labkit-rehearsal-base (0-r0)" in res.stdout
+    assert "Executing busybox-1.36.1-r29.post-install" in res.stdout
+    assert (root / "bin" / "ls").is_symlink()  # busybox --install -s, run by apk in the new root
+    installed = (root / "lib/apk/db/installed").read_text()
+    for name, ver in (("apk-tools", "2.14.4-r0"), ("busybox", "1.36.1-r29"), ("musl", "1.2.5-r0")):
+        assert f"P:{name}\nV:{ver}\n" in installed
+    assert (root / "etc" / "labkit-rehearsal").is_file() and (root / "etc" / "inittab").is_file()
+
+
+@pytest.mark.parametrize(("debian", "apk"), [("1.0.9-2.1", "1.0.9-r2"), ("1:2.3.4-5ubuntu1", "2.3.4-r5"),
+                                             ("0.11.0+ds-1", "0.11.0-r1"), ("20230311", "20230311-r0"),
+                                             ("2.39.3-9", "2.39.3-r9"),
+                                             ("130.0.6723.116-1~deb12u1", "130.0.6723.116-r1")])
+def test_apk_version_of_debian_versions(debian: str, apk: str) -> None:
+    assert apk_version(debian) == apk

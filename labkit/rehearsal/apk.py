@@ -250,6 +250,7 @@ def pkginfo(spec: ApkSpec, datahash: str) -> bytes:
         lines.append(f"commit = {spec.commit}")
     if spec.maintainer:
         lines.append(f"maintainer = {spec.maintainer}")
+    lines += [f"{k} = {spec.extra[k]}" for k in ("replaces_priority", "provider_priority") if k in spec.extra]
     lines.append(f"license = {spec.license}")
     lines += [f"replaces = {r}" for r in spec.replaces]
     lines += [f"depend = {d}" for d in spec.depends]
@@ -258,7 +259,7 @@ def pkginfo(spec: ApkSpec, datahash: str) -> bytes:
         lines.append(f"triggers = {' '.join(spec.triggers)}")
     if spec.install_if:
         lines.append(f"install_if = {' '.join(spec.install_if)}")
-    lines += [f"{k} = {v}" for k, v in spec.extra.items()]
+    lines += [f"{k} = {v}" for k, v in spec.extra.items() if k not in ("replaces_priority", "provider_priority")]
     lines.append(f"datahash = {datahash}")
     return ("\n".join(lines) + "\n").encode()
 

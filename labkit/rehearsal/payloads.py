@@ -209,7 +209,7 @@ def openrc_payload(runner: Runner) -> tuple[PkgEntry, ...]:
     return tuple(entries[k] for k in sorted(entries))
 
 
-def alpine_base_payload(runner: Runner) -> Payload:
+def alpine_base_payload(runner: Runner, with_busybox: bool = True) -> Payload:
     """The Alpine-style rehearsal's base package, standing in for what ``alpine-base`` pulls in on
     Alpine (busybox, openrc, alpine-baselayout): busybox + applet links, Debian's OpenRC with its
     libraries, the services of Alpine's runlevels as OpenRC scripts, Alpine's ``etc/inittab`` (busybox init
@@ -217,8 +217,9 @@ def alpine_base_payload(runner: Runner) -> Payload:
     marker from which the probe reports ``alpine-rehearsal`` whatever the apkovl says (real media:
     ``alpine``). The initramfs installs it first, whatever the world; a world naming ``alpine-base`` gets it.
     Which services run comes from the apkovl's ``etc/runlevels`` links (or the initramfs's defaults), as on
-    Alpine."""
-    bb = busybox_payload(runner)
+    Alpine. ``with_busybox=False``: without Debian's busybox (the real-apk repository takes Alpine's from the
+    minirootfs)."""
+    bb = busybox_payload(runner) if with_busybox else Payload("labkit-rehearsal-base", "0", ())
     extra = [PkgEntry(path, "file", mode, (GUEST_DATA / src).stat().st_size, source=GUEST_DATA / src)
              for path, src, mode in ALPINE_BASE_FILES]
     for script in sorted((GUEST_DATA / OPENRC_SCRIPTS_DIR).iterdir()):
