@@ -22,6 +22,7 @@ from labkit.rehearsal.apk import (
     LabKey,
     lab_key,
     signature_member,
+    tamper_data,
     unpack_minirootfs,
     write_repository,
 )
@@ -132,17 +133,17 @@ def test_broken_signature_is_refused(runner: Runner, tool: ApkTool, tmp_path: Pa
 
 
 def test_tampered_package_data_is_refused(runner: Runner, tool: ApkTool, tmp_path: Path) -> None:
-    """A package whose data changed after it was indexed: the datahash no longer matches, apk refuses it."""
+    """A package whose data member changed after it was signed and indexed (same files, compressed again):
+    its datahash no longer matches, apk says BAD signature and does not record it."""
     key = lab_key(runner, tmp_path / "key")
     repo = tmp_path / "repo"
     hello = write_repository(runner, tool, key, _specs(), repo, "labkit test")[0]
-    raw = bytearray(hello.read_bytes())
-    raw[-30] ^= 0xFF
-    hello.write_bytes(bytes(raw))
+    hello.write_bytes(tamper_data(hello.read_bytes()))
     res = _add(runner, tool, _root(tmp_path, key), repo, "hello", "alpine-base", diskless=True)
-    assert "ERROR: hello-1.0-r0" in res.stderr, res.stdout + res.stderr
+    assert res.rc == 1 and "ERROR: hello-1.0-r0: BAD signature" in res.stderr, res.stdout + res.stderr
+    assert "1 error; 0 MiB in 1 packages" in res.stdout
     db = (tmp_path / "root" / "lib/apk/db/installed").read_text()
-    assert "P:meta" in db
+    assert "P:meta" in db and "P:hello" not in db
     assert not (tmp_path / "root" / "usr/bin/hello").exists()
 
 

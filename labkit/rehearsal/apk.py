@@ -33,6 +33,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -340,3 +341,22 @@ def unpack_minirootfs(runner: Runner, tarball: Path, cache: Path) -> ApkTool:
     tool = ApkTool(dest)
     tool.check()
     return tool
+
+
+def members(apk: bytes) -> list[bytes]:
+    """The raw gzip members of an .apk or APKINDEX (as apk splits them, apk214 ``src/io_gunzip.c:87-124``)."""
+    out = []
+    while apk:
+        d = zlib.decompressobj(31)
+        d.decompress(apk)
+        rest = d.unused_data
+        out.append(apk[: len(apk) - len(rest)])
+        apk = rest
+    return out
+
+
+def tamper_data(apk: bytes) -> bytes:
+    """``apk`` with its data member compressed again (same tar, other gzip bytes): the datahash signed in the
+    control member no longer matches. For tests and the lab's broken-package check."""
+    sig, control, data = members(apk)
+    return sig + control + gzip.compress(gzip.decompress(data), compresslevel=1, mtime=0)

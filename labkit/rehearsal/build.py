@@ -14,6 +14,8 @@ from labkit.core.errors import InputError
 from labkit.core.layout import LAB_LAYOUT, Role
 from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Runner, atomic_write_text
+from labkit.rehearsal.alpinerepo import write_real_alpine_repo
+from labkit.rehearsal.apk import lab_key, unpack_minirootfs
 from labkit.rehearsal.initramfs import build_initramfs, build_modloop
 from labkit.rehearsal.kernel import GuestKernel
 from labkit.rehearsal.payloads import (
@@ -126,14 +128,19 @@ def apkovl_bytes(hostname: str, world: Sequence[str], extra: Mapping[str, tuple[
     return build_apkovl(lab_apkovl_spec(hostname, world, extra=extra))
 
 
-def alpine_entry(cmdline_extra: str = "") -> BootEntry:
-    """How rEFInd boots the Alpine-style rehearsal (kernel and initramfs on the Alpine partition)."""
+def alpine_entry(cmdline_extra: str = "", quiet: bool = True) -> BootEntry:
+    """How rEFInd boots the Alpine-style rehearsal (kernel and initramfs on the Alpine partition).
+
+    ``quiet=False`` is Alpine's verbose entry (labkit.systems.alpine.extract): the initramfs then runs apk without
+    ``--quiet`` (mkinitfs 3.10.1 ``initramfs-init.in:913-936``), so apk's ``(i/n) Installing`` lines reach the
+    console, where the per-package timing reads them."""
     return BootEntry(
         title="Alpine-style rehearsal",
         partition_role="alpine",
         kernel="boot/vmlinuz-lts",
         initrd="boot/initramfs-lts",
-        cmdline=_cmdline(ALPINE_MODULES, f"modloop=/{MODLOOP_PATH}", CONSOLE, "quiet", cmdline_extra),
+        cmdline=_cmdline(ALPINE_MODULES, f"modloop=/{MODLOOP_PATH}", CONSOLE, "quiet" if quiet else "",
+                         cmdline_extra),
     )
 
 
@@ -149,6 +156,7 @@ def build_alpine_tree(
     runlevels: bool = True,
     apk_cache: Path | None = None,
     login: AlpineLogin | None = None,
+    alpine_rootfs: Path | None = None,
 ) -> GuestBuild:
     """Fill ``tree`` (the Alpine partition's root) with boot/ (kernel, initramfs, modloop), apks/ and
     ``<hostname>.apkovl.tar.gz``.
@@ -156,6 +164,11 @@ def build_alpine_tree(
     ``extra_overlay`` adds files to the apkovl: ``{"etc/local.d/x.start": (data, 0o755)}``;
     ``runlevels=False`` writes an apkovl without the runlevel links (see :func:`lab_apkovl_spec`). ``apk_cache``:
     a directory where each repacked .apk is kept by content (:func:`labkit.rehearsal.payloads.write_apk`).
+
+    ``alpine_rootfs`` (the official Alpine minirootfs tarball): the repository is real signed apk-tools
+    packages (:mod:`labkit.rehearsal.alpinerepo`) and the initramfs installs them with the minirootfs's real
+    ``apk`` (GuestBuild file ``packages`` = ``apk-tools``); without it, labkit's own tarballs and install
+    (``packages`` = ``labkit-tarballs``: the load is labkit's imitation, and the report says so).
     """
     tree = Path(tree)
     names = resolve_world(world)
@@ -168,15 +181,25 @@ def build_alpine_tree(
         login = AlpineLogin(login.root_password_hash)
     with runner.step("rehearsal guest: Alpine-style tree"):
         _copy(kernel.vmlinuz, tree / "boot" / "vmlinuz-lts")
-        build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts")
+        if alpine_rootfs is not None:
+            work = apk_cache if apk_cache is not None else tree.parent / f".{tree.name}-apk"
+            tool = unpack_minirootfs(runner, Path(alpine_rootfs), work)
+            key = lab_key(runner, work)
+            build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts", alpine_root=tool.root,
+                            keys=(key.public,))
+            infos = write_real_alpine_repo(runner, tool, key, names, tree, cache=work / "data")
+        else:
+            runner.note("no Alpine minirootfs (alpine_rootfs): the Alpine-style rehearsal installs its packages "
+                        "with labkit's own tarball install, not apk-tools")
+            build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts")
+            infos = write_alpine_repo(alpine_payloads(runner, names), tree, cache=apk_cache)
         build_modloop(runner, kernel, tree / MODLOOP_PATH)
-        infos = write_alpine_repo(alpine_payloads(runner, names), tree, cache=apk_cache)
         spec = lab_apkovl_spec(hostname, [n for n in names if n != BASE_PACKAGE], extra=extra_overlay, media=media,
                                runlevels=runlevels, login=login)
         ovl = write_apkovl(spec, tree / spec.filename).name
-    entry = alpine_entry(cmdline_extra)
+    entry = alpine_entry(cmdline_extra, quiet=alpine_rootfs is None)
     files = (("apkovl", ovl), ("kernel", entry.kernel), ("initrd", entry.initrd), ("repository", "apks"),
-             ("modloop", MODLOOP_PATH))
+             ("modloop", MODLOOP_PATH), ("packages", "apk-tools" if alpine_rootfs is not None else "labkit-tarballs"))
     return GuestBuild("alpine-rehearsal", entry, tuple(infos), kernel.version, files)
 
 

@@ -107,8 +107,37 @@ def pack_cpio(runner: Runner, root: Path, out: Path) -> Path:
     return out
 
 
-def build_initramfs(runner: Runner, kernel: GuestKernel, flavor: Flavor, out: Path) -> Path:
-    """Build the ``flavor`` ("alpine" or "nixos") initramfs at ``out``."""
+#: What the Alpine-style initramfs takes from the minirootfs to run the real ``apk add`` as Alpine's initramfs does
+#: (mkinitfs 3.10.1 ``initramfs-init.in:913-936``): the musl loader (also ``libc.musl-x86_64.so.1``), apk-tools'
+#: library and the libraries it loads, and ``sbin/apk``.
+APK_FILES = ("lib/ld-musl-x86_64.so.1", "lib/libc.musl-x86_64.so.1", "lib/libapk.so.2.14.0", "lib/libcrypto.so.3",
+             "lib/libssl.so.3", "lib/libz.so.1", "lib/libz.so.1.3.1", "sbin/apk")
+
+
+def stage_apk(alpine_root: Path, root: Path, keys: tuple[Path, ...]) -> list[str]:
+    """Copy :data:`APK_FILES` (symlinks kept) and the public ``keys`` (``etc/apk/keys/``, copied into the new
+    root before ``apk add``: mkinitfs 3.10.1 ``initramfs-init.in:867-869``, ``mkinitfs.in:149-153``); return
+    the executables' paths (their modes are kept)."""
+    for rel in APK_FILES:
+        src, dest = alpine_root / rel, root / rel
+        if not src.exists() and not src.is_symlink():
+            raise LabkitError(f"the Alpine minirootfs {alpine_root} has no {rel}",
+                              "give the official alpine-minirootfs-3.20.x (apk-tools 2.14) tarball")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dest)
+        else:
+            shutil.copyfile(src, dest)
+    (root / "etc" / "apk" / "keys").mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        shutil.copyfile(key, root / "etc" / "apk" / "keys" / key.name)
+    return ["lib/ld-musl-x86_64.so.1", "sbin/apk"]
+
+
+def build_initramfs(runner: Runner, kernel: GuestKernel, flavor: Flavor, out: Path,
+                    alpine_root: Path | None = None, keys: tuple[Path, ...] = ()) -> Path:
+    """Build the ``flavor`` ("alpine" or "nixos") initramfs at ``out``; with ``alpine_root`` (an unpacked Alpine
+    minirootfs, Alpine-style only) it also carries the real apk (:func:`stage_apk`) and the public ``keys``."""
     if flavor not in ("alpine", "nixos"):
         raise LabkitError(f"unknown guest flavor {flavor!r}", "use 'alpine' or 'nixos'")
     out = Path(out)
@@ -119,6 +148,9 @@ def build_initramfs(runner: Runner, kernel: GuestKernel, flavor: Flavor, out: Pa
             (root / d).mkdir(parents=True, exist_ok=True)
         stage_busybox(runner, root)
         stage_modules(runner, kernel, root, FLAVOR_MODULES[flavor])
+        executables = {"init", "bin/busybox"}
+        if alpine_root is not None:
+            executables.update(stage_apk(alpine_root, root, keys))
         init = root / "init"
         init.write_bytes(guest_data(f"{flavor}-init.sh"))
         os.chmod(init, 0o755)
@@ -126,8 +158,8 @@ def build_initramfs(runner: Runner, kernel: GuestKernel, flavor: Flavor, out: Pa
         for p in root.rglob("*"):
             if not p.is_symlink() and p.is_dir():
                 os.chmod(p, 0o755)
-            elif not p.is_symlink() and p.name != "init" and p.name != "busybox":
-                os.chmod(p, 0o644)
+            elif not p.is_symlink():
+                os.chmod(p, 0o755 if p.relative_to(root).as_posix() in executables else 0o644)
         pack_cpio(runner, root, out)
     os.utime(out, (EPOCH, EPOCH))
     return out

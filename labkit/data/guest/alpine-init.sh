@@ -22,6 +22,11 @@ mount -t devtmpfs devtmpfs /dev
 
 KVER=$(uname -r)
 BASE_PKG=busybox-static
+# With the Alpine minirootfs, the initramfs carries the real apk-tools (musl loader, libapk, /sbin/apk) and
+# the lab key: the packages are installed by apk exactly as mkinitfs does; without it, the rehearsal's own
+# tarball install below (labelled in the report).
+REAL_APK=
+[ -x /sbin/apk ] && [ -e /lib/ld-musl-x86_64.so.1 ] && REAL_APK=y
 sysroot=/sysroot
 
 kmsg() { echo "$1" > /dev/kmsg 2>/dev/null; }
@@ -135,6 +140,8 @@ mount -t tmpfs -o "mode=0755,size=$ROOTSIZE" tmpfs $sysroot || die "cannot mount
 : > /tmp/ovlfiles
 if [ -f "$OVL" ]; then
 	ebegin "Loading user settings from $OVL"
+	# MK310 l.770-771: "create apk db and needed /dev/null and /tmp first" (the real apk, when carried)
+	[ -z "$REAL_APK" ] || apk add --root $sysroot --initdb --quiet
 	# MK310 l.41-43: tar -zxvf, the file list kept for apk --overlay-from-stdin
 	tar -C $sysroot -xzvf "$OVL" > /tmp/ovlfiles
 	eend $?
@@ -165,6 +172,39 @@ if [ -f "$sysroot/etc/.default_boot_services" ] || [ ! -f "$OVL" ]; then
 	MARKER_REMOVED=y
 fi
 
+if [ -n "$REAL_APK" ]; then
+	# MK310 l.864-865: the world file's entries, then alpine-base ("hack so we get openrc")
+	pkgs=
+	[ -f $sysroot/etc/apk/world ] && pkgs="$(cat $sysroot/etc/apk/world)"
+	pkgs="$pkgs alpine-base"
+	# MK310 l.867-869: "copy keys so apk finds them. apk looks for stuff relative --root"
+	mkdir -p $sysroot/etc/apk
+	cp -a /etc/apk/keys $sysroot/etc/apk
+	# MK310 l.871-885: one --repository per boot repository found
+	repo_opt=
+	while read -r i; do
+		repo_opt="$repo_opt --repository $i"
+	done < /tmp/repositories
+	# MK310 l.895-899: hwclock, or swclock without an RTC
+	if rtc_exists; then rc_add hwclock boot; else rc_add swclock boot; fi
+	ebegin "Installing packages to root filesystem"
+	# MK310 l.913-936 (no network in the lab: --no-network)
+	apkflags="--initramfs-diskless-boot --progress --no-network"
+	[ -z "$QUIET" ] || apkflags="$apkflags --quiet"
+	apkflags="$apkflags --clean-protected"
+	[ -s /tmp/ovlfiles ] && apkflags="$apkflags --overlay-from-stdin"
+	mkdir -p $sysroot/sys $sysroot/proc $sysroot/dev
+	mount -o bind /sys $sysroot/sys
+	mount -o bind /proc $sysroot/proc
+	mount -o bind /dev $sysroot/dev
+	# shellcheck disable=SC2086 # word lists on purpose, as in initramfs-init
+	# mkinitfs >= 3.13.0 (MK313 l.1072-1074): a failed apk add leaves a warning in the kernel log
+	apk add --root $sysroot $repo_opt $apkflags $pkgs < /tmp/ovlfiles ||
+		kmsg "WARNING: apkovl packages install completed with errors..."
+	umount $sysroot/sys $sysroot/proc $sysroot/dev
+	eend 0
+	[ -z "$MARKER_REMOVED" ] || rm -f "$sysroot/etc/.default_boot_services"
+else
 INDEX="$REPO/x86_64/LABKIT-INDEX"
 # MK310 l.768-779, l.864-865: the world file's entries, then alpine-base ("hack so we get openrc")
 PKGS="$BASE_PKG"
@@ -238,6 +278,7 @@ fi
 [ "$fail" = 0 ] || kmsg "WARNING: apkovl packages install completed with errors..."
 eend 0
 say "labkit-rehearsal: OK: $kib KiB in $count packages ($fail missing or broken)"
+fi
 
 # setup_inittab_console (MK310 l.122-143): a getty on every console= that answers
 for tty in $CONSOLES; do
