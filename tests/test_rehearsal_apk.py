@@ -14,13 +14,17 @@ from pathlib import Path
 import pytest
 from paths import require_alpine_minirootfs
 
+from labkit.core.download import ChecksumMismatch
 from labkit.core.runner import Runner
 from labkit.rehearsal.alpinerepo import apk_version, minirootfs_specs, write_real_alpine_repo
 from labkit.rehearsal.apk import (
+    MINIROOTFS_ENV,
+    MINIROOTFS_NAME,
     ApkSpec,
     ApkTool,
     LabKey,
     lab_key,
+    obtain_minirootfs,
     signature_member,
     tamper_data,
     unpack_minirootfs,
@@ -187,3 +191,30 @@ def test_rehearsal_repository_from_the_minirootfs(runner: Runner, tool: ApkTool,
                                              ("130.0.6723.116-1~deb12u1", "130.0.6723.116-r1")])
 def test_apk_version_of_debian_versions(debian: str, apk: str) -> None:
     assert apk_version(debian) == apk
+
+
+def test_obtain_minirootfs(runner: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given (sha512-checked), $LABKIT_ALPINE_ROOTFS, a download (here from a file: URL, through the ISOs'
+    download code) into the cache, the cached copy; none without network; a wrong file is refused."""
+    src = require_alpine_minirootfs()
+    monkeypatch.delenv(MINIROOTFS_ENV, raising=False)
+    got, how = obtain_minirootfs(runner, src, tmp_path / "c")
+    assert got == src and how.startswith("given")
+    got, how = obtain_minirootfs(runner, None, tmp_path / "c", network=False)
+    assert got is None and "no alpine_rootfs given" in how
+    got, how = obtain_minirootfs(runner, None, tmp_path / "c", url=src.as_uri())
+    assert got == tmp_path / "c" / MINIROOTFS_NAME and how.startswith("downloaded")
+    got, how = obtain_minirootfs(runner, None, tmp_path / "c", network=False)
+    assert got == tmp_path / "c" / MINIROOTFS_NAME and how.startswith("cached")
+    got, how = obtain_minirootfs(runner, None, tmp_path / "d", url=(tmp_path / "nothing-here").as_uri())
+    assert got is None and "download failed" in how
+    monkeypatch.setenv(MINIROOTFS_ENV, str(src))
+    got, how = obtain_minirootfs(runner, None, tmp_path / "e", network=False)
+    assert got == src
+    monkeypatch.delenv(MINIROOTFS_ENV)
+    bad = tmp_path / MINIROOTFS_NAME
+    bad.write_bytes(b"not the minirootfs")
+    with pytest.raises(ChecksumMismatch, match="sha512"):
+        obtain_minirootfs(runner, bad, tmp_path / "c")
+    with pytest.raises(ChecksumMismatch, match="sha512"):
+        obtain_minirootfs(runner, None, tmp_path / "f", url=bad.as_uri())

@@ -34,7 +34,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
     opts = InstallOptions(systems=tuple(args.systems), world=args.world, alpine_iso=_path(args.alpine_iso),
                           alpine_iso_sha256=args.alpine_iso_sha256, alpine_world=tuple(args.alpine_world or ()),
                           alpine_media=args.alpine_media or _media_name(target), hostname=args.hostname,
-                          cache_dir=_path(args.cache_dir), alpine_login=login)
+                          cache_dir=_path(args.cache_dir), alpine_login=login,
+                          alpine_rootfs=_path(args.alpine_rootfs))
     res = run_install(target, opts, out / "work", wipe=args.wipe)
     if args.plan:
         print(f"plan for {target.describe()} — nothing was executed:")

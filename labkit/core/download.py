@@ -32,6 +32,37 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha512_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha512()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_sha512(value: str | None) -> str:
+    """``value`` as a lower-case 128-hex-digit sha512 (Alpine publishes sha512 for its minirootfs), or a clear
+    error."""
+    v = (value or "").strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{128}", v):
+        raise InputError(f"{(value or '')[:80]!r} is not a sha512 (128 hex digits)",
+                         "give the 128-hex-digit sha512 published next to the file")
+    return v
+
+
+def verify_file_sha512(path: Path, sha512: str) -> Path:
+    """Return ``path`` if its sha512 is ``sha512``; raise :class:`ChecksumMismatch` if not."""
+    expected = check_sha512(sha512)
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"file {path} does not exist", "give the path of the downloaded file")
+    got = sha512_file(path)
+    if got != expected:
+        raise ChecksumMismatch(f"checksum mismatch for {path}: expected sha512 {expected}, got {got}",
+                               "the file is damaged or another release: delete it and download it again")
+    return path
+
+
 def check_sha256(value: str | None) -> str:
     """``value`` as a lower-case 64-hex-digit sha256, or a clear error."""
     v = (value or "").strip().lower()
@@ -65,14 +96,18 @@ def verify_file(path: Path, sha256: str) -> Path:
 
 
 def download(url: str, dest: Path, sha256: str | None, *, progress: Progress | None = None,
-             timeout: float = 60.0, chunk: int = 1 << 20) -> Path:
-    """Download ``url`` to ``dest`` (resuming ``dest.part``); check ``sha256`` when given; return ``dest``.
+             timeout: float = 60.0, chunk: int = 1 << 20, sha512: str | None = None) -> Path:
+    """Download ``url`` to ``dest`` (resuming ``dest.part``); check ``sha256`` (or ``sha512``) when given; return
+    ``dest``.
 
     An existing ``dest`` with the right checksum is used as is. A checksum mismatch deletes the
     partial file (the next run downloads afresh) and raises :class:`ChecksumMismatch`.
     """
     expected = check_sha256(sha256) if sha256 is not None else None
+    expected512 = check_sha512(sha512) if sha512 is not None else None
     if expected is not None and dest.is_file() and sha256_file(dest) == expected:
+        return dest
+    if expected512 is not None and dest.is_file() and sha512_file(dest) == expected512:
         return dest
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +143,13 @@ def download(url: str, dest: Path, sha256: str | None, *, progress: Progress | N
         if got != expected:
             part.unlink()
             raise ChecksumMismatch(f"downloaded {url}: checksum mismatch, expected sha256 {expected}, got {got}",
+                                   "the download was damaged or another release was published: run again to "
+                                   "download afresh")
+    if expected512 is not None:
+        got = sha512_file(part)
+        if got != expected512:
+            part.unlink()
+            raise ChecksumMismatch(f"downloaded {url}: checksum mismatch, expected sha512 {expected512}, got {got}",
                                    "the download was damaged or another release was published: run again to "
                                    "download afresh")
     os.replace(part, dest)

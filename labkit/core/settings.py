@@ -169,6 +169,10 @@ class Settings:
     # -- real media -------------------------------------------------------------------------------------
     alpine_iso: str = setting("", "an Alpine ISO to take Alpine from (checksum-checked, extracted without "
                               "mounting); empty: the Alpine-style rehearsal", "nb", "lab", "install")
+    alpine_rootfs: str = setting("", "the official Alpine minirootfs (alpine-minirootfs-3.20.3-x86_64.tar.gz, "
+                                 "sha512-checked) whose apk-tools installs the Alpine-style rehearsal's packages; "
+                                 "empty: $LABKIT_ALPINE_ROOTFS, a cached copy, or a download from Alpine; without any, "
+                                 "labkit's own package install (labelled)", "lab", "install")
     alpine_iso_sha256: str = setting("", "its published sha256 (empty: the .sha256 file beside it)", "nb", "lab",
                                      "install", check=_sha)
     alpine_world: tuple[str, ...] = setting((), "Alpine packages for the apkovl's world (with an ISO)", "nb", "lab",

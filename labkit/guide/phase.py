@@ -57,6 +57,7 @@ def install_options(s: Settings, phase: str = "alpine") -> InstallOptions:
         login = alpine_login(s.path("alpine_root_password_hash_file"), s.alpine_ssh_keys)
     return InstallOptions(alpine_login=login, systems=s.systems, world=s.package_set, cache_dir=s.path("cache_dir"),
                           alpine_iso=s.path("alpine_iso"), alpine_iso_sha256=s.alpine_iso_sha256 or None,
+                          alpine_rootfs=s.path("alpine_rootfs"),
                           alpine_world=s.alpine_world, alpine_media=s.alpine_media or "vda4", hostname=s.hostname,
                           plan_real_alpine=s.target == "plan")
 

@@ -94,6 +94,7 @@ def build_lab_image(
     nixos_iso: Path | None = None,
     nixos_iso_sha256: str | None = None,
     keep_stage: bool = False,
+    alpine_rootfs: Path | None = None,
 ) -> LabImage:
     """The lab disk: the install (:func:`labkit.phases.install.run_install`: disk ▸ rEFInd ▸ NixOS ▸
     Alpine) on an :class:`~labkit.targets.image.ImageTarget` at ``work/disk.img``.
@@ -111,6 +112,7 @@ def build_lab_image(
             iso = checked_iso(Path(nixos_iso), nixos_iso_sha256)
             nixos_boot = iso_boot_files(runner, iso, work / "nixos-iso")
     opts = InstallOptions(systems=tuple(systems), world=world, cache_dir=cache_dir, alpine_iso=alpine_iso,
+                          alpine_rootfs=alpine_rootfs,
                           alpine_iso_sha256=alpine_iso_sha256, alpine_world=tuple(alpine_world),
                           nixos_from_installer=nixos_boot is not None,
                           nixos_title=nixos_boot.title if nixos_boot is not None else "NixOS")
@@ -165,7 +167,8 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
                                   alpine_iso=params.path("alpine_iso"),
                                   alpine_iso_sha256=params.alpine_iso_sha256 or None,
                                   alpine_world=params.alpine_world, nixos_iso=params.path("nixos_iso"),
-                                  nixos_iso_sha256=params.nixos_iso_sha256 or None)
+                                  nixos_iso_sha256=params.nixos_iso_sha256 or None,
+                                  alpine_rootfs=params.path("alpine_rootfs"))
         accel_choice = qemu.choose_accelerator(runner, params.accel_candidates, workdir=work / "accel")
         if accel_choice.warning:
             runner.note(f"warning: {accel_choice.warning}")
@@ -222,7 +225,9 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
             "guests": (
                 {os_name: {"os_id": g.os_id, "title": g.entry.title, "cmdline": g.entry.cmdline,
                            "packages": len(g.packages), "installed_bytes": g.installed_size,
-                           "compressed_bytes": g.compressed_size}
+                           "compressed_bytes": g.compressed_size,
+                           # Alpine-style: who installs the packages at boot (apk-tools, or labkit's tarballs)
+                           "package_install": dict(g.files).get("packages")}
                  for os_name, g in lab.guests.items()}
                 if lab else None
             ),
@@ -413,7 +418,7 @@ def run_load_cost(
         work.mkdir(parents=True, exist_ok=True)
         with runner.step(f"image with package set {name!r}"):
             lab = build_lab_image(runner, work, systems=("alpine",), world=name, cache_dir=cache_dir(params),
-                                  keep_stage=name == largest)
+                                  keep_stage=name == largest, alpine_rootfs=params.path("alpine_rootfs"))
             if name == largest:
                 apks = sorted((work / "stage" / "alpine" / "apks").rglob("*.apk"))
                 throughput = decompression_throughput(runner, apks, work / "decomp").record()

@@ -60,6 +60,8 @@ class InstallOptions:
     cache_dir: Path | None = None  # the guest kernel's cache (rehearsal)
     alpine_iso: Path | None = None
     alpine_iso_sha256: str | None = None
+    #: the Alpine minirootfs whose apk installs the rehearsal's packages (None: found or downloaded, else none)
+    alpine_rootfs: Path | None = None
     alpine_world: tuple[str, ...] = ()
     alpine_media: str = LAB_MEDIA  # the Alpine partition's kernel name where it boots (sda4, nvme0n1p4, vda4)
     hostname: str = "alpinelab"
@@ -212,7 +214,8 @@ def prepare(runner: Runner, layout: Layout, work: Path, opts: InstallOptions,
                 stage(tree, {})
                 guest = build_alpine_tree(runner, kernel, tree, world=opts.world, hostname=opts.hostname,
                                           media=opts.alpine_media, login=opts.alpine_login,
-                                          apk_cache=(opts.cache_dir or default_cache_dir()) / "apk")
+                                          apk_cache=(opts.cache_dir or default_cache_dir()) / "apk",
+                                          alpine_rootfs=opts.alpine_rootfs)
                 entry = guest.entry
                 atomic_write_text(tree / "boot" / "refind_linux.conf", bootchain.refind_linux_conf(entry))
             systems["alpine"] = SystemContent("alpine", entry, afiles, guest)

@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from labkit.core.download import ChecksumMismatch, download, verify_file_sha512
 from labkit.core.errors import LabkitError
 from labkit.core.runner import Runner, atomic_write_bytes, require_tool
 from labkit.rehearsal.payloads import EPOCH, PkgEntry, nix_base32
@@ -360,3 +361,41 @@ def tamper_data(apk: bytes) -> bytes:
     control member no longer matches. For tests and the lab's broken-package check."""
     sig, control, data = members(apk)
     return sig + control + gzip.compress(gzip.decompress(data), compresslevel=1, mtime=0)
+
+
+#: The Alpine minirootfs the real-apk rehearsal is built and tested with (apk-tools 2.14.4): Alpine's official
+#: release file and the sha512 Alpine publishes beside it (``<url>.sha512``).
+MINIROOTFS_NAME = "alpine-minirootfs-3.20.3-x86_64.tar.gz"
+MINIROOTFS_ENV = "LABKIT_ALPINE_ROOTFS"
+MINIROOTFS_URL = f"https://dl-cdn.alpinelinux.org/alpine/v3.20/releases/x86_64/{MINIROOTFS_NAME}"
+MINIROOTFS_SHA512 = ("9d5405f61f8a6ebc02461ba75346fbf1a63a4eab8510a0158dd321cee0c4dafe"
+                     "28c2a3d2cb7c3d75e2a8130dae0c3c92382f5b6adeea309eafc97621c5bf6400")
+
+
+def obtain_minirootfs(runner: Runner, given: Path | None, cache: Path, *, network: bool = True,
+                      timeout: float = 20.0, url: str = MINIROOTFS_URL) -> tuple[Path | None, str]:
+    """The verified Alpine minirootfs and how it was found: ``given`` or ``$LABKIT_ALPINE_ROOTFS`` (checked against
+    the published sha512), a
+    copy in ``cache``, or a download from Alpine's official release URL (the ISOs' download code, resumable,
+    sha512 checked). ``(None, reason)`` when there is none (no file given, no copy, no network): the lab then
+    builds the Alpine-style rehearsal with labkit's own package install and says so."""
+    if given is None and os.environ.get(MINIROOTFS_ENV):
+        given = Path(os.environ[MINIROOTFS_ENV])
+    if given is not None:
+        return verify_file_sha512(Path(given), MINIROOTFS_SHA512), f"given: {given}"
+    dest = cache / MINIROOTFS_NAME
+    if dest.is_file():
+        try:
+            return verify_file_sha512(dest, MINIROOTFS_SHA512), f"cached: {dest}"
+        except LabkitError:
+            dest.unlink()
+    if not network:
+        return None, "no alpine_rootfs given, no cached copy, downloads disabled"
+    try:
+        got = download(url, dest, None, sha512=MINIROOTFS_SHA512, timeout=timeout)
+    except ChecksumMismatch:
+        raise  # a damaged or substituted file is an error, never a silent fallback
+    except LabkitError as exc:
+        runner.note(f"Alpine minirootfs not downloaded: {exc.problem}")
+        return None, f"no alpine_rootfs given, no cached copy, download failed ({exc.problem})"
+    return got, f"downloaded: {url}"

@@ -15,7 +15,7 @@ from labkit.core.layout import LAB_LAYOUT, Role
 from labkit.core.pkgsets import rehearsal_payloads
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.rehearsal.alpinerepo import write_real_alpine_repo
-from labkit.rehearsal.apk import lab_key, unpack_minirootfs
+from labkit.rehearsal.apk import lab_key, obtain_minirootfs, unpack_minirootfs
 from labkit.rehearsal.initramfs import build_initramfs, build_modloop
 from labkit.rehearsal.kernel import GuestKernel
 from labkit.rehearsal.payloads import (
@@ -181,6 +181,9 @@ def build_alpine_tree(
         login = AlpineLogin(login.root_password_hash)
     with runner.step("rehearsal guest: Alpine-style tree"):
         _copy(kernel.vmlinuz, tree / "boot" / "vmlinuz-lts")
+        if alpine_rootfs is not None or apk_cache is not None:
+            alpine_rootfs, how = obtain_minirootfs(runner, alpine_rootfs, (apk_cache or tree.parent) / "alpine-rootfs")
+            runner.note(f"Alpine minirootfs: {how}")
         if alpine_rootfs is not None:
             work = apk_cache if apk_cache is not None else tree.parent / f".{tree.name}-apk"
             tool = unpack_minirootfs(runner, Path(alpine_rootfs), work)
@@ -189,8 +192,9 @@ def build_alpine_tree(
                             keys=(key.public,))
             infos = write_real_alpine_repo(runner, tool, key, names, tree, cache=work / "data")
         else:
-            runner.note("no Alpine minirootfs (alpine_rootfs): the Alpine-style rehearsal installs its packages "
-                        "with labkit's own tarball install, not apk-tools")
+            runner.note("warning: no Alpine minirootfs (alpine_rootfs): the Alpine-style rehearsal installs its "
+                        "packages with labkit's own tarball install, not apk-tools (manifest: package_install "
+                        "labkit-tarballs)")
             build_initramfs(runner, kernel, "alpine", tree / "boot" / "initramfs-lts")
             infos = write_alpine_repo(alpine_payloads(runner, names), tree, cache=apk_cache)
         build_modloop(runner, kernel, tree / MODLOOP_PATH)
