@@ -74,6 +74,12 @@ def test_origin_label_comes_from_the_data() -> None:
     assert origin_label(_results("real", "nixos", "hardware"), {"params": {"target": "disk"}}) == (
         "real systems: nixos, hardware, accelerator: hardware"
     )
+    # who installed the Alpine-style guest's packages (environment.json, from the guest build)
+    for how, says in (("apk-tools", "installed by Alpine's apk-tools"), ("labkit-tarballs", "not apk-tools")):
+        env = {**lab, "extra": {"guests": {"alpine": {"package_install": how}}}}
+        assert origin_label(_results("rehearsal", "alpine-rehearsal", "tcg"), env).startswith(
+            "rehearsal guests (not Alpine/NixOS), lab VM, accelerator: tcg; Alpine-style packages")
+        assert says in origin_label(_results("rehearsal", "alpine-rehearsal", "tcg"), env)
     mixed = pd.concat([_results("rehearsal", "nixos-rehearsal", "tcg"), _results("real", "alpine", "tcg")])
     assert origin_label(mixed, {}).startswith("mixed: rehearsal guests nixos-rehearsal (not Alpine/NixOS) and real")
 

@@ -236,7 +236,12 @@ def origin_label(results: pd.DataFrame, environment: dict[str, Any]) -> str:
         where = "lab VM"
     else:
         where = target or "unknown target"
-    return f"{guests}, {where}, accelerator: {', '.join(accels) or 'unknown'}"
+    install = {"apk-tools": "; Alpine-style packages installed by Alpine's apk-tools (minirootfs)",
+               "labkit-tarballs": "; Alpine-style packages installed by labkit's own tarball install (no Alpine "
+                                  "minirootfs: not apk-tools)"}
+    alpine = ((environment.get("extra") or {}).get("guests") or {}).get("alpine") or {}
+    return f"{guests}, {where}, accelerator: {', '.join(accels) or 'unknown'}" \
+        f"{install.get(str(alpine.get('package_install')), '')}"
 
 
 # -- tables ---------------------------------------------------------------------------------------
