@@ -218,3 +218,46 @@ def test_obtain_minirootfs(runner: Runner, tmp_path: Path, monkeypatch: pytest.M
         obtain_minirootfs(runner, bad, tmp_path / "c")
     with pytest.raises(ChecksumMismatch, match="sha512"):
         obtain_minirootfs(runner, None, tmp_path / "f", url=bad.as_uri())
+
+
+def test_without_the_minirootfs_the_build_falls_back_and_says_so(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """No alpine_rootfs and no apk cache to look in: labkit's own tarball repository and install, labelled in
+    the build (``packages``), the transcript (a warning) and the boot entry (quiet kept)."""
+    from labkit.core.runner import read_transcript
+    from labkit.rehearsal import build_alpine_tree, obtain_kernel
+    from labkit.rehearsal.kernel import default_kernel_cache
+
+    monkeypatch.delenv(MINIROOTFS_ENV, raising=False)
+    runner = Runner(transcript=tmp_path / "t.jsonl", progress=None)
+    build = build_alpine_tree(runner, obtain_kernel(runner, default_kernel_cache()), tmp_path / "tree", "base")
+    assert build.file("packages") == "labkit-tarballs" and "quiet" in build.entry.cmdline.split()
+    assert (tmp_path / "tree" / "apks" / "x86_64" / "LABKIT-INDEX").is_file()
+    assert not (tmp_path / "tree" / "apks" / "x86_64" / "APKINDEX.tar.gz").exists()
+    notes = [str(r.get("message", r)) for r in read_transcript(tmp_path / "t.jsonl") if r.get("event") == "note"]
+    assert any("no Alpine minirootfs" in n and "not apk-tools" in n for n in notes), notes
+
+
+def test_with_the_minirootfs_the_build_uses_the_real_apk(tmp_path: Path) -> None:
+    """The tree: signed repository, an initramfs carrying the real apk (executable), its musl loader and the lab's
+    public key, Alpine's verbose boot entry (no quiet: apk prints its lines)."""
+    import subprocess
+
+    from labkit.rehearsal import build_alpine_tree, obtain_kernel
+    from labkit.rehearsal.kernel import default_kernel_cache
+
+    runner = Runner(progress=None)
+    tree = tmp_path / "tree"
+    build = build_alpine_tree(runner, obtain_kernel(runner, default_kernel_cache()), tree, "base",
+                              alpine_rootfs=require_alpine_minirootfs(), apk_cache=tmp_path / "cache")
+    assert build.file("packages") == "apk-tools" and "quiet" not in build.entry.cmdline.split()
+    names = {p.name for p in build.packages}
+    assert {"busybox", "musl", "apk-tools", "labkit-rehearsal-base"} <= names and "busybox-static" not in names
+    assert (tree / "apks" / "x86_64" / "APKINDEX.tar.gz").is_file() and (tree / "apks" / ".boot_repository").is_file()
+    listing = subprocess.run(f"zcat {tree / 'boot' / 'initramfs-lts'} | cpio -itv --quiet", shell=True,
+                             capture_output=True, text=True, check=True).stdout
+    modes = {ln.split()[-1]: ln.split()[0] for ln in listing.splitlines() if ln.strip()}
+    assert modes["sbin/apk"] == "-rwxr-xr-x" and modes["lib/ld-musl-x86_64.so.1"] == "-rwxr-xr-x"
+    assert modes["etc/apk/keys/labkit-rehearsal-lab.rsa.pub"] == "-rw-r--r--"
+    assert not any(n.endswith(".rsa") for n in modes)  # never the private half
+    assert (tmp_path / "cache" / "labkit-rehearsal-lab.rsa").is_file()
