@@ -111,7 +111,7 @@ def run_reboot_loop(params: LabParams, rounds: int, *, progress: TextIO | None =
     with runner.step("build the lab image (rehearsal guests)"):
         lab = build_lab_image(runner, work, systems=params.systems, world=params.world, cache_dir=cache_dir(params),
                               alpine_iso=params.path("alpine_iso"), alpine_iso_sha256=params.alpine_iso_sha256 or None,
-                              alpine_world=params.alpine_world)
+                              alpine_world=params.alpine_world, alpine_rootfs=params.path("alpine_rootfs"))
     image = lab.image.path
     accel = qemu.choose_accelerator(runner, params.accel_candidates, workdir=work / "accel")
     place = hwloop.locate(runner, image)
