@@ -256,8 +256,14 @@ def test_with_the_minirootfs_the_build_uses_the_real_apk(tmp_path: Path) -> None
     assert (tree / "apks" / "x86_64" / "APKINDEX.tar.gz").is_file() and (tree / "apks" / ".boot_repository").is_file()
     listing = subprocess.run(f"zcat {tree / 'boot' / 'initramfs-lts'} | cpio -itv --quiet", shell=True,
                              capture_output=True, text=True, check=True).stdout
-    modes = {ln.split()[-1]: ln.split()[0] for ln in listing.splitlines() if ln.strip()}
+    modes = {ln.split(" -> ")[0].split()[-1]: ln.split()[0] for ln in listing.splitlines() if ln.strip()}
     assert modes["sbin/apk"] == "-rwxr-xr-x" and modes["lib/ld-musl-x86_64.so.1"] == "-rwxr-xr-x"
     assert modes["etc/apk/keys/labkit-rehearsal-lab.rsa.pub"] == "-rw-r--r--"
     assert not any(n.endswith(".rsa") for n in modes)  # never the private half
+    assert modes["bin/busybox"] == "-rwxr-xr-x" and modes["sbin/switch_root"].startswith("l")
+    with open(require_alpine_minirootfs(), "rb") as fh, tarfile.open(fileobj=fh) as tf:  # Alpine's busybox
+        alpine_bb = tf.extractfile("./bin/busybox").read()  # type: ignore[union-attr]
+    unpacked = subprocess.run(f"zcat {tree / 'boot' / 'initramfs-lts'} | cpio -i --quiet --to-stdout bin/busybox",
+                              shell=True, capture_output=True, check=True).stdout
+    assert unpacked == alpine_bb
     assert (tmp_path / "cache" / "labkit-rehearsal-lab.rsa").is_file()

@@ -92,6 +92,24 @@ def stage_busybox(runner: Runner, root: Path) -> None:
             os.symlink("/bin/busybox", dest)
 
 
+def stage_alpine_busybox(runner: Runner, alpine_root: Path, root: Path) -> None:
+    """The minirootfs's own busybox (Alpine's, linked against its musl, which :func:`stage_apk` copies) and its
+    applet links, instead of Debian's static one: the initramfs then runs Alpine's userland, as Alpine's does."""
+    src = alpine_root / "bin" / "busybox"
+    loader = alpine_root / "lib" / "ld-musl-x86_64.so.1"
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, root / "bin" / "busybox")
+    applets = runner.run([loader, "--library-path", alpine_root / "lib", src, "--list-full"], query=True).stdout
+    for applet in applets.split():
+        rel = applet.strip("/")
+        if rel == "bin/busybox":
+            continue
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            os.symlink("/bin/busybox", dest)
+
+
 def pack_cpio(runner: Runner, root: Path, out: Path) -> Path:
     """Pack ``root`` as a reproducible gzip newc cpio at ``out``."""
     fix_mtimes(root)
@@ -137,7 +155,8 @@ def stage_apk(alpine_root: Path, root: Path, keys: tuple[Path, ...]) -> list[str
 def build_initramfs(runner: Runner, kernel: GuestKernel, flavor: Flavor, out: Path,
                     alpine_root: Path | None = None, keys: tuple[Path, ...] = ()) -> Path:
     """Build the ``flavor`` ("alpine" or "nixos") initramfs at ``out``; with ``alpine_root`` (an unpacked Alpine
-    minirootfs, Alpine-style only) it also carries the real apk (:func:`stage_apk`) and the public ``keys``."""
+    minirootfs, Alpine-style only) it carries the minirootfs's busybox (:func:`stage_alpine_busybox`) instead of
+    Debian's static one, the real apk (:func:`stage_apk`) and the public ``keys``."""
     if flavor not in ("alpine", "nixos"):
         raise LabkitError(f"unknown guest flavor {flavor!r}", "use 'alpine' or 'nixos'")
     out = Path(out)
@@ -146,10 +165,13 @@ def build_initramfs(runner: Runner, kernel: GuestKernel, flavor: Flavor, out: Pa
         root = Path(tmp) / "root"
         for d in ("dev", "proc", "sys", "tmp", "media", "sysroot", "mnt-root", "etc"):
             (root / d).mkdir(parents=True, exist_ok=True)
-        stage_busybox(runner, root)
+        if alpine_root is not None and flavor == "alpine":
+            stage_alpine_busybox(runner, alpine_root, root)
+        else:
+            stage_busybox(runner, root)
         stage_modules(runner, kernel, root, FLAVOR_MODULES[flavor])
         executables = {"init", "bin/busybox"}
-        if alpine_root is not None:
+        if alpine_root is not None and flavor == "alpine":
             executables.update(stage_apk(alpine_root, root, keys))
         init = root / "init"
         init.write_bytes(guest_data(f"{flavor}-init.sh"))
