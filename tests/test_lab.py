@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from paths import alpine_minirootfs
 
 from labkit.cli import main as cli
 from labkit.core.errors import InputError, LabkitError, ToolMissing
@@ -97,8 +98,12 @@ def _boots(run_dir: Path) -> list[dict[str, str]]:
 def test_lab_end_to_end(tmp_path: Path) -> None:
     """Both entries boot through OVMF → rEFInd (→ GRUB for NixOS); bundles parse; report renders."""
     # small load-cost sets (the default goes to ~384 MiB: `./run lab`), no redo: a fixed boot list
+    # the Alpine-style guest installs with Alpine's own apk when the minirootfs is here (tests/paths.py), else
+    # with labkit's own install, labelled so
+    rootfs = alpine_minirootfs()
     run = run_lab(LabParams(out=tmp_path / "run", boots=2, max_boots=2, load_sets=("base", "small", "medium"),
-                            load_top_boots=1, load_top_max=1, load_redo=0), progress=None)
+                            load_top_boots=1, load_top_max=1, load_redo=0,
+                            alpine_rootfs=str(rootfs) if rootfs else ""), progress=None)
     d = run.run_dir
     assert not run.failed, [b.reason for b in run.failed]
     boots = _boots(d)
@@ -170,6 +175,11 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     # (host serial clock), as on Alpine
     real_apk = json.loads((d / "environment.json").read_text())["extra"]["guests"]["alpine"]["package_install"] \
         == "apk-tools"
+    assert real_apk == (rootfs is not None)
+    if real_apk:  # the bundle's database is the one apk wrote: the minirootfs's own packages at its versions
+        installed = (d / "bundles" / "alpine-1.txt").read_text(encoding="utf-8")
+        for name, version in (("apk-tools", "2.14.4-r0"), ("busybox", "1.36.1-r29"), ("musl", "1.2.5-r0")):
+            assert f"P:{name}\nV:{version}\n" in installed, name
     assert {r["boot"] for r in pk} == {"100", "101", "103"}
     assert {r["source"] for r in pk} == {"serial" if real_apk else "kmsg"}
     assert all(float(r["seconds"]) > 0 for r in pk)
