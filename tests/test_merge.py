@@ -183,8 +183,8 @@ def test_lab_like_then_merge_reports_the_overlap_per_metric(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     first, again, merged = tmp_path / "first", tmp_path / "again", tmp_path / "merged"
     t0 = time.monotonic()
-    assert cli.main(["lab", "--boots", "2", "--warmup", "0", "--no-load-cost", "--systems", "alpine",
-                     "--no-report", "--out", str(first)]) == 0
+    assert cli.main(["lab", "--boots", "2", "--max-boots", "2", "--warmup", "0", "--no-load-cost", "--systems",
+                     "alpine", "--no-report", "--out", str(first)]) == 0
     t1 = time.monotonic()
     capsys.readouterr()
     assert cli.main(["lab", "--like", str(first), "--out", str(again), "--no-report"]) == 0

@@ -132,10 +132,10 @@ def test_driver_on_a_host_pty() -> None:
         assert sh.run("pwd").output.strip() == "/tmp"  # the session keeps its state
         assert sh.run("false", check=False).rc == 1
         t0 = time.monotonic()
-        with pytest.raises(SerialTimeout, match="'sleep 5' to finish"):
-            sh.run("sleep 5", timeout=0.5)
+        with pytest.raises(SerialTimeout, match="'sleep 60' to finish"):
+            sh.run("sleep 60", timeout=0.5)
         assert sh.run("echo after").output == "after\n"
-        assert time.monotonic() - t0 < 3  # Ctrl-C ended the sleep
+        assert time.monotonic() - t0 < 30  # Ctrl-C ended the sleep (with room for a busy host)
         with pytest.raises(ValueError):
             sh.run("echo a\necho b")
         sh.send("exit\n")

@@ -60,7 +60,7 @@ def test_every_notebook_runs_in_plan_mode(tmp_path: Path) -> None:
 @pytest.mark.timeout(3600)  # the whole chain with one boot per system (OpenRC / systemd guests)
 def test_chain_in_lab_mode(tmp_path: Path) -> None:
     # one boot per system, no load-cost sets: the whole chain, kept short
-    run = run_chain(Settings(target="lab", boots=1), out=tmp_path / "run", log=None,
+    run = run_chain(Settings(target="lab", boots=1, max_boots=1), out=tmp_path / "run", log=None,
                     extra={"05_benchmark.load_sets": []})
     assert run.ok, [(s.name, s.reason, s.traceback) for s in run.steps if s.status == "failed"]
     status = {s.name: s.status for s in run.steps}
@@ -92,7 +92,7 @@ def test_chain_on_a_loop_disk(tmp_path: Path, make_loop) -> None:  # noqa: F811
     hash_file = tmp_path / "root.hash"  # a real disk's Alpine must let its owner in
     hash_file.write_text("$6$saltsalt$" + "c" * 86 + "\n")
     rc = main(["run", "--target", "disk", "--device", dev, "--confirm", fp, "--out", str(tmp_path / "run"),
-               "-p", "layout=lab", "-p", "wipe=true", "-p", "package_set=base", "-p", "boots=1",
+               "-p", "layout=lab", "-p", "wipe=true", "-p", "package_set=base", "-p", "boots=1", "-p", "max_boots=1",
                "-p", "05_benchmark.load_sets=[]", "-p", f"alpine_root_password_hash_file={hash_file}"])
     chain = json.loads((tmp_path / "run" / "chain.json").read_text())
     assert rc == 0, [(s["name"], s["reason"]) for s in chain["steps"] if s["status"] == "failed"]
