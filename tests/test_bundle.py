@@ -311,3 +311,39 @@ def test_real_probe_under_busybox_parses(tmp_path: Path) -> None:
     assert parse_meminfo(b.sections["meminfo"])["Shmem"] == 18234
     assert any(r.mounted_on == "/" for r in parse_df(b.sections["df"]))
     assert [t for t, _ in parse_dmesg(b.sections["dmesg"])][-1] == 5.3
+
+
+@pytest.mark.skipif(not PROBE.is_file() or shutil.which("busybox") is None, reason="needs probe.sh and busybox")
+def test_probe_falls_back_to_busybox_dmesg(tmp_path: Path) -> None:
+    """A dmesg first on PATH that cannot run (seen in the lab: a payload's glibc dmesg shadowing busybox's in a
+    musl root, 'error while loading shared libraries') must not leave the bundle without its kernel log: the
+    probe then asks busybox's applet."""
+    root, bindir = tmp_path / "root", tmp_path / "bin"
+    for d in (root / "proc", root / "etc", bindir):
+        d.mkdir(parents=True)
+    (root / "proc" / "uptime").write_text("7.12 6.40\n")
+    (root / "proc" / "meminfo").write_text(synth.MEMINFO.format(shmem=18234) + "\n")
+    (root / "proc" / "cmdline").write_text("console=ttyS0,115200\n")
+    (root / "etc" / "labkit-os").write_text("alpine-rehearsal\n")
+    busybox = shutil.which("busybox")
+    assert busybox
+    for applet in ("awk", "md5sum", "df", "uname", "cat", "rm"):
+        (bindir / applet).symlink_to(busybox)
+    # dash, not busybox ash: Debian's busybox ash prefers its own applets to PATH (FEATURE_SH_STANDALONE), so
+    # it would never run the broken dmesg; Alpine's ash looks PATH up, as dash does
+    (bindir / "sh").symlink_to(shutil.which("dash") or "/bin/sh")
+    (bindir / "dmesg").write_text("#!/bin/false\n")  # runs, fails, prints nothing
+    (bindir / "dmesg").chmod(0o755)
+    # busybox's dmesg reads the host's kernel log, which a test cannot rely on: a stand-in applet that prints a
+    # known one when called as `busybox dmesg`
+    (bindir / "busybox").write_text(f'#!{busybox} sh\n[ "$1" = dmesg ] && cat "{tmp_path}/kmsg.txt"\n')
+    (bindir / "busybox").chmod(0o755)
+    (tmp_path / "kmsg.txt").write_text(synth.dmesg_alpine(2.356789, 3.5, 5.25, 5.3) + "\n")
+    out = tmp_path / "console.txt"
+    env = {"PATH": str(bindir), "LABKIT_PROBE_ROOT": str(root), "LABKIT_PROBE_OUT": str(out),
+           "TMPDIR": str(tmp_path), "LABKIT_PROBE_SETTLE": "0", "LABKIT_PROBE_GUNZIP": "0"}
+    subprocess.run([str(bindir / "sh"), str(PROBE)], env=env, check=True, timeout=30)
+    serial = [SerialLine(10.0 + i * 0.001, t) for i, t in enumerate(out.read_text().split("\n")) if t]
+    (b,) = extract_bundles(serial)
+    assert [t for t, _ in parse_dmesg(b.sections["dmesg"])][-1] == 5.3
+    assert not list(tmp_path.glob("labkit-probe.*"))  # its temporary files are gone

@@ -251,6 +251,7 @@ def test_with_the_minirootfs_the_build_uses_the_real_apk(tmp_path: Path) -> None
     build = build_alpine_tree(runner, obtain_kernel(runner, default_kernel_cache()), tree, "base",
                               alpine_rootfs=require_alpine_minirootfs(), apk_cache=tmp_path / "cache")
     assert build.file("packages") == "apk-tools" and "quiet" not in build.entry.cmdline.split()
+    assert "loglevel=4" in build.entry.cmdline.split()  # the kernel's console as quiet as under `quiet`
     names = {p.name for p in build.packages}
     assert {"busybox", "musl", "apk-tools", "labkit-rehearsal-base"} <= names and "busybox-static" not in names
     assert (tree / "apks" / "x86_64" / "APKINDEX.tar.gz").is_file() and (tree / "apks" / ".boot_repository").is_file()

@@ -444,6 +444,9 @@ def run_load_cost(
                 # adaptive: more boots of the largest set while the per-MiB cost's interval is too wide (a host
                 # whose load comes and goes moves it from boot to boot), up to load_top_max
                 width = per_mib_ci_width(out, packages) if name == largest and good < params.load_top_max else None
+                if width is None and name == largest and good < params.load_top_max:
+                    runner.note(f"load cost: no per-MiB fit from the {name} boots so far (a boot without its package "
+                                "load time?): no more boots of it")
                 if width is None or width <= LOAD_CI_TARGET:
                     break
                 runner.note(f"load cost: the per-MiB cost's 95 % interval is ±{width:.0%} (> ±{LOAD_CI_TARGET:.0%}): "
@@ -472,7 +475,9 @@ def run_load_cost(
     write_loadcost_csv(out, run_dir / LOADCOST_FILE)
     write_loadcost_csv(packages, run_dir / PACKAGES_FILE)
     throughput.update(guest_decompression(run_dir, [b for b in boots if b.boot >= 100], largest, out, packages))
-    atomic_write_text(run_dir / "decompression.json", json.dumps(throughput, indent=2) + "\n")
+    # strict JSON: a value that could not be computed is null, never NaN
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in throughput.items()}
+    atomic_write_text(run_dir / "decompression.json", json.dumps(clean, indent=2, allow_nan=False) + "\n")
     return out
 
 

@@ -44,7 +44,16 @@ have() {
 	section uptime
 	echo "$UPTIME"
 	section dmesg
-	if [ -n "${LABKIT_PROBE_DMESG:-}" ]; then awk 1 "$LABKIT_PROBE_DMESG"; else dmesg | awk 1; fi
+	# the first dmesg on PATH may not run (an installed package's dmesg shadowing busybox's without its
+	# libraries): then busybox's applet, which every Alpine has
+	if [ -n "${LABKIT_PROBE_DMESG:-}" ]; then
+		awk 1 "$LABKIT_PROBE_DMESG"
+	elif dmesg > "$TMP.dmesg"; then
+		awk 1 "$TMP.dmesg"
+	elif have busybox && busybox dmesg > "$TMP.dmesg"; then
+		awk 1 "$TMP.dmesg"
+	fi
+	rm -f "$TMP.dmesg"
 	section meminfo
 	awk 1 "$R/proc/meminfo"
 	if have free; then
