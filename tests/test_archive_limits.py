@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -42,16 +41,23 @@ def bomb(entries: list[tuple[str, int]]) -> bytes:
     return bytes(out + gzip.compress(b"\0" * 1024))
 
 
+#: Runs its arguments as a child and prints "<exit status> <child's ru_maxrss in KiB>". Linux carries ru_maxrss
+#: over exec() from the process that forked (the kernel keeps the old mm's high-water mark): a child started
+#: straight from this test process (a pytest-xdist worker that has run other tests: 364 MiB seen) would report
+#: the worker's peak. Started from this small interpreter, the child's figure is its own.
+TRAMPOLINE = ("import os, subprocess, sys\n"
+              "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+              "_, status, usage = os.wait4(p.pid, 0)\n"
+              "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n")
+
+
 def run_measured(argv: list[str]) -> tuple[int, str, float, float]:
-    """Run ``python -m labkit ARGV`` as a child; return (rc, stderr, peak RSS in MiB, seconds)."""
+    """Run ``python -m labkit ARGV`` as a grandchild; return (rc, stderr, its peak RSS in MiB, seconds)."""
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "labkit", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err, usage.ru_maxrss / 1024, time.monotonic() - start
+    proc = subprocess.run([sys.executable, "-c", TRAMPOLINE, sys.executable, "-m", "labkit", *argv],
+                          capture_output=True, text=True, check=True)
+    rc, maxrss_kib = (int(v) for v in proc.stdout.split())
+    return rc, proc.stderr, maxrss_kib / 1024, time.monotonic() - start
 
 
 def test_gzip_bomb_is_refused_by_audit_with_bounded_memory(tmp_path: Path) -> None:

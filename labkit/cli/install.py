@@ -99,6 +99,9 @@ def register(sub: Any) -> None:
     ins.add_argument("--alpine-world", nargs="+", metavar="PKG", help="Alpine packages for the apkovl's world")
     ins.add_argument("--alpine-media", metavar="NAME",
                      help="the Alpine partition's name where the disk boots (default: the device's, vda4 for a loop)")
+    ins.add_argument("--alpine-rootfs", metavar="PATH",
+                     help="the official Alpine minirootfs for the Alpine-style rehearsal (without --alpine-iso): its "
+                          "apk-tools installs the packages (default: $LABKIT_ALPINE_ROOTFS, a cached copy, a download)")
     ins.add_argument("--hostname", default="alpinelab", help="Alpine's hostname (default alpinelab)")
     ins.add_argument("--alpine-root-password-hash-file", metavar="FILE",
                      help="root's crypt(3) hash for Alpine, alone in a file (openssl passwd -6 > FILE)")

@@ -242,13 +242,19 @@ class SerialShell:
     def run_all(self, commands: Sequence[str], *, timeout: float = 30.0) -> list[ShellResult]:
         return [self.run(c, timeout=timeout) for c in commands]
 
-    def interrupt(self, timeout: float = 5.0) -> None:
-        """Ctrl-C, then wait for the prompt again (best effort)."""
-        self.send("\x03\n")
-        try:
-            self.wait_for_prompt(timeout)
-        except (SerialTimeout, SerialError):
-            pass
+    def interrupt(self, timeout: float = 5.0, attempts: int = 3) -> None:
+        """Ctrl-C, then wait for the prompt again (best effort); up to ``attempts`` times, as a Ctrl-C that
+        arrives while the shell is between two commands of the line (before the slow one started) stops
+        nothing (seen on a busy host: the command then ran to its end)."""
+        for _ in range(attempts):
+            self.send("\x03\n")
+            try:
+                self.wait_for_prompt(timeout / attempts)
+                return
+            except SerialTimeout:
+                continue
+            except SerialError:
+                return
 
     def _record(self, command: str, rc: int | None, duration_s: float, **extra: object) -> None:
         if self.runner is not None:
