@@ -110,6 +110,7 @@ def test_scripted_session(shell: tuple[SerialShell, Runner], tmp_path: Path) -> 
 def test_driver_on_a_host_pty() -> None:
     """The same framing on a local busybox shell behind a pty (no QEMU): fast, runs everywhere."""
     import fcntl
+    import signal
     import subprocess
     import termios
 
@@ -119,6 +120,9 @@ def test_driver_on_a_host_pty() -> None:
     def controlling_tty() -> None:  # like a console: Ctrl-C becomes SIGINT
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        # an ignored signal stays ignored across exec(), and the test process may ignore SIGINT (seen under
+        # pytest-xdist: the shell and its sleep never saw the Ctrl-C); a console's shell starts with the default
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     proc = subprocess.Popen(["busybox", "sh", "-i"], stdin=slave, stdout=slave, stderr=slave,
                             preexec_fn=controlling_tty,
