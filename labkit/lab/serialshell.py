@@ -243,9 +243,8 @@ class SerialShell:
         return [self.run(c, timeout=timeout) for c in commands]
 
     def interrupt(self, timeout: float = 5.0, attempts: int = 3) -> None:
-        """Ctrl-C, then wait for the prompt again (best effort); up to ``attempts`` times, as a Ctrl-C that
-        arrives while the shell is between two commands of the line (before the slow one started) stops
-        nothing (seen on a busy host: the command then ran to its end)."""
+        """Ctrl-C, then wait for the prompt again (best effort); up to ``attempts`` times, as one Ctrl-C may
+        stop only part of a command line (a loop, or the next command of the line starting after it)."""
         for _ in range(attempts):
             self.send("\x03\n")
             try:
