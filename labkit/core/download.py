@@ -50,17 +50,21 @@ def check_sha512(value: str | None) -> str:
     return v
 
 
-def verify_file_sha512(path: Path, sha512: str) -> Path:
-    """Return ``path`` if its sha512 is ``sha512``; raise :class:`ChecksumMismatch` if not."""
-    expected = check_sha512(sha512)
-    path = Path(path)
+def _verified(path: Path, expected: str, algo: str, digest: Callable[[Path], str], what: str) -> Path:
+    """``path`` if its ``algo`` digest is ``expected``; :class:`ChecksumMismatch` (problem + fix) if not."""
     if not path.is_file():
-        raise InputError(f"file {path} does not exist", "give the path of the downloaded file")
-    got = sha512_file(path)
+        raise InputError(f"{'image file' if what == 'image' else 'file'} {path} does not exist",
+                         f"give the path of the downloaded {what}")
+    got = digest(path)
     if got != expected:
-        raise ChecksumMismatch(f"checksum mismatch for {path}: expected sha512 {expected}, got {got}",
+        raise ChecksumMismatch(f"checksum mismatch for {path}: expected {algo} {expected}, got {got}",
                                "the file is damaged or another release: delete it and download it again")
     return path
+
+
+def verify_file_sha512(path: Path, sha512: str) -> Path:
+    """Return ``path`` if its sha512 is ``sha512``; raise :class:`ChecksumMismatch` if not."""
+    return _verified(Path(path), check_sha512(sha512), "sha512", sha512_file, "file")
 
 
 def check_sha256(value: str | None) -> str:
@@ -84,15 +88,7 @@ def parse_sha256_file(text: str, filename: str | None = None) -> str:
 
 def verify_file(path: Path, sha256: str) -> Path:
     """Return ``path`` if its sha256 is ``sha256``; raise :class:`ChecksumMismatch` (problem + fix) if not."""
-    expected = check_sha256(sha256)
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image file {path} does not exist", "give the path of the downloaded image")
-    got = sha256_file(path)
-    if got != expected:
-        raise ChecksumMismatch(f"checksum mismatch for {path}: expected sha256 {expected}, got {got}",
-                               "the file is damaged or another release: delete it and download it again")
-    return path
+    return _verified(Path(path), check_sha256(sha256), "sha256", sha256_file, "image")
 
 
 def download(url: str, dest: Path, sha256: str | None, *, progress: Progress | None = None,

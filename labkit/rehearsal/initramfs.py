@@ -77,12 +77,10 @@ def stage_modules(runner: Runner, kernel: GuestKernel, root: Path, roots: tuple[
     return loaded
 
 
-def stage_busybox(runner: Runner, root: Path) -> None:
-    bb = static_busybox()
-    (root / "bin").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(bb, root / "bin" / "busybox")
-    os.chmod(root / "bin" / "busybox", 0o755)
-    for applet in runner.run([bb, "--list-full"], query=True).stdout.split():
+def link_applets(root: Path, listing: str) -> None:
+    """A ``/bin/busybox`` link under ``root`` for every applet of ``busybox --list-full`` (``listing``) not
+    already there."""
+    for applet in listing.split():
         rel = applet.strip("/")
         if rel == "bin/busybox":
             continue
@@ -90,6 +88,14 @@ def stage_busybox(runner: Runner, root: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists():
             os.symlink("/bin/busybox", dest)
+
+
+def stage_busybox(runner: Runner, root: Path) -> None:
+    bb = static_busybox()
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bb, root / "bin" / "busybox")
+    os.chmod(root / "bin" / "busybox", 0o755)
+    link_applets(root, runner.run([bb, "--list-full"], query=True).stdout)
 
 
 def stage_alpine_busybox(runner: Runner, alpine_root: Path, root: Path) -> None:
@@ -100,14 +106,7 @@ def stage_alpine_busybox(runner: Runner, alpine_root: Path, root: Path) -> None:
     (root / "bin").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, root / "bin" / "busybox")
     applets = runner.run([loader, "--library-path", alpine_root / "lib", src, "--list-full"], query=True).stdout
-    for applet in applets.split():
-        rel = applet.strip("/")
-        if rel == "bin/busybox":
-            continue
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.exists():
-            os.symlink("/bin/busybox", dest)
+    link_applets(root, applets)
 
 
 def pack_cpio(runner: Runner, root: Path, out: Path) -> Path:
