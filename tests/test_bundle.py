@@ -13,6 +13,7 @@ from paths import ALPINE_FIXTURES
 
 from labkit.core.console import SerialLogError, read_serial_log
 from labkit.measure.bundle import (
+    Bundle,
     BundleError,
     SectionError,
     SerialLine,
@@ -25,6 +26,7 @@ from labkit.measure.bundle import (
     parse_meminfo,
     parse_uptime,
 )
+from labkit.measure.parsers.system import parse_probe_errors
 
 BUSYBOX = ALPINE_FIXTURES / "busybox-free-df-meminfo.txt"
 KMSG = ALPINE_FIXTURES / "initramfs-kmsg-messages.txt"
@@ -314,10 +316,10 @@ def test_real_probe_under_busybox_parses(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not PROBE.is_file() or shutil.which("busybox") is None, reason="needs probe.sh and busybox")
-def test_probe_falls_back_to_busybox_dmesg(tmp_path: Path) -> None:
-    """A dmesg first on PATH that cannot run (seen in the lab: a payload's glibc dmesg shadowing busybox's in a
-    musl root, 'error while loading shared libraries') must not leave the bundle without its kernel log: the
-    probe then asks busybox's applet."""
+def _probe_with_broken_dmesg(tmp_path: Path, dmesg: str, *, stderr_to_console: bool = False) -> Bundle:
+    """Run the probe (by dash) in a fake root whose first dmesg on PATH is the script ``dmesg``; busybox's dmesg
+    applet prints a known kernel log. ``stderr_to_console``: the probe's stderr is the console it writes the
+    bundle to, as in a guest (OpenRC's local.d, the initramfs's chroot)."""
     root, bindir = tmp_path / "root", tmp_path / "bin"
     for d in (root / "proc", root / "etc", bindir):
         d.mkdir(parents=True)
@@ -327,12 +329,12 @@ def test_probe_falls_back_to_busybox_dmesg(tmp_path: Path) -> None:
     (root / "etc" / "labkit-os").write_text("alpine-rehearsal\n")
     busybox = shutil.which("busybox")
     assert busybox
-    for applet in ("awk", "md5sum", "df", "uname", "cat", "rm"):
+    for applet in ("awk", "md5sum", "df", "uname", "cat", "rm", "head"):
         (bindir / applet).symlink_to(busybox)
     # dash, not busybox ash: Debian's busybox ash prefers its own applets to PATH (FEATURE_SH_STANDALONE), so
     # it would never run the broken dmesg; Alpine's ash looks PATH up, as dash does
     (bindir / "sh").symlink_to(shutil.which("dash") or "/bin/sh")
-    (bindir / "dmesg").write_text("#!/bin/false\n")  # runs, fails, prints nothing
+    (bindir / "dmesg").write_text(dmesg)
     (bindir / "dmesg").chmod(0o755)
     # busybox's dmesg reads the host's kernel log, which a test cannot rely on: a stand-in applet that prints a
     # known one when called as `busybox dmesg`
@@ -342,8 +344,33 @@ def test_probe_falls_back_to_busybox_dmesg(tmp_path: Path) -> None:
     out = tmp_path / "console.txt"
     env = {"PATH": str(bindir), "LABKIT_PROBE_ROOT": str(root), "LABKIT_PROBE_OUT": str(out),
            "TMPDIR": str(tmp_path), "LABKIT_PROBE_SETTLE": "0", "LABKIT_PROBE_GUNZIP": "0"}
-    subprocess.run([str(bindir / "sh"), str(PROBE)], env=env, check=True, timeout=30)
+    out.touch()
+    with open(out, "a") as console:
+        subprocess.run([str(bindir / "sh"), str(PROBE)], env=env, check=True, timeout=30,
+                       stderr=console if stderr_to_console else None)
     serial = [SerialLine(10.0 + i * 0.001, t) for i, t in enumerate(out.read_text().split("\n")) if t]
     (b,) = extract_bundles(serial)
-    assert [t for t, _ in parse_dmesg(b.sections["dmesg"])][-1] == 5.3
     assert not list(tmp_path.glob("labkit-probe.*"))  # its temporary files are gone
+    return b
+
+
+def test_probe_falls_back_to_busybox_dmesg(tmp_path: Path) -> None:
+    """A dmesg first on PATH that cannot run (seen in the lab: a payload's glibc dmesg shadowing busybox's in a
+    musl root, 'error while loading shared libraries') must not leave the bundle without its kernel log: the
+    probe then asks busybox's applet."""
+    b = _probe_with_broken_dmesg(tmp_path, "#!/bin/false\n")  # runs, fails, prints nothing
+    assert [t for t, _ in parse_dmesg(b.sections["dmesg"])][-1] == 5.3
+
+
+def test_probe_keeps_stderr_off_the_console(tmp_path: Path) -> None:
+    """What a tool says on stderr never lands between the bundle's BEGIN and END lines on the console (seen in
+    the lab: the glibc dmesg's loader error, printed there by the probe running in the initramfs, broke the
+    bundle's checksum): it is the bundle's last section, probe_errors."""
+    b = _probe_with_broken_dmesg(
+        tmp_path, "#!/bin/sh\necho 'dmesg: error while loading shared libraries: libtinfo.so.6' >&2\nexit 127\n",
+        stderr_to_console=True)
+    assert b.ok, b.problems
+    assert [t for t, _ in parse_dmesg(b.sections["dmesg"])][-1] == 5.3
+    assert parse_probe_errors(b.sections["probe_errors"]) == ["dmesg: error while loading shared libraries: "
+                                                               "libtinfo.so.6"]
+    assert list(b.sections)[-1] == "probe_errors"

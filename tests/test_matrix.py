@@ -88,7 +88,7 @@ def test_bad_grids_are_refused(specs: list[str], needle: str) -> None:
 
 
 def test_an_invalid_cell_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"cell load_cost-True: the load-cost fit needs at least 3"):
+    with pytest.raises(InputError, match=r"cell load_cost-True: the load-cost fit needs at least 2"):
         run_matrix(parse_grid(["load_cost=true,false"]), replace(FAST, load_sets=("small",)), tmp_path / "m",
                    log=None)
     assert not (tmp_path / "m").exists()

@@ -231,3 +231,26 @@ def test_ram_is_read_after_the_settle_when_the_probe_waited() -> None:
     assert m_settled["ram_used_mib"].value == pytest.approx(300 / 1024)
     assert m_settled["ram_used_mib"].source == "/proc/meminfo after the settle"
     assert m_settled["shmem_mib"].value == pytest.approx(10 / 1024)
+
+
+def test_probe_in_the_initramfs_has_no_userspace_metrics() -> None:
+    """A load-cost boot's probe ran right after the package install (labkit.probe=initramfs): the package load,
+    kernel and RAM are measured; the phases after the initramfs, and the total to a booted system, are absent
+    with that reason, never computed from the probe's own start."""
+    from labkit.measure.metrics import measure_bundle
+
+    sections = {"probe_stage": "initramfs", **synth.alpine_sections(7.12)}
+    m = measure_bundle(_bundle("alpine-rehearsal", sections))
+    v, why = _values(m.metrics), m.reasons()
+    assert v["alpine_package_load_s"] == pytest.approx(1.75) and v["kernel_s"] == pytest.approx(2.356789)
+    assert "root_tmpfs_used_mib" in v and "firmware_loaders_s" in v
+    for name in ("total_to_probe_s", "initramfs_s", "userspace_to_probe_s", "openrc_boot_s"):
+        assert name not in v and "labkit.probe=initramfs" in why[name], name
+
+
+@pytest.mark.parametrize("text", ["", "userspace", "initramfs\ninitramfs", "initramfs extra"])
+def test_probe_stage_is_one_known_word(text: str) -> None:
+    from labkit.measure.metrics import measure_bundle
+
+    with pytest.raises(BundleError, match="probe_stage"):
+        measure_bundle(_bundle("alpine-rehearsal", {"probe_stage": text, **synth.alpine_sections(7.12)}))

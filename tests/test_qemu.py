@@ -141,3 +141,12 @@ def test_hanging_guest_times_out_and_keeps_the_log(chain_image: ChainImage, tmp_
     assert res.lines[-1].text.endswith(HANG_TAIL)  # the partial last line was flushed
     _same_log(read_serial_log(tmp_path / "serial-hang-1.log"), res.lines)
     verify_image(chain_image.runner, LAB_LAYOUT, chain_image.path)  # the image survived the kill
+
+
+def test_last_candidate_without_smoke_boot(tmp_path: Path) -> None:
+    """The lab takes the last candidate without booting OVMF: nothing else is left to try."""
+    runner = Runner(Mode.APPLY, tmp_path / "t.jsonl", progress=None)
+    choice = qemu.choose_accelerator(runner, ("tcg",), workdir=tmp_path / "accel", smoke_last=False)
+    assert choice.accel == "tcg" and choice.tried[0][:2] == ("tcg", True)
+    assert "without a smoke boot" in choice.tried[0][2]
+    assert not (tmp_path / "accel").exists()  # no QEMU ran (it would have made its work dir)

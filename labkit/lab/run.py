@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from labkit.core.errors import LabkitError
 from labkit.core.layout import LAB_LAYOUT, Layout, Role
-from labkit.core.pkgsets import rehearsal_payloads
+from labkit.core.pkgsets import package_set, rehearsal_payloads
 from labkit.core.runfolder import prepare_run_dir
 from labkit.core.runner import Mode, Runner, atomic_write_text
 from labkit.core.settings import Settings
@@ -158,33 +158,45 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
     boots: list[BootRecord] = []
     rows: list[ResultRow] = []
     loadcost_rows: list[dict[str, object]] = []
+    host_decompression: dict[str, object] = {}
     lab: LabImage | None = None
     accel_choice: qemu.AccelChoice | None = None
     try:
         what = "rehearsal guests" if not params.alpine_iso else f"Alpine partition from {Path(params.alpine_iso).name}"
+        rehearsal_alpine = "alpine" in params.systems and not params.alpine_iso
         with runner.step(f"build the lab image ({what})"):
             lab = build_lab_image(runner, work, systems=params.systems, world=params.world, cache_dir=cache_dir(params),
                                   alpine_iso=params.path("alpine_iso"),
                                   alpine_iso_sha256=params.alpine_iso_sha256 or None,
                                   alpine_world=params.alpine_world, nixos_iso=params.path("nixos_iso"),
                                   nixos_iso_sha256=params.nixos_iso_sha256 or None,
-                                  alpine_rootfs=params.path("alpine_rootfs"))
-        accel_choice = qemu.choose_accelerator(runner, params.accel_candidates, workdir=work / "accel")
-        if accel_choice.warning:
-            runner.note(f"warning: {accel_choice.warning}")
+                                  alpine_rootfs=params.path("alpine_rootfs"), keep_stage=rehearsal_alpine)
+            if rehearsal_alpine:
+                # the host's gzip/zstd on the main set's .apk files: context for the guest's own rate, which the
+                # main run's Alpine-style boots measure on the same files (decompression.json)
+                apks = sorted((work / "stage" / "alpine" / "apks").rglob("*.apk"))
+                host_decompression = decompression_throughput(runner, apks, work / "decomp").record()
+                shutil.rmtree(work / "stage", ignore_errors=True)
+        accel_choice = qemu.choose_accelerator(runner, params.accel_candidates, workdir=work / "accel",
+                                                   smoke_last=False)
         if lab.nixos_boot is not None:
             install_nixos(runner, params, lab, run_dir=run_dir, accel=accel_choice.accel)
         order = boot_order(params.systems, params.boots, params.warmup)
         done = params.boots
+        gunzip = GunzipOnce(lab) if rehearsal_alpine and "alpine" in lab.guests else None
         while order:
             for n, (os_name, index, warm) in enumerate(order, start=1):
                 runner.note(f"[{n}/{len(order)}]")
+                if gunzip is not None and os_name == "alpine":
+                    gunzip.before(runner, warm, work=work)
                 rec, brows = run_boot(
                     runner, lab, os_name, index, warm, run_id=run_id, run_dir=run_dir, accel=accel_choice.accel,
                     memory_mib=params.memory_mib, timeout_s=params.boot_timeout_s,
                 )
                 boots.append(rec)
                 rows.extend(brows)
+                if gunzip is not None and os_name == "alpine":
+                    gunzip.after(rec, [b.host_contended for b in boots])
                 write_boots_csv(boots, run_dir / "boots.csv")  # progress survives an interrupted run
             order = []
             samples, contended = adaptive_samples(rows, boots, params.systems)
@@ -202,9 +214,13 @@ def run_lab(params: LabParams, *, progress: TextIO | None = sys.stderr, runs_roo
                         "Alpine partition comes from --alpine-iso")
         elif params.load_cost and "alpine" in params.systems:
             with runner.step("load-cost experiment (Alpine-style guest per package set)"):
-                loadcost_rows = run_load_cost(runner, params, run_id=run_id, run_dir=run_dir,
-                                              accel=accel_choice.accel, boots=boots)
+                loadcost_rows, packages = run_load_cost(runner, params, run_id=run_id, run_dir=run_dir,
+                                                        accel=accel_choice.accel, boots=boots)
             write_boots_csv(boots, run_dir / "boots.csv")
+            write_decompression(run_dir, package_set(params.world).name, host_decompression,
+                                guest_decompression(run_dir, [b for b in boots if b.os == "alpine" and not b.warmup
+                                                              and b.boot < LOADCOST_FIRST_BOOT], rows),
+                                loadcost_rows, packages)
     finally:
         extra: dict[str, object] = {
             "run_id": run_id,
@@ -318,9 +334,18 @@ def _guest_kind(lab: LabImage | None) -> str:
 
 
 # -- the load-cost experiment -----------------------------------------------------------------------
-def _loadcost_dicts(rows: Sequence[ResultRow], package_set: str, rec: BootRecord) -> list[dict[str, object]]:
+def _loadcost_dicts(rows: Sequence[ResultRow], package_set: str, rec: BootRecord, run_dir: Path
+                    ) -> list[dict[str, object]]:
+    """The boot's result rows with its set, host load and where its probe ran (``probe_stage``: ``initramfs``
+    for LOAD_PROBE, else ``userspace``)."""
+    stage = "userspace"
+    if rec.ok and rec.bundle is not None:
+        from labkit.measure.bundle import parse_bundle_text
+
+        stage = parse_bundle_text((run_dir / rec.bundle).read_text(encoding="utf-8")).sections.get(
+            "probe_stage", "userspace").strip()
     host = {"host_contended": rec.host_contended, "host_other_cpu": rec.host_other_cpu,
-            "host_qemu_wait": rec.host_qemu_wait}
+            "host_qemu_wait": rec.host_qemu_wait, "probe_stage": stage}
     return [{**asdict(r), "package_set": package_set, **host} for r in rows if r.os.startswith("alpine")]
 
 
@@ -361,13 +386,40 @@ def per_mib_ci_width(rows: Sequence[dict[str, object]], packages: Sequence[dict[
 
 #: Kernel command-line switch of the probe: no guest gzip measurement (labkit/data/guest/probe.sh).
 NO_GUNZIP = "labkit.gunzip=0"
+#: The load-cost boots' switches: the probe runs in the initramfs right after the package install and the guest
+#: powers off (labkit/data/guest/alpine-init.sh), with no settle and no gzip run: what those boots measure ends
+#: with the install, and OpenRC's ~20 s of services would only lengthen them.
+LOAD_PROBE = f"labkit.probe=initramfs labkit.settle=0 {NO_GUNZIP}"
 #: Extra boot time allowed per MiB of the largest load-cost set (see run_load_cost).
 LOAD_TIMEOUT_S_PER_MIB = 1.5
+#: Boots of the load-cost images are numbered from here, apart from the main run's.
+LOADCOST_FIRST_BOOT = 100
 
 
 def persistent_load(flags: Sequence[bool], patience: int = 2) -> bool:
     """The host has been busy for the last ``patience`` boots: booting again will not find it quiet."""
     return len(flags) >= patience and all(flags[-patience:])
+
+
+class GunzipOnce:
+    """The guest's own gzip rate, measured once per run: the main run's Alpine-style boots run the probe's
+    ``gzip -dc`` over their .apk files (after every metric of the boot) until one measured boot did it on a quiet
+    host, or the host has stayed busy; the others boot with ``labkit.gunzip=0`` (it costs ~0.1 s per MiB
+    under TCG, ~5 s of each boot of the default set)."""
+
+    def __init__(self, lab: LabImage) -> None:
+        self.lab = lab
+        self.cmdline = lab.guests["alpine"].entry.cmdline
+        self.done = False
+
+    def before(self, runner: Runner, warmup: bool, *, work: Path) -> None:
+        on = not warmup and not self.done
+        bootchain.set_entry_options(runner, self.lab.image.path, self.lab.esp_offset, self.lab.titles["alpine"],
+                                    self.cmdline if on else f"{self.cmdline} {NO_GUNZIP}", work=work)
+
+    def after(self, rec: BootRecord, flags: Sequence[bool]) -> None:
+        if not rec.warmup:
+            self.done = self.done or (rec.ok and (not rec.host_contended or persistent_load(flags)))
 
 
 def load_memory_mib(params: LabParams, installed_mib: float) -> int:
@@ -387,13 +439,13 @@ def run_load_cost(
     run_dir: Path,
     accel: str,
     boots: list[BootRecord],
-) -> list[dict[str, object]]:
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """Boot the Alpine-style guest with each package set, smallest first, all with the same RAM (an
     Alpine-only image per set; the largest set ``load_top_boots`` times, and again up to ``load_top_max``
     while the per-MiB cost's 95 % interval is wider than LOAD_CI_TARGET); a boot under host load is kept,
-    flagged, and booted again (``load_redo``) unless the load looks persistent. Measure the host's
-    decompression on the largest set's .apk files. Write loadcost.csv, loadcost_packages.csv
-    and decompression.json (the guest's own gzip rate from the largest set's boots, the host's as context)."""
+    flagged, and booted again (``load_redo``) unless the load looks persistent. Every boot runs the probe in
+    the initramfs right after the package install (LOAD_PROBE). Write loadcost.csv and loadcost_packages.csv;
+    return their rows."""
     from labkit.rehearsal.build import alpine_payloads, resolve_world
 
     by_content: dict[tuple[str, ...], str] = {}
@@ -403,37 +455,30 @@ def run_load_cost(
     largest = sets[-1]
     top_mib = sum(p.installed_size for p in alpine_payloads(runner, resolve_world(largest))) / 1024**2
     memory = load_memory_mib(params, top_mib)
-    # the load and the guest's gzip run take ~0.1 s/MiB each on a quiet host under TCG, several times more on
-    # a busy one: a hard limit that grows with the set, so only a hung boot reaches it
+    # the load takes ~0.06 s/MiB on a quiet host under TCG, several times more on a busy one: a hard limit that
+    # grows with the set, so only a hung boot reaches it
     timeout = params.boot_timeout_s + LOAD_TIMEOUT_S_PER_MIB * top_mib
     runner.note(f"load cost: sets {', '.join(sets)}; every boot with {memory} MiB of RAM (the largest set, "
-                f"{largest}, installs {top_mib:.0f} MiB into the tmpfs root); timeout {timeout:.0f} s")
+                f"{largest}, installs {top_mib:.0f} MiB into the tmpfs root) and the probe in the initramfs "
+                f"({LOAD_PROBE}); timeout {timeout:.0f} s")
     out: list[dict[str, object]] = []
     packages: list[dict[str, object]] = []
     flags = [b.host_contended for b in boots]
-    throughput: dict[str, object] = {}
-    index = 100  # boots of the load-cost images are numbered apart from the main run's
+    index = LOADCOST_FIRST_BOOT
     for name in sets:
         work = run_dir / "work" / f"loadcost-{name}"
         work.mkdir(parents=True, exist_ok=True)
         with runner.step(f"image with package set {name!r}"):
             lab = build_lab_image(runner, work, systems=("alpine",), world=name, cache_dir=cache_dir(params),
-                                  keep_stage=name == largest, alpine_rootfs=params.path("alpine_rootfs"))
-            if name == largest:
-                apks = sorted((work / "stage" / "alpine" / "apks").rglob("*.apk"))
-                throughput = decompression_throughput(runner, apks, work / "decomp").record()
-                shutil.rmtree(work / "stage", ignore_errors=True)
+                                  alpine_rootfs=params.path("alpine_rootfs"))
+            bootchain.set_entry_options(runner, lab.image.path, lab.esp_offset, lab.titles["alpine"],
+                                        f"{lab.guests['alpine'].entry.cmdline} {LOAD_PROBE}", work=work)
         wanted = params.load_top_boots if name == largest else 1
         good = redone = 0
-        gz_done = False
-        base_cmdline = lab.guests["alpine"].entry.cmdline
         if name == largest:
-            # warm-up boots of the largest set's image: its boots alone carry the per-MiB cost's interval, and the
-            # first boots of a fresh image ran slower here (58 s of package load, then 42, 38, 33, 31, 32 s in one
-            # run); they are in boots.csv as warm-up boots, left out of the fit, without the guest's gzip run
+            # warm-up boots of the largest set's image (load_warmup, default 0): in boots.csv as warm-up boots,
+            # left out of the fit
             for _ in range(params.load_warmup):
-                bootchain.set_entry_options(runner, lab.image.path, lab.esp_offset, lab.titles["alpine"],
-                                            f"{base_cmdline} {NO_GUNZIP}", work=work)
                 rec, _rows = run_boot(runner, lab, "alpine", index, True, run_id=run_id, run_dir=run_dir,
                                       accel=accel, memory_mib=memory, timeout_s=timeout)
                 index += 1
@@ -451,19 +496,14 @@ def run_load_cost(
                     break
                 runner.note(f"load cost: the per-MiB cost's 95 % interval is ±{width:.0%} (> ±{LOAD_CI_TARGET:.0%}): "
                             f"one more {name} boot ({good + 1}/{params.load_top_max})")
-            # the guest's gzip rate is measured until one boot of the set measured it on a quiet host (or the
-            # load is persistent); the other replicates skip it (it costs ~0.05 s per MiB under TCG)
-            bootchain.set_entry_options(runner, lab.image.path, lab.esp_offset, lab.titles["alpine"],
-                                        f"{base_cmdline} {NO_GUNZIP}" if gz_done else base_cmdline, work=work)
             rec, brows = run_boot(runner, lab, "alpine", index, False, run_id=run_id, run_dir=run_dir, accel=accel,
                                   memory_mib=memory, timeout_s=timeout)
             index += 1
             boots.append(rec)
             write_boots_csv(boots, run_dir / "boots.csv")
             flags.append(rec.host_contended)
-            out += _loadcost_dicts(brows, name, rec)
+            out += _loadcost_dicts(brows, name, rec, run_dir)
             packages += _package_dicts(run_dir, rec, name, run_id)
-            gz_done = gz_done or (rec.ok and (not rec.host_contended or persistent_load(flags)))
             if rec.ok and rec.host_contended and redone < params.load_redo and not persistent_load(flags):
                 redone += 1
                 runner.note(f"load cost: {name} boot #{rec.boot} ran under host load ({rec.host_reason}): "
@@ -471,38 +511,29 @@ def run_load_cost(
                 continue
             good += 1
         lab.image.path.unlink(missing_ok=True)
-    throughput["package_set"] = largest
     write_loadcost_csv(out, run_dir / LOADCOST_FILE)
     write_loadcost_csv(packages, run_dir / PACKAGES_FILE)
-    throughput.update(guest_decompression(run_dir, [b for b in boots if b.boot >= 100], largest, out, packages))
-    # strict JSON: a value that could not be computed is null, never NaN
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in throughput.items()}
-    atomic_write_text(run_dir / "decompression.json", json.dumps(clean, indent=2, allow_nan=False) + "\n")
-    return out
+    return out, packages
 
 
-def guest_decompression(run_dir: Path, load_boots: Sequence[BootRecord], largest: str,
-                        rows: Sequence[dict[str, object]], packages: Sequence[dict[str, object]]
+def guest_decompression(run_dir: Path, alpine_boots: Sequence[BootRecord], rows: Sequence[ResultRow]
                         ) -> dict[str, object]:
-    """The guest's gzip rate on the largest set's .apk files (median over its boots that measured it on a
-    quiet host, or over all that measured it), and the load rate as a fraction of it: in the same boot, the
-    seconds ``gzip -dc`` took over the seconds the whole package load took, both on the guest's clock, for
-    the same packages (= the load's MiB/s over gzip's)."""
+    """The guest's gzip rate on the .apk files of the packages it installed, from the main run's Alpine-style
+    boots that measured it (:class:`GunzipOnce`; the median over those on a quiet host, else over all), and the
+    package load against it: in the same boot, the seconds ``gzip -dc`` took over the seconds the whole package
+    load took, both on the guest's clock, for the same packages (= the load's MiB/s over gzip's)."""
     import numpy as np
-    import pandas as pd
 
     from labkit.measure.bundle import parse_bundle_text
-    from labkit.measure.loadcost import LoadCostError, analyse, guest_gunzip
-
-    set_of = {int(str(r["boot"])): str(r["package_set"]) for r in rows}
+    from labkit.measure.loadcost import guest_gunzip
 
     def value(boot: int, metric: str) -> float:
-        return next((float(str(r["value"])) for r in rows if r["boot"] == boot and r["metric"] == metric),
+        return next((r.value for r in rows if r.os.startswith("alpine") and r.boot == boot and r.metric == metric),
                     float("nan"))
 
     measured = []
-    for b in load_boots:
-        if not (b.ok and b.bundle and set_of.get(b.boot) == largest):
+    for b in alpine_boots:
+        if not (b.ok and b.bundle):
             continue
         gz = guest_gunzip(parse_bundle_text((run_dir / str(b.bundle)).read_text(encoding="utf-8")))
         if gz is not None and gz.status == 0 and gz.seconds > 0:
@@ -521,15 +552,31 @@ def guest_decompression(run_dir: Path, load_boots: Sequence[BootRecord], largest
         "guest_uncompressed_bytes": use[0][1].uncompressed_bytes,
         "guest_tool": "busybox gzip -dc > /dev/null, timed by /proc/uptime in the guest, after the probe",
         "load_s": float(np.median([t for _, _, _, t in use])),
+        # > 1: the load ran faster than busybox's gzip (apk-tools links zlib; busybox has its own inflate)
         "load_fraction_of_guest_gzip": float(np.median([g.seconds / t for _, g, _, t in use])),
     })
+    return out
+
+
+def write_decompression(run_dir: Path, package_set: str, host: Mapping[str, object], guest: Mapping[str, object],
+                        rows: Sequence[dict[str, object]], packages: Sequence[dict[str, object]]) -> None:
+    """decompression.json: the guest's gzip rate and the load against it (``guest``, the main run's set), the host's
+    gzip/zstd on the same files (``host``, context), and the load-cost model's marginal rate. Strict JSON: a value
+    that could not be computed is null, never NaN."""
+    import pandas as pd
+
+    from labkit.measure.loadcost import LoadCostError, analyse
+
+    out: dict[str, object] = {**host, "package_set": package_set, **guest}
     try:
         lc = analyse(pd.DataFrame(list(rows)), pd.DataFrame(list(packages)), resamples=200)
     except LoadCostError:
-        return out
-    out["load_rate_mib_s"] = lc.rate_mib_s  # marginal, 1 / b (the model's basis: see load_rate_basis)
-    out["load_rate_basis"] = lc.model.basis if lc.model is not None else "boot totals"
-    return out
+        lc = None
+    if lc is not None:
+        out["load_rate_mib_s"] = lc.rate_mib_s  # marginal, 1 / b (the model's basis: see load_rate_basis)
+        out["load_rate_basis"] = lc.model.basis if lc.model is not None else "boot totals"
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+    atomic_write_text(run_dir / "decompression.json", json.dumps(clean, indent=2, allow_nan=False) + "\n")
 
 
 def lab_plan(params: LabParams) -> list[str]:
@@ -556,8 +603,11 @@ def lab_plan(params: LabParams) -> list[str]:
         lines.append(f"load cost: one Alpine-only image per set {', '.join(sets)}, booted once ({sets[-1]}: "
                      f"{params.load_warmup} warm-up boot(s), then {params.load_top_boots} times, up to "
                      f"{params.load_top_max} while the per-MiB cost's 95 % "
-                     f"interval is wider than ±{LOAD_CI_TARGET:.0%}), all with {mem}; a boot under host load is booted "
-                     f"again (up to {params.load_redo} per set); per-package timing; the guest's gzip -dc rate after "
-                     "the probe; the host's gzip/zstd on the largest set as context")
+                     f"interval is wider than ±{LOAD_CI_TARGET:.0%}), all with {mem} and the probe in the initramfs "
+                     f"right after the package install ({LOAD_PROBE}); a boot under host load is booted "
+                     f"again (up to {params.load_redo} per set); per-package timing")
+        lines.append(f"the guest's gzip -dc rate on the {params.world} set's .apk files: once, in the first measured "
+                     "Alpine-style boot on a quiet host (after its probe); the host's gzip/zstd on the same files as "
+                     "context")
     lines.append("report: results.csv, loadcost.csv, tables/*.csv, report.html" if params.report else "no report")
     return lines

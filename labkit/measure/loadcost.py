@@ -307,15 +307,17 @@ def guest_gunzip(bundle: Bundle) -> GuestGunzip | None:
 
 def points_table(df: pd.DataFrame) -> pd.DataFrame:
     """Wide table of load-cost boots: one row per (package_set, boot), one column per metric, and the
-    boot's host load (``host_contended``: bool, ``host_other_cpu``: cores) when recorded."""
-    cols = ["package_set", "boot", *POINT_METRICS, *HOST_COLUMNS]
+    boot's host load (``host_contended``: bool, ``host_other_cpu``: cores) when recorded, and where its probe
+    ran (``probe_stage``) when recorded."""
+    stage = ["probe_stage"] if "probe_stage" in df.columns else []
+    cols = ["package_set", "boot", *POINT_METRICS, *HOST_COLUMNS, *stage]
     if df.empty:
         return pd.DataFrame(columns=cols)
     sub = df[df["metric"].isin(POINT_METRICS) & ~df["warmup"].astype(bool)]
     wide = sub.pivot_table(index=["package_set", "boot"], columns="metric", values="value", aggfunc="first")
     wide = wide.reindex(columns=list(POINT_METRICS)).reset_index()
     wide.columns.name = None
-    host = [c for c in HOST_COLUMNS if c in df.columns]
+    host = [c for c in (*HOST_COLUMNS, *stage) if c in df.columns]
     if host:
         per_boot = df.drop_duplicates(["package_set", "boot"]).set_index(["package_set", "boot"])[host]
         wide = wide.join(per_boot, on=["package_set", "boot"])

@@ -628,9 +628,16 @@ def measure_bundle(
         for n in ("kernel_s", "initramfs_s", "userspace_to_probe_s", "alpine_package_load_s"):
             v.absent(n, "no dmesg section")
 
+    stage = None
+    if "probe_stage" in secs:
+        from labkit.measure.parsers.system import parse_probe_stage
+
+        stage = parse_probe_stage(secs["probe_stage"])
+
     if bundle.t_begin is not None and bundle.t_begin == bundle.t_begin:  # not None, not NaN
         since_start = bundle.t_begin - qemu_t0
-        v.set("total_to_probe_s", since_start)
+        if stage is None:
+            v.set("total_to_probe_s", since_start)
         if uptime is not None:
             v.set("firmware_loaders_s", since_start - uptime)
     else:
@@ -659,7 +666,14 @@ def measure_bundle(
         v.absent("kernel_s", f"no '{KERNEL_END_MARKER}' line in dmesg (the kernel log wrapped?)")
         v.absent("initramfs_s", "kernel_s is missing")
     end = initramfs_end(bundle, dmesg, initramfs_markers)
-    if end.t is not None:
+    if stage is not None:
+        # the probe ran before the system's own userspace (labkit.probe=initramfs): nothing after the
+        # initramfs was booted, and the initramfs itself had not ended
+        why = (f"the probe ran in the {stage}, right after the package install (labkit.probe={stage}: a load-cost "
+               "boot), so no userspace was booted")
+        for n in ("total_to_probe_s", "initramfs_s", "userspace_to_probe_s", "openrc_boot_s"):
+            v.absent(n, why)
+    elif end.t is not None:
         if kernel_end is not None:
             v.set("initramfs_s", end.t - kernel_end, end.source)
         if uptime is not None:
@@ -692,7 +706,7 @@ def measure_bundle(
                 }[part])
             else:
                 v.absent(name, st_why)
-    if os_family(bundle.os) == "alpine":
+    if os_family(bundle.os) == "alpine" and stage is None:
         if "rc_log" in secs:
             rc = parse_rc_log(secs["rc_log"])
             boot_s = rc.duration_s("boot")

@@ -61,6 +61,7 @@ ROOTSIZE=50%
 MODULES_OPT=
 CONSOLES=
 APKOVL_OPT=
+PROBE_AT=
 # shellcheck disable=SC2013 # the command line is one line of words
 for opt in $(cat /proc/cmdline); do
 	case "$opt" in
@@ -69,6 +70,7 @@ for opt in $(cat /proc/cmdline); do
 		modules=*) MODULES_OPT=${opt#modules=} ;;
 		console=*) c=${opt#console=}; CONSOLES="${c%%,*} $CONSOLES" ;;  # MK310 l.460-466
 		apkovl=*) APKOVL_OPT=${opt#apkovl=} ;;
+		labkit.probe=*) PROBE_AT=${opt#labkit.probe=} ;;  # labkit's own switch, not Alpine's (see below)
 	esac
 done
 
@@ -295,6 +297,27 @@ for dev in $MEDIA_DEV; do
 	mount -o move "/media/$dev" "$sysroot/media/$dev"
 done
 [ -x $sysroot/sbin/init ] || die "/sbin/init is missing from the new root (base package $BASE_PKG not installed?)"
+
+# labkit.probe=initramfs: the load-cost experiment's boots (labkit.lab.run.run_load_cost) measure the package
+# load and the root tmpfs it fills, nothing after it. The apkovl's probe runs here, in the new root as it is
+# before switch_root (packages and apkovl in place, boot media under /media), tells the bundle so
+# (LABKIT_PROBE_STAGE: the userspace metrics are absent, with that reason), and the machine powers off
+# instead of booting OpenRC, which takes ~20 s of every boot under TCG. Not an Alpine option: without it
+# the boot goes on exactly as Alpine's.
+if [ "$PROBE_AT" = initramfs ]; then
+	probe=$sysroot/etc/local.d/labkit-probe.start
+	[ -f "$probe" ] || die "labkit.probe=initramfs: the apkovl has no etc/local.d/labkit-probe.start"
+	mkdir -p $sysroot/tmp
+	for d in dev proc sys; do
+		mkdir -p "$sysroot/$d"
+		mount -o bind "/$d" "$sysroot/$d"
+	done
+	kmsg "labkit-rehearsal: probe in the initramfs (labkit.probe=initramfs), then power off"
+	LABKIT_PROBE_STAGE=initramfs chroot $sysroot /bin/sh /etc/local.d/labkit-probe.start
+	sync
+	poweroff -f
+	sleep 10
+fi
 
 kmsg "labkit-rehearsal: switch_root"
 for d in dev proc sys; do

@@ -43,6 +43,12 @@ have() {
 {
 	section uptime
 	echo "$UPTIME"
+	# where the probe ran when it is not the booted system (the Alpine-style rehearsal's
+	# labkit.probe=initramfs: right after the package install, before switch_root)
+	if [ -n "${LABKIT_PROBE_STAGE:-}" ]; then
+		section probe_stage
+		echo "$LABKIT_PROBE_STAGE"
+	fi
 	section dmesg
 	# the first dmesg on PATH may not run (an installed package's dmesg shadowing busybox's without its
 	# libraries): then busybox's applet, which every Alpine has
@@ -115,7 +121,7 @@ have() {
 		section rc_log
 		awk 1 "$@"
 	fi
-	if have rc-status; then
+	if have rc-status && [ -z "${LABKIT_PROBE_STAGE:-}" ]; then
 		# OpenRC: every runlevel's services and their state (the live view; rc.log has only the levels done)
 		section rc_status
 		rc-status --all --nocolor 2>&1
@@ -216,7 +222,15 @@ have() {
 			for f in "$@"; do tail -c 4 "$f"; done | od -An -tu4 -v
 		fi
 	fi
-} > "$BODY"
+} > "$BODY" 2> "$TMP.stderr"
+# What the tools said on stderr (not into a section) is the last section, never on the console: the probe's
+# stderr is the console in a guest, and a stray line between BEGIN and END breaks the bundle's checksum (seen:
+# a payload's glibc dmesg that cannot load its libraries in a musl root). At most 64 KiB of it.
+if [ -s "$TMP.stderr" ]; then
+	section probe_errors >> "$BODY"
+	head -c 65536 "$TMP.stderr" | awk 1 >> "$BODY"
+fi
+rm -f "$TMP.stderr"
 
 SUM=$(md5sum "$BODY")
 SUM=${SUM%% *}

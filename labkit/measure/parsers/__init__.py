@@ -37,7 +37,14 @@ from labkit.measure.parsers.apk_timing import parse_apk_gunzip
 from labkit.measure.parsers.firmware import parse_firmware
 from labkit.measure.parsers.mkinitfs import parse_initramfs_messages
 from labkit.measure.parsers.nix import parse_du_k, parse_nix_path_info
-from labkit.measure.parsers.system import parse_free, parse_os_release, parse_rc_log, parse_rc_status
+from labkit.measure.parsers.system import (
+    parse_free,
+    parse_os_release,
+    parse_probe_errors,
+    parse_probe_stage,
+    parse_rc_log,
+    parse_rc_status,
+)
 from labkit.measure.parsers.systemd import (
     parse_duration,
     parse_systemd_blame,
@@ -75,6 +82,8 @@ FORMATS: dict[str, Callable[[str], Any]] = {
     "nix_closure_du": lambda t: parse_du_k(t, "nix_closure_du"),
     "nix_store_du": parse_du_k,
     "firmware": parse_firmware,
+    "probe_stage": parse_probe_stage,
+    "probe_errors": parse_probe_errors,
 }
 
 _DETECT: tuple[tuple[str, re.Pattern[str]], ...] = (

@@ -177,3 +177,25 @@ def parse_rc_status(text: str, section: str = "rc_status") -> RcStatus:
     if not levels:
         raise SectionError(section, None, None, "no 'Runlevel:' line (not rc-status output?)")
     return RcStatus(levels)
+
+
+#: Where a probe may run other than in the booted system (``probe_stage`` section, docs/contracts.md).
+PROBE_STAGES = ("initramfs",)
+
+
+def parse_probe_stage(text: str, section: str = "probe_stage") -> str:
+    """The ``probe_stage`` section: one known word (``initramfs``: the Alpine-style rehearsal's
+    ``labkit.probe=initramfs``, the probe ran right after the package install, before switch_root)."""
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    if len(lines) != 1 or lines[0] not in PROBE_STAGES:
+        raw = lines[0] if lines else ""
+        raise SectionError(section, 1, raw[:80], f"expected one line, one of {', '.join(PROBE_STAGES)}")
+    return lines[0]
+
+
+def parse_probe_errors(text: str, section: str = "probe_errors") -> list[str]:
+    """The ``probe_errors`` section: what the probe's tools wrote on stderr, one message per line (the probe
+    keeps at most 64 KiB of it; this keeps at most 200 lines of at most 500 characters: it is shown, not parsed
+    further)."""
+    lines = [ln.rstrip() for ln in text.split("\n") if ln.strip()]
+    return [ln[:500] for ln in lines[:200]]
