@@ -338,6 +338,11 @@ def test_report_says_host_load(tmp_path: Path) -> None:
     ctx = ReportContext(tmp_path, kept, pd.DataFrame(), {}, boots=boots, excluded=left)
     text = host_load_text(ctx)
     assert text.startswith("**Host load**: 1 of 3 boots") and "1.03 CPUs" in text and "left out" in text
+    assert "stole" not in text  # no steal worth naming
+    # the hypervisor's steal is named when it is what flagged the boots (this machine is itself a VM)
+    stolen = boots.assign(host_other_cpu=0.01, host_qemu_wait=0.01, host_steal=[0.0, 0.23, 0.0])
+    text = host_load_text(ReportContext(tmp_path, kept, pd.DataFrame(), {}, boots=stolen, excluded=left))
+    assert "the hypervisor stole 0.23 CPUs on average" in text
     quiet = boots.assign(host_contended=False)
     assert host_load_text(ReportContext(tmp_path, results, pd.DataFrame(), {}, boots=quiet)) == ""
 

@@ -23,6 +23,7 @@ from labkit.core.data import NOTEBOOKS_DIR
 from labkit.core.errors import LabkitError
 from labkit.core.runner import Runner, atomic_write_text
 from labkit.measure.environment import ENVIRONMENT_FILE, flatten, labkit_version, load_environment
+from labkit.measure.hostload import STEAL_LIMIT
 from labkit.measure.loadcost import (
     FIREFOX_MB,
     LOADCOST_FILE,
@@ -570,7 +571,8 @@ def host_load_text(ctx: ReportContext) -> str:
              f"{other.mean():.2f} CPUs on average (up to {other.max():.2f})"
              + (f", QEMU waited for a CPU {wait.mean():.0%} of the time on average" if wait.notna().any() else "")
              + (f", the hypervisor stole {steal.mean():.2f} CPUs on average (up to {steal.max():.2f}: this machine "
-                "is a virtual machine whose host ran other work)" if steal.notna().any() and steal.max() > 0 else "")
+                "is a virtual machine whose host ran other work)" if steal.notna().any() and steal.max() > STEAL_LIMIT
+                else "")
              + ". Those boots are slower than on a quiet host"]
     if ctx.excluded is not None and len(ctx.excluded):
         parts.append(f"{len(ctx.excluded)} of them left out of the boot statistics (their system had enough boots "
