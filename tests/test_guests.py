@@ -452,3 +452,25 @@ class _UnitPaths:
 
     def job_script(self, name: str, text: str) -> str:
         return f"/nix/store/{self.names[f'unit-script-{name}']}"
+
+
+def test_the_same_cpio_is_compressed_once_per_process(tmp_path: Path) -> None:
+    """The lab packs the same Alpine-style initramfs for its main image and each load-cost image: the second
+    time, gzip -9 does not run again (the run says so) and the bytes are what gzip would have written."""
+    from labkit.core.runner import Mode, read_transcript
+    from labkit.rehearsal.initramfs import pack_cpio
+
+    def tree(root: Path, text: str) -> Path:
+        (root / "etc").mkdir(parents=True)
+        (root / "etc" / "motd").write_text(text)
+        (root / "init").write_text("#!/bin/sh\n")
+        return root
+
+    runner = Runner(Mode.APPLY, tmp_path / "t.jsonl", progress=None)
+    first = pack_cpio(runner, tree(tmp_path / "a", f"one {tmp_path}\n"), tmp_path / "a.gz").read_bytes()
+    second = pack_cpio(runner, tree(tmp_path / "b", f"one {tmp_path}\n"), tmp_path / "b.gz").read_bytes()
+    other = pack_cpio(runner, tree(tmp_path / "c", f"two {tmp_path}\n"), tmp_path / "c.gz").read_bytes()
+    gzips = [r for r in read_transcript(tmp_path / "t.jsonl") if r.get("event") == "command" and r["argv"][0] == "gzip"]
+    assert len(gzips) == 2 and first == second != other  # a, then c: b reused a's output
+    assert any("b.gz: the same cpio" in str(r.get("message")) for r in read_transcript(tmp_path / "t.jsonl"))
+    assert subprocess.run(["gzip", "-t"], input=second, check=False).returncode == 0
