@@ -272,6 +272,10 @@ def missing_reasons(ctx: ReportContext) -> dict[tuple[str, str], str]:
     return {k: " | ".join(v) for k, v in out.items()}
 
 
+#: summary_table's status of a metric measured on a single boot (a median, no interval).
+ONE_BOOT = "one boot"
+
+
 def summary_table(ctx: ReportContext) -> pd.DataFrame:
     """Per system × metric (median, 95 % CI, relative spread); metrics that do not apply to a system
     are left out, metrics that apply but were not measured stay in as 'missing', with the reason the
@@ -281,10 +285,16 @@ def summary_table(ctx: ReportContext) -> pd.DataFrame:
     data = ctx.results[~ctx.results["warmup"]]
     s["mad_rel"] = [relative_spread(data.loc[(data["os"] == o) & (data["metric"] == m), "value"].to_numpy())
                     for o, m in zip(s["os"], s["metric"], strict=True)]
-    s["status"] = np.where(s["n"] > 0, "measured", MISSING)
+    s["status"] = np.where(s["n"] > 1, "measured", np.where(s["n"] == 1, ONE_BOOT, MISSING))
     reasons = missing_reasons(ctx)
-    s["why"] = [("" if n > 0 else reasons.get((os_family(o), m), "")) for o, m, n in
-                zip(s["os"], s["metric"], s["n"], strict=True)]
+
+    def why(os_id: str, metric: str, n: int) -> str:
+        other = reasons.get((os_family(os_id), metric), "")
+        if n == 1:  # e.g. the guest's gzip rate, measured once per run (labkit.lab.run.GunzipOnce)
+            return "measured on one boot only: no interval" + (f"; the other boots: {other}" if other else "")
+        return "" if n > 0 else other
+
+    s["why"] = [why(o, m, int(n)) for o, m, n in zip(s["os"], s["metric"], s["n"], strict=True)]
     return s
 
 
