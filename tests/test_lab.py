@@ -53,6 +53,9 @@ def test_new_run_ids_never_collide(tmp_path: Path) -> None:
         ({"package_set": "everything"}, "package_set: 'everything' is not one of"),
         ({"memory_mib": 64}, "memory_mib=64: must be a number of at least 256"),
         ({"warmup": -1}, "warmup=-1: must be a number of at least 0"),
+        ({"load_sets": ("small",)}, "needs at least 2 different package sets"),
+        ({"load_sets": ("base", "xlarge"), "load_top_boots": 1}, "needs at least 3 boots: 2 package sets with "
+                                                                 "load_top_boots=1 give 2"),
     ],
 )
 def test_bad_parameters_are_refused(tmp_path: Path, kwargs: dict[str, object], needle: str) -> None:
@@ -102,21 +105,21 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     # with labkit's own install, labelled so
     rootfs = alpine_minirootfs()
     run = run_lab(LabParams(out=tmp_path / "run", boots=2, max_boots=2, warmup=1, load_sets=("base", "medium"),
-                            load_top_boots=1, load_top_max=1, load_redo=0,
+                            load_top_boots=2, load_top_max=2, load_redo=0,
                             alpine_rootfs=str(rootfs) if rootfs else ""), progress=None)
     d = run.run_dir
     assert not run.failed, [b.reason for b in run.failed]
     boots = _boots(d)
-    # a warm-up round (boot 0), the measured rounds in interleaved order, then one boot of the
-    # Alpine-style guest per load-cost set (base, medium), all with the same RAM
+    # a warm-up round (boot 0), the measured rounds in interleaved order, then the Alpine-style guest with each
+    # load-cost set (base once, medium, the largest, twice), all with the same RAM
     assert [(b["os"], b["boot"], b["warmup"], b["ok"]) for b in boots] == [
         ("alpine", "0", "True", "True"), ("nixos", "0", "True", "True"),
         ("nixos", "1", "False", "True"), ("alpine", "1", "False", "True"),
         ("alpine", "2", "False", "True"), ("nixos", "2", "False", "True"),
-        ("alpine", "100", "False", "True"), ("alpine", "101", "False", "True")]
+        ("alpine", "100", "False", "True"), ("alpine", "101", "False", "True"), ("alpine", "102", "False", "True")]
     assert len({b["memory_mib"] for b in boots[6:]}) == 1
     # the load-cost boots ran the probe in the initramfs right after the install and powered off: no OpenRC
-    for n in (100, 101):
+    for n in (100, 101, 102):
         assert "@@SECTION probe_stage@@\ninitramfs\n" in (d / "bundles" / f"alpine-{n}.txt").read_text()
         assert "OpenRC" not in (d / "serial" / f"alpine-{n}.log").read_text(encoding="utf-8")
     assert "@@SECTION probe_stage@@" not in (d / "bundles" / "alpine-1.txt").read_text()
@@ -190,7 +193,7 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
         installed = (d / "bundles" / "alpine-1.txt").read_text(encoding="utf-8")
         for name, version in (("apk-tools", "2.14.4-r0"), ("busybox", "1.36.1-r29"), ("musl", "1.2.5-r0")):
             assert f"P:{name}\nV:{version}\n" in installed, name
-    assert {r["boot"] for r in pk} == {"100", "101"}
+    assert {r["boot"] for r in pk} == {"100", "101", "102"}
     assert {r["source"] for r in pk} == {"serial" if real_apk else "kmsg"}
     assert all(float(r["seconds"]) > 0 for r in pk)
     with open(d / "tables" / "loadcost_fits.csv") as fh:
@@ -206,7 +209,8 @@ def test_lab_end_to_end(tmp_path: Path) -> None:
     assert dec["guest_gzip_mib_s"] > 0 and 0 < dec["load_fraction_of_guest_gzip"]
     # measured in the first measured main-run boot of the main set (and the next one only when the host was busy
     # during it); the warm-up and load-cost boots skipped it
-    gz = [n for n in (0, 1, 2, 100, 101) if "@@SECTION apk_gunzip@@" in (d / "bundles" / f"alpine-{n}.txt").read_text()]
+    gz = [n for n in (0, 1, 2, 100, 101, 102)
+          if "@@SECTION apk_gunzip@@" in (d / "bundles" / f"alpine-{n}.txt").read_text()]
     assert gz[0] == 1 and set(gz) <= {1, 2} and dec["guest_boots"] and set(dec["guest_boots"]) <= set(gz)
     # environment: accelerator and what was tried, image hash, guest kernel
     env = json.loads((d / "environment.json").read_text())

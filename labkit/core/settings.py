@@ -247,9 +247,16 @@ class Settings:
                 raise InputError(f"{name} ({option}) {value} does not exist",
                                  f"give the path of an existing file to {option}")
         sizes = {tuple(rehearsal_payloads(s)) for s in self.load_sets}
-        if self.load_cost and "alpine" in self.systems and not self.alpine_iso and len(sizes) < 2:
-            raise InputError(f"the load-cost fit needs at least 2 different package sets (have {len(sizes)})",
-                             "use e.g. --load-sets base,xlarge, or --no-load-cost")
+        if self.load_cost and "alpine" in self.systems and not self.alpine_iso:
+            if len(sizes) < 2:
+                raise InputError(f"the load-cost fit needs at least 2 different package sets (have {len(sizes)})",
+                                 "use e.g. --load-sets base,xlarge, or --no-load-cost")
+            # one boot per set, load_top_boots of the largest: the boot totals' line needs 3 points
+            if len(sizes) - 1 + self.load_top_boots < 3:
+                raise InputError(
+                    f"the load-cost fit needs at least 3 boots: {len(sizes)} package sets with load_top_boots="
+                    f"{self.load_top_boots} give {len(sizes) - 1 + self.load_top_boots}",
+                    "use --load-top-boots 2 (or more), or one more set in --load-sets")
 
     # -- derived -----------------------------------------------------------------------------------------
     @property
