@@ -256,6 +256,14 @@ def _last(text: str) -> str:
     return lines[-1] if lines else "(no message)"
 
 
+def _chosen(runner: Runner, accel: str, tried: list[tuple[str, bool, str]]) -> AccelChoice:
+    """The choice, with a warning in the transcript when an earlier candidate failed."""
+    choice = AccelChoice(accel, tried)
+    if choice.warning:
+        runner.note(f"warning: {choice.warning}")
+    return choice
+
+
 def choose_accelerator(
     runner: Runner,
     candidates: Sequence[str] = ("kvm", "tcg"),
@@ -277,10 +285,7 @@ def choose_accelerator(
         for i, accel in enumerate(candidates):
             if i == len(candidates) - 1 and not smoke_last and runner.mode is not Mode.PLAN:
                 tried.append((accel, True, "the last candidate, taken without a smoke boot (the first boot tests it)"))
-                choice = AccelChoice(accel, tried)
-                if choice.warning:
-                    runner.note(f"warning: {choice.warning}")
-                return choice
+                return _chosen(runner, accel, tried)
             # the last candidate is the fallback (TCG): it stops at the first OVMF line, so a long limit costs
             # nothing on a quiet host and keeps a busy one (OVMF at 3x its speed) from failing for nothing
             limit = max(smoke_timeout * 2, LAST_SMOKE_TIMEOUT_S) if i == len(candidates) - 1 else smoke_timeout
@@ -292,10 +297,7 @@ def choose_accelerator(
                 return AccelChoice(accel, tried)
             if res.stopped:
                 tried.append((accel, True, f"OVMF reached {OVMF_MARKER} in {res.wall_s:.1f} s"))
-                choice = AccelChoice(accel, tried)
-                if choice.warning:
-                    runner.note(f"warning: {choice.warning}")
-                return choice
+                return _chosen(runner, accel, tried)
             detail = _last(res.stderr) if res.stderr.strip() else ""
             why = f"{res.reason} [{detail}]" if detail and detail not in res.reason else res.reason
             tried.append((accel, False, why))

@@ -52,6 +52,7 @@ from labkit.systems import bootchain
 from labkit.targets.image import ImageInfo, ImageTarget
 
 if TYPE_CHECKING:
+    from labkit.measure.bundle import Bundle
     from labkit.phases.nixos import InstallParams
     from labkit.systems.nixos.iso import IsoBootFiles
 
@@ -334,30 +335,37 @@ def _guest_kind(lab: LabImage | None) -> str:
 
 
 # -- the load-cost experiment -----------------------------------------------------------------------
-def _loadcost_dicts(rows: Sequence[ResultRow], package_set: str, rec: BootRecord, run_dir: Path
+def _saved_bundle(run_dir: Path, rec: BootRecord) -> Bundle | None:
+    """The boot's bundle as :func:`labkit.lab.boot.run_boot` saved it (None when the boot gave none)."""
+    if not rec.ok or rec.bundle is None:
+        return None
+    from labkit.measure.bundle import parse_bundle_text
+
+    return parse_bundle_text((run_dir / rec.bundle).read_text(encoding="utf-8"))
+
+
+def _loadcost_dicts(rows: Sequence[ResultRow], package_set: str, rec: BootRecord, bundle: Bundle | None
                     ) -> list[dict[str, object]]:
     """The boot's result rows with its set, host load and where its probe ran (``probe_stage``: ``initramfs``
     for LOAD_PROBE, else ``userspace``)."""
     stage = "userspace"
-    if rec.ok and rec.bundle is not None:
-        from labkit.measure.bundle import parse_bundle_text
+    if bundle is not None and "probe_stage" in bundle.sections:
+        from labkit.measure.parsers.system import parse_probe_stage
 
-        stage = parse_bundle_text((run_dir / rec.bundle).read_text(encoding="utf-8")).sections.get(
-            "probe_stage", "userspace").strip()
+        stage = parse_probe_stage(bundle.sections["probe_stage"])
     host = {"host_contended": rec.host_contended, "host_other_cpu": rec.host_other_cpu,
             "host_qemu_wait": rec.host_qemu_wait, "probe_stage": stage}
     return [{**asdict(r), "package_set": package_set, **host} for r in rows if r.os.startswith("alpine")]
 
 
-def _package_dicts(run_dir: Path, rec: BootRecord, package_set: str, run_id: str) -> list[dict[str, object]]:
-    """The boot's per-package points, read back from its saved bundle and serial log."""
-    if not rec.ok or rec.bundle is None:
+def _package_dicts(run_dir: Path, rec: BootRecord, bundle: Bundle | None, package_set: str, run_id: str
+                   ) -> list[dict[str, object]]:
+    """The boot's per-package points, from its saved bundle and serial log."""
+    if bundle is None:
         return []
     from labkit.core.console import read_serial_log
-    from labkit.measure.bundle import parse_bundle_text
     from labkit.measure.loadcost import package_rows
 
-    bundle = parse_bundle_text((run_dir / rec.bundle).read_text(encoding="utf-8"))
     serial = read_serial_log(run_dir / rec.serial_log)
     marks = qemu.read_cpu_marks(qemu.cpu_marks_path(run_dir / rec.serial_log))
     return [{"run_id": run_id, "package_set": package_set, "boot": rec.boot, "host_contended": rec.host_contended,
@@ -502,8 +510,9 @@ def run_load_cost(
             boots.append(rec)
             write_boots_csv(boots, run_dir / "boots.csv")
             flags.append(rec.host_contended)
-            out += _loadcost_dicts(brows, name, rec, run_dir)
-            packages += _package_dicts(run_dir, rec, name, run_id)
+            bundle = _saved_bundle(run_dir, rec)
+            out += _loadcost_dicts(brows, name, rec, bundle)
+            packages += _package_dicts(run_dir, rec, bundle, name, run_id)
             if rec.ok and rec.host_contended and redone < params.load_redo and not persistent_load(flags):
                 redone += 1
                 runner.note(f"load cost: {name} boot #{rec.boot} ran under host load ({rec.host_reason}): "
